@@ -1,0 +1,147 @@
+"""Alignment of routed tokens to experts, on the device, with no host synchronisation.
+
+What vLLM's `moe_align_block_size` does, in Triton. The T*K routed slots (slot i = token i // K,
+choice i % K) are grouped by expert; each expert's group is padded to a multiple of BLOCK_M so
+that every BLOCK_M rows of the grouped GEMMs belong to one expert.
+
+Outputs (`Alignment`):
+- `sorted_ids [max_padded]`: slot ids grouped by expert, in ascending slot order within an
+  expert (stable, so the result is deterministic); padding holds the sentinel T*K.
+- `expert_ids [max_blocks]`: the expert of each BLOCK_M block; -1 past the last used block.
+- `num_post_padded [1]`: the number of used rows (a multiple of BLOCK_M), read by the GEMMs on
+  the device so that their grids can be sized on the host without knowing it.
+- `expert_counts [E]`: slots routed to each expert.
+
+Sizes are static: sum_e ceil(c_e / BM) <= floor(N / BM) + min(E, N) blocks, so the host never
+waits for the counts. Slot ids outside [0, E) are ignored (the public API checks them first).
+
+Three kernels: per-chunk histograms, one program that turns them into offsets (and writes the
+block-to-expert map and the padding), and a stable scatter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+# Elements of the [CHUNK, BLOCK_E] one-hot tiles the kernels hold in registers.
+_TILE_ELEMS = 16384
+
+
+@triton.jit
+def _count_kernel(ids_ptr, chunk_counts_ptr, N, E, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    c = tl.program_id(0)
+    offs = c * CHUNK + tl.arange(0, CHUNK)
+    ids = tl.load(ids_ptr + offs, mask=offs < N, other=-1)
+    experts = tl.arange(0, BLOCK_E)
+    onehot = ((ids[:, None] == experts[None, :]) & (experts[None, :] < E)).to(tl.int32)
+    tl.store(chunk_counts_ptr + c * BLOCK_E + experts, tl.sum(onehot, axis=0))
+
+
+@triton.jit
+def _offsets_kernel(
+    chunk_counts_ptr, chunk_base_ptr, expert_ids_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
+    N, E, num_chunks, max_blocks,
+    BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, ROWS: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    experts = tl.arange(0, BLOCK_E)
+    totals = tl.zeros((BLOCK_E,), dtype=tl.int32)
+    for c0 in range(0, num_chunks, ROWS):
+        r = c0 + tl.arange(0, ROWS)
+        blk = tl.load(chunk_counts_ptr + r[:, None] * BLOCK_E + experts[None, :],
+                      mask=r[:, None] < num_chunks, other=0)
+        totals += tl.sum(blk, axis=0)
+    padded = (totals + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    starts = ends - padded
+    total = tl.sum(padded, axis=0)
+    tl.store(num_post_ptr, total)
+    tl.store(expert_counts_ptr + experts, totals, mask=experts < E)
+    # Per chunk and expert: where the chunk's first slot of that expert goes.
+    running = starts
+    for c0 in range(0, num_chunks, ROWS):
+        r = c0 + tl.arange(0, ROWS)
+        blk = tl.load(chunk_counts_ptr + r[:, None] * BLOCK_E + experts[None, :],
+                      mask=r[:, None] < num_chunks, other=0)
+        base = running[None, :] + tl.cumsum(blk, axis=0) - blk
+        tl.store(chunk_base_ptr + r[:, None] * BLOCK_E + experts[None, :], base, mask=r[:, None] < num_chunks)
+        running += tl.sum(blk, axis=0)
+    # Expert of each block, and the sentinel N in every padding row of a used block.
+    rows_in_block = tl.arange(0, BLOCK_M)
+    for b0 in range(0, max_blocks, BLOCK_B):
+        b = b0 + tl.arange(0, BLOCK_B)
+        pos = b * BLOCK_M
+        # The owner of a used block is the first expert whose padded range ends after it.
+        owner = tl.sum((ends[None, :] <= pos[:, None]).to(tl.int32), axis=1)
+        used = pos < total
+        tl.store(expert_ids_ptr + b, tl.where(used, owner, -1), mask=b < max_blocks)
+        is_owner = experts[None, :] == owner[:, None]
+        own_start = tl.sum(tl.where(is_owner, starts[None, :], 0), axis=1)
+        own_count = tl.sum(tl.where(is_owner, totals[None, :], 0), axis=1)
+        p = pos[:, None] + rows_in_block[None, :]
+        is_pad = (p - own_start[:, None]) >= own_count[:, None]
+        tl.store(sorted_ids_ptr + p, tl.full(p.shape, 0, tl.int32) + N, mask=is_pad & used[:, None])
+
+
+@triton.jit
+def _scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, N, E, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    c = tl.program_id(0)
+    offs = c * CHUNK + tl.arange(0, CHUNK)
+    ok = offs < N
+    ids = tl.load(ids_ptr + offs, mask=ok, other=-1)
+    experts = tl.arange(0, BLOCK_E)
+    onehot = ((ids[:, None] == experts[None, :]) & (experts[None, :] < E)).to(tl.int32)
+    rank = tl.cumsum(onehot, axis=0) - onehot
+    base = tl.load(chunk_base_ptr + c * BLOCK_E + experts)
+    pos = tl.sum(onehot * (rank + base[None, :]), axis=1)
+    tl.store(sorted_ids_ptr + pos, offs, mask=ok & (ids >= 0) & (ids < E))
+
+
+@dataclass(frozen=True)
+class Alignment:
+    sorted_ids: torch.Tensor
+    expert_ids: torch.Tensor
+    num_post_padded: torch.Tensor
+    expert_counts: torch.Tensor
+    block_m: int
+    num_routed: int  # N = T * K, also the padding sentinel
+
+    @property
+    def max_blocks(self) -> int:
+        return self.expert_ids.shape[0]
+
+
+def max_blocks(num_routed: int, num_experts: int, block_m: int) -> int:
+    """Upper bound on the used BLOCK_M blocks: floor(N / BM) + min(E, N)."""
+    return num_routed // block_m + min(num_experts, num_routed)
+
+
+def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alignment:
+    """Groups the routed slots of `topk_ids [T, K]` by expert, padded to `block_m`."""
+    ids = topk_ids.reshape(-1)
+    if ids.dtype != torch.int32:
+        ids = ids.to(torch.int32)
+    N = ids.numel()
+    dev = ids.device
+    block_e = max(16, triton.next_power_of_2(num_experts))
+    chunk = max(16, min(1024, _TILE_ELEMS // block_e))
+    num_chunks = max(1, triton.cdiv(N, chunk))
+    nb = max_blocks(N, num_experts, block_m)
+    sorted_ids = torch.empty((nb * block_m,), dtype=torch.int32, device=dev)
+    expert_ids = torch.empty((nb,), dtype=torch.int32, device=dev)
+    num_post = torch.empty((1,), dtype=torch.int32, device=dev)
+    expert_counts = torch.empty((num_experts,), dtype=torch.int32, device=dev)
+    chunk_counts = torch.empty((num_chunks, block_e), dtype=torch.int32, device=dev)
+    chunk_base = torch.empty((num_chunks, block_e), dtype=torch.int32, device=dev)
+    _count_kernel[(num_chunks,)](ids, chunk_counts, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
+    rows = max(1, min(64, triton.next_power_of_2(num_chunks), _TILE_ELEMS // block_e))
+    block_b = max(16, min(256, _TILE_ELEMS // max(block_e, block_m)))
+    _offsets_kernel[(1,)](
+        chunk_counts, chunk_base, expert_ids, sorted_ids, num_post, expert_counts,
+        N, num_experts, num_chunks, nb,
+        BLOCK_M=block_m, BLOCK_E=block_e, ROWS=rows, BLOCK_B=block_b,
+    )
+    _scatter_kernel[(num_chunks,)](ids, chunk_base, sorted_ids, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
+    return Alignment(sorted_ids, expert_ids, num_post, expert_counts, block_m, N)

@@ -1,0 +1,88 @@
+"""The public call: `moe(...)`, `fused_experts(...)` and the variant registry.
+
+Weight layout (the one place it is defined; `FusedMoE` and every variant use it):
+- `router_weight [E, H]`: router logits are `x @ router_weight^T`.
+- `w_gate_up [E, 2F, H]`: rows 0..F-1 are expert e's gate projection, rows F..2F-1 its up projection
+  (the layout of vLLM and of Hugging Face's fused checkpoints).
+- `w_down [E, H, F]`: expert e's down projection, `y_e = w_down[e] @ act`.
+Other layouts (separate gate and up, interleaved rows) are converted once at load time
+(`tritonmoe.module.FusedMoE.from_gate_up`), never per call.
+
+NaN/Inf policy: values are not inspected (that would need a host synchronisation). A NaN or Inf in
+a token's row of `x` makes that token's routing weights and output row NaN; every other row is
+computed as if it were absent (no kernel mixes rows). NaN in an expert's weights reaches exactly the
+tokens routed to that expert.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._validate import check_kernel_device, check_layer_inputs, check_routing, check_expert_weights, check_tensor
+from .align import align_tokens
+from .config import backend_of, default_config
+from .down import combine, down
+from .routing import route
+from .variants import VARIANTS
+
+IMPLS = tuple(VARIANTS)
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in VARIANTS:
+        raise ValueError(f"impl: expected one of {', '.join(VARIANTS)}, got {impl!r}")
+
+
+def resolve_config(x: torch.Tensor, num_routed: int, E: int, H: int, F: int, config: dict | None) -> dict:
+    if config is not None:
+        return config
+    from .tuned import lookup
+    found = lookup(x.device, x.dtype, num_routed, E, H, F)
+    return found if found is not None else default_config(backend_of(x.device), num_routed, E, H, F)
+
+
+def _experts(x, topk_weights, topk_ids, w_gate_up, w_down, impl, config):
+    T, H = x.shape
+    E, _, F = w_down.shape
+    K = topk_ids.shape[1]
+    cfg = resolve_config(x, T * K, E, H, F, config)
+    align = align_tokens(topk_ids, E, cfg["BLOCK_M"])
+    act = VARIANTS[impl](x, w_gate_up, align, cfg)
+    partial = down(act, w_down, align, topk_weights, cfg["down"])
+    return combine(partial, T, K, x.dtype)
+
+
+def moe(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
+        top_k: int, *, renormalize: bool = True, impl: str = "tritonmoe_fused",
+        config: dict | None = None) -> torch.Tensor:
+    """The MoE layer from `x [T, H]` to `y [T, H]`, routing included; see the module docstring for
+    the layout. `impl` picks the variant (`IMPLS`); `config` overrides the launch configuration."""
+    _check_impl(impl)
+    E, H, F, top_k = check_layer_inputs(x, router_weight, w_gate_up, w_down, top_k)
+    if x.shape[0] == 0:
+        return x.new_empty((0, H))
+    topk_weights, topk_ids = route(x, router_weight, top_k, renormalize)
+    return _experts(x, topk_weights, topk_ids, w_gate_up, w_down, impl, config)
+
+
+def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                  w_gate_up: torch.Tensor, w_down: torch.Tensor, *, impl: str = "tritonmoe_fused",
+                  config: dict | None = None, check_ids: bool = True) -> torch.Tensor:
+    """The expert computation for a routing made elsewhere (e.g. by a Hugging Face block).
+
+    `check_ids` verifies on the host that every id lies in [0, E) (a synchronisation); it is skipped
+    while a CUDA graph is being captured, where the caller vouches for the ids."""
+    _check_impl(impl)
+    check_tensor("x", x, 2)
+    check_kernel_device(x.device)
+    E, H, F = check_expert_weights(x, w_gate_up, w_down)
+    check_routing(x, topk_weights, topk_ids, E)
+    if x.shape[0] == 0:
+        return x.new_empty((0, H))
+    capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if check_ids and not capturing:
+        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        if lo < 0 or hi >= E:
+            raise ValueError(f"topk_ids: expected expert ids in [0, {E}), got values in [{lo}, {hi}]")
+    topk_weights = topk_weights.to(torch.float32).contiguous()
+    topk_ids = topk_ids.to(torch.int32).contiguous()
+    return _experts(x, topk_weights, topk_ids, w_gate_up, w_down, impl, config)

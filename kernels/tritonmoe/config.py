@@ -1,0 +1,65 @@
+"""Launch configurations: block sizes, warps and pipeline depth per backend.
+
+`layer_config(...)` returns one dict per layer call:
+`{"BLOCK_M": .., "gate_up": {BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages}, "down": {..., SPLIT_K}}`.
+BLOCK_M is shared by the alignment and both GEMMs. Tuned data files (`configs/`) take precedence
+over the per-backend defaults here; see `tritonmoe.tuned`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from ._validate import interpreter_active
+
+
+def backend_of(device: torch.device) -> str:
+    """'interpreter', 'cuda' or 'hip'."""
+    if device.type == "cpu" or interpreter_active():
+        return "interpreter"
+    return "hip" if torch.version.hip else "cuda"
+
+
+def _interpreter_config(num_routed: int, E: int, H: int, F: int) -> dict:
+    # Small tiles: every program is Python; masks on every edge get exercised.
+    return {
+        "BLOCK_M": 16,
+        "gate_up": {"BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2},
+        "down": {"BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "SPLIT_K": 2},
+    }
+
+
+def _gpu_config(num_routed: int, E: int, H: int, F: int, backend: str) -> dict:
+    per_expert = num_routed / max(1, min(E, num_routed))
+    stages = 2 if backend == "hip" else 4
+    if per_expert <= 16:
+        bm = 16
+    elif per_expert <= 64:
+        bm = 32
+    elif per_expert <= 256:
+        bm = 64
+    else:
+        bm = 128
+    if bm <= 32:
+        gu = {"BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": stages}
+        dn = {"BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": stages}
+    elif bm == 64:
+        gu = {"BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": stages}
+        dn = {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": stages}
+    else:
+        gu = {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3 if backend == "cuda" else 2}
+        dn = {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3 if backend == "cuda" else 2}
+    # Split the down projection's F so that the used blocks fill the machine.
+    blocks = max(1, num_routed // bm + min(E, num_routed))
+    tiles = blocks * triton.cdiv(H, dn["BLOCK_N"])
+    split = 1
+    while tiles * split < 264 and F // (split * 2) >= 4 * dn["BLOCK_K"] and split < 16:
+        split *= 2
+    dn["SPLIT_K"] = split
+    return {"BLOCK_M": bm, "gate_up": gu, "down": dn}
+
+
+def default_config(backend: str, num_routed: int, E: int, H: int, F: int) -> dict:
+    if backend == "interpreter":
+        return _interpreter_config(num_routed, E, H, F)
+    return _gpu_config(num_routed, E, H, F, backend)

@@ -1,0 +1,116 @@
+"""Down projection and combine.
+
+`down(act, w_down, align, topk_weights)` is a grouped GEMM over the aligned rows of `act [max_padded, F]`
+with `w_down [E, H, F]`; it scales each row by its routing weight and writes it, in fp32, to the row of
+its routed slot in `partial [SPLIT_K, T*K, H]`. With SPLIT_K > 1 the F dimension is split across
+programs, which gives small token counts enough programs to fill the GPU.
+
+`combine(partial, T, K)` sums the SPLIT_K * K partial rows of each token in a fixed order, so the
+result is bit-identical run after run (no atomics anywhere).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._gemm_common import dot_precision, grouped_pid
+from .align import Alignment
+
+
+@triton.jit
+def _down_kernel(
+    a_ptr, w_ptr, partial_ptr, topk_weights_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
+    H, F, num_routed, k_per_split, num_pid_m,
+    stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
+    EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    num_pid_n = tl.cdiv(H, BLOCK_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    pid_s = tl.program_id(1)
+    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
+        return
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_ids_ptr + rows)
+    row_ok = slot < num_routed
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < H
+    k_start = pid_s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, F)
+    ks = k_start + tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_af
+    w_ptrs = w_ptr + expert * stride_we + cols[None, :].to(tl.int64) * stride_wh + ks[:, None] * stride_wf
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = (ks + (k0 - k_start)) < k_end
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_af
+        w_ptrs += BLOCK_K * stride_wf
+    route_w = tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)
+    acc = acc * route_w[:, None]
+    p_ptrs = partial_ptr + pid_s * stride_ps + slot[:, None].to(tl.int64) * stride_pm + cols[None, :] * stride_pn
+    tl.store(p_ptrs, acc, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _combine_kernel(
+    partial_ptr, y_ptr, T, H, stride_ps, stride_pm, stride_yt,
+    TOP_K: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (tokens[:, None] < T) & (cols[None, :] < H)
+    acc = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        for k in tl.static_range(TOP_K):
+            rows = (tokens * TOP_K + k).to(tl.int64)
+            acc += tl.load(partial_ptr + s * stride_ps + rows[:, None] * stride_pm + cols[None, :], mask=mask, other=0.0)
+    tl.store(y_ptr + tokens[:, None].to(tl.int64) * stride_yt + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights: torch.Tensor,
+         cfg: dict) -> torch.Tensor:
+    """Returns `partial [SPLIT_K, T*K, H]` (fp32): each routed slot's weighted expert output."""
+    E, H, F = w_down.shape
+    split_k = max(1, int(cfg.get("SPLIT_K", 1)))
+    bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
+    k_per_split = triton.cdiv(triton.cdiv(F, split_k), bk) * bk
+    split_k = triton.cdiv(F, k_per_split)
+    partial = torch.empty((split_k, align.num_routed, H), dtype=torch.float32, device=act.device)
+    num_pid_m = align.max_blocks
+    grid = (num_pid_m * triton.cdiv(H, bn), split_k)
+    _down_kernel[grid](
+        act, w_down, partial, topk_weights.reshape(-1),
+        align.sorted_ids, align.expert_ids, align.num_post_padded,
+        H, F, align.num_routed, k_per_split, num_pid_m,
+        act.stride(0), act.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2),
+        partial.stride(0), partial.stride(1), partial.stride(2),
+        EVEN_K=(F % k_per_split == 0 and k_per_split % bk == 0), PRECISION=dot_precision(act.dtype),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
+    )
+    return partial
+
+
+def combine(partial: torch.Tensor, num_tokens: int, top_k: int, out_dtype: torch.dtype,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """y[t] = sum over splits s and choices k of partial[s, t*K + k], in that fixed order."""
+    split_k, _, H = partial.shape
+    y = out if out is not None else torch.empty((num_tokens, H), dtype=out_dtype, device=partial.device)
+    block_h = min(1024, triton.next_power_of_2(H))
+    block_t = max(1, min(8, 4096 // block_h))
+    grid = (triton.cdiv(num_tokens, block_t), triton.cdiv(H, block_h))
+    _combine_kernel[grid](
+        partial, y, num_tokens, H, partial.stride(0), partial.stride(1), y.stride(0),
+        TOP_K=top_k, SPLIT_K=split_k, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4,
+    )
+    return y

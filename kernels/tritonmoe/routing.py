@@ -1,0 +1,86 @@
+"""Routing: router logits, softmax in fp32, top-k and optional renormalisation, in one kernel.
+
+`route(x, router_weight, top_k)` returns `(topk_weights [T, K] fp32, topk_ids [T, K] int32)`.
+Ties are broken towards the lower expert index. A token whose logits hold NaN still gets K
+distinct, valid expert ids (so no kernel downstream reads out of bounds) and NaN weights, so its
+output row is NaN and no other row is touched.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _routing_kernel(
+    x_ptr, wr_ptr, weights_ptr, ids_ptr,
+    T, H, E,
+    stride_xt, stride_xh, stride_re, stride_rh,
+    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_E)
+    row_ok = rows < T
+    col_ok = cols < E
+    logits = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        hs = h0 + tl.arange(0, BLOCK_H)
+        h_ok = hs < H
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xt + hs[None, :] * stride_xh,
+                    mask=row_ok[:, None] & h_ok[None, :], other=0.0)
+        w = tl.load(wr_ptr + cols[None, :] * stride_re + hs[:, None] * stride_rh,
+                    mask=col_ok[None, :] & h_ok[:, None], other=0.0)
+        logits = tl.dot(x, w, logits, input_precision="ieee")
+    logits = tl.where(col_ok[None, :], logits, float("-inf"))
+    m = tl.max(logits, axis=1)
+    p = tl.exp(logits - m[:, None])
+    p = p / tl.sum(p, axis=1)[:, None]
+    # Selection sees NaN as -inf so that a NaN row still picks K valid, distinct experts.
+    p_sel = tl.where(col_ok[None, :] & (p == p), p, float("-inf"))
+    taken = cols[None, :] < 0
+    kcols = tl.arange(0, BLOCK_K)
+    out_w = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
+    out_i = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.int32)
+    w_sum = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for k in tl.static_range(TOP_K):
+        cand = tl.where(taken, float("-inf"), p_sel)
+        best = tl.max(cand, axis=1)
+        is_best = (cand == best[:, None]) & (~taken) & col_ok[None, :]
+        idx = tl.min(tl.where(is_best, cols[None, :], BLOCK_E), axis=1)
+        hit = cols[None, :] == idx[:, None]
+        w = tl.sum(tl.where(hit, p, 0.0), axis=1)
+        taken = taken | hit
+        w_sum += w
+        out_w = tl.where(kcols[None, :] == k, w[:, None], out_w)
+        out_i = tl.where(kcols[None, :] == k, idx[:, None], out_i)
+    if RENORMALIZE:
+        out_w = out_w / w_sum[:, None]
+    offs = rows[:, None] * TOP_K + kcols[None, :]
+    mask = row_ok[:, None] & (kcols[None, :] < TOP_K)
+    tl.store(weights_ptr + offs, out_w, mask=mask)
+    tl.store(ids_ptr + offs, out_i, mask=mask)
+
+
+def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool = True,
+          block_t: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k softmax routing. Inputs are assumed checked (see `tritonmoe.api.moe`)."""
+    T, H = x.shape
+    E = router_weight.shape[0]
+    weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
+    ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
+    if T == 0:
+        return weights, ids
+    block_e = max(16, triton.next_power_of_2(E))
+    # Keep the [BLOCK_T, BLOCK_E] logits and the [BLOCK_T, BLOCK_H] x tile within a few registers a thread.
+    block_h = max(16, min(128, 8192 // block_e, triton.next_power_of_2(H)))
+    _routing_kernel[(triton.cdiv(T, block_t),)](
+        x, router_weight, weights, ids, T, H, E,
+        x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
+        TOP_K=top_k, RENORMALIZE=renormalize,
+        BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(top_k),
+        num_warps=4,
+    )
+    return weights, ids

@@ -1,0 +1,39 @@
+"""The SwiGLU activation as its own kernel: `act = silu(gate) * up`, for the unfused variants.
+
+Reads gate and up from global memory (a `[rows, 2F]` buffer for `tritonmoe_w13`, two `[rows, F]`
+buffers for `tritonmoe_unfused`) and writes `act [rows, F]`; only the used aligned rows are touched.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .align import Alignment
+
+
+@triton.jit
+def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, num_post_ptr, F, stride_gm, stride_um, stride_om,
+                   BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
+        return
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    mask = cols[None, :] < F
+    g = tl.load(gate_ptr + rows[:, None] * stride_gm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(up_ptr + rows[:, None] * stride_um + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], (g * tl.sigmoid(g) * u).to(out_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, align: Alignment) -> torch.Tensor:
+    """`silu(gate) * up` over the used aligned rows; gate/up may be column views of one buffer."""
+    rows, F = gate.shape
+    out = torch.empty((rows, F), dtype=gate.dtype, device=gate.device)
+    bm = align.block_m
+    block_f = min(256, triton.next_power_of_2(F))
+    grid = (triton.cdiv(rows, bm), triton.cdiv(F, block_f))
+    _swiglu_kernel[grid](gate, up, out, align.num_post_padded, F, gate.stride(0), up.stride(0), out.stride(0),
+                         BLOCK_M=bm, BLOCK_F=block_f, num_warps=4)
+    return out

@@ -1,0 +1,52 @@
+"""Tuned launch configurations as data files, keyed by device, expert shape and token bucket.
+
+Files live in `tritonmoe/configs/<device>/E=<E>,H=<H>,F=<F>,dtype=<dtype>.json` and map a token
+bucket (number of routed slots T*K, as a string) to a layer config (see `tritonmoe.config`). A call
+uses the bucket nearest its T*K. `experiments/tune.py` writes them.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+_DEVICE_SLUGS = (("H200", "h200"), ("H100", "h100-sxm"), ("A100", "a100-sxm4"), ("MI300X", "mi300x"),
+                 ("MI250X", "mi250x"))
+
+
+def device_slug(device: torch.device) -> str | None:
+    """The contract's device slug for a GPU, or None (CPU, or a GPU we have no name for)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, slug in _DEVICE_SLUGS:
+        if key in name:
+            return slug
+    return name.replace(" ", "_").lower()
+
+
+def config_path(slug: str, E: int, H: int, F: int, dtype: torch.dtype) -> Path:
+    return CONFIG_DIR / slug / f"E={E},H={H},F={F},dtype={str(dtype).removeprefix('torch.')}.json"
+
+
+@functools.lru_cache(maxsize=256)
+def _load(path: Path) -> dict[int, dict] | None:
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return {int(k): v for k, v in json.load(f).items()}
+
+
+def lookup(device: torch.device, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
+    slug = device_slug(device)
+    if slug is None:
+        return None
+    table = _load(config_path(slug, E, H, F, dtype))
+    if not table:
+        return None
+    bucket = min(table, key=lambda b: (abs(b - num_routed), b))
+    return table[bucket]

@@ -1,0 +1,44 @@
+"""The Triton variants of the expert computation, as compositions of the same stages.
+
+Each variant is a function `act(x, w_gate_up, align, cfg) -> [max_padded, F]` computing
+`silu(x Wg^T) * (x Wu^T)` over the aligned slots; routing, alignment, the down projection and the
+combine are shared. Adding a variant means adding one function here and one registry entry.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .align import Alignment
+from .gate_up import gate_up
+from .swiglu import swiglu
+
+ActFn = Callable[[torch.Tensor, torch.Tensor, Alignment, dict], torch.Tensor]
+
+
+def act_fused(x, w_gate_up, align, cfg):
+    """One grouped GEMM: gate and up tiles from one load of x; only silu(gate)*up is written."""
+    return gate_up(x, w_gate_up, align, cfg["gate_up"], fuse_swiglu=True)
+
+
+def act_w13(x, w_gate_up, align, cfg):
+    """vLLM's design: one concatenated gate|up GEMM writing [rows, 2F], then a SwiGLU kernel."""
+    F = w_gate_up.shape[1] // 2
+    gu = gate_up(x, w_gate_up, align, cfg["gate_up"], fuse_swiglu=False)
+    return swiglu(gu[:, :F], gu[:, F:], align)
+
+
+def act_unfused(x, w_gate_up, align, cfg):
+    """The preprint's unfused pipeline: gate GEMM, up GEMM, SwiGLU kernel."""
+    F = w_gate_up.shape[1] // 2
+    g = gate_up(x, w_gate_up, align, cfg["gate_up"], fuse_swiglu=False, row_offset=0, rows=F)
+    u = gate_up(x, w_gate_up, align, cfg["gate_up"], fuse_swiglu=False, row_offset=F, rows=F)
+    return swiglu(g, u, align)
+
+
+VARIANTS: dict[str, ActFn] = {
+    "tritonmoe_fused": act_fused,
+    "tritonmoe_w13": act_w13,
+    "tritonmoe_unfused": act_unfused,
+}
