@@ -1,0 +1,84 @@
+"""The device's measured ceilings and the run's provenance, shared by the GPU scripts."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import triton
+
+
+def measure_copy_gbps(nbytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
+    src = torch.randn(nbytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    del src, dst
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def measure_bf16_tflops(n: int = 8192) -> float:
+    """Dense bf16 matrix rate through cuBLAS on random data."""
+    a = torch.randn((n, n), device="cuda", dtype=torch.bfloat16)
+    b = torch.randn((n, n), device="cuda", dtype=torch.bfloat16)
+    ms = triton.testing.do_bench(lambda: a @ b, warmup=100, rep=500, return_mode="median")
+    return 2 * n ** 3 / (ms * 1e-3) / 1e12
+
+
+def _version(mod: str) -> str | None:
+    try:
+        from importlib.metadata import version
+        return version(mod)
+    except Exception:
+        return None
+
+
+def driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+    except Exception:
+        return None
+
+
+def provenance(git_sha: str, git_dirty: bool, copy_gbps: float, bf16_tflops: float) -> dict:
+    return {
+        "device_name": torch.cuda.get_device_name(),
+        "driver": driver_version(),
+        "cuda": torch.version.cuda,
+        "rocm": torch.version.hip,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "megablocks": _version("megablocks"),
+        "git_sha": git_sha,
+        "git_dirty": git_dirty,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "copy_gbps": round(copy_gbps, 1),
+        "bf16_tflops": round(bf16_tflops, 1),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+    }
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: an interrupted run leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def update_provenance(folder: Path, run: dict) -> None:
+    """provenance.json holds the latest run's fields at top level and every run under `runs`."""
+    path = folder / "provenance.json"
+    runs = json.loads(path.read_text()).get("runs", []) if path.exists() else []
+    runs.append(run)
+    atomic_write_text(path, json.dumps({**run, "runs": runs}, indent=2) + "\n")

@@ -1,0 +1,77 @@
+"""Model shapes and input generation shared by every benchmark: one generator, every provider."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+MODELS_FILE = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
+TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+ROUTINGS = ("uniform", "zipf")
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    hidden: int
+    ffn: int
+    experts: int
+    top_k: int
+
+    def weight_bytes_per_expert(self, elem_bytes: int) -> int:
+        return 3 * self.hidden * self.ffn * elem_bytes
+
+
+def load_models(path: Path = MODELS_FILE) -> dict[str, Model]:
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    return {name: Model(name, v["hidden"], v["ffn"], v["experts"], v["top_k"]) for name, v in raw.items()}
+
+
+@dataclass
+class Weights:
+    router_weight: torch.Tensor  # [E, H]
+    w_gate_up: torch.Tensor      # [E, 2F, H]
+    w_down: torch.Tensor         # [E, H, F]
+    routing_dir: torch.Tensor    # [H] unit vector the zipf routing skews along
+
+
+def make_weights(m: Model, dtype: torch.dtype, device, routing: str, seed: int = 0) -> Weights:
+    """Random weights scaled so activations stay O(1). `zipf` routing adds to each router row a multiple of a
+    shared direction u, proportional to log((e+1)^-1.2): tokens carrying u then favour low expert ids."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    H, F, E = m.hidden, m.ffn, m.experts
+    wgu = torch.empty((E, 2 * F, H), dtype=dtype, device=device)
+    wd = torch.empty((E, H, F), dtype=dtype, device=device)
+    for e in range(E):  # one expert at a time: no fp32 copy of the whole weight set
+        wgu[e] = (torch.randn((2 * F, H), generator=g, device=device) / math.sqrt(H)).to(dtype)
+        wd[e] = (torch.randn((H, F), generator=g, device=device) / math.sqrt(F)).to(dtype)
+    wr = torch.randn((E, H), generator=g, device=device) / math.sqrt(H)
+    u = torch.randn((H,), generator=g, device=device)
+    u = u / u.norm()
+    if routing == "zipf":
+        log_p = -1.2 * torch.log(torch.arange(1, E + 1, device=device, dtype=torch.float32))
+        wr = wr + (log_p - log_p.mean())[:, None] * u[None, :]
+    elif routing != "uniform":
+        raise ValueError(f"routing: expected one of {ROUTINGS}, got {routing!r}")
+    return Weights(wr.to(dtype), wgu, wd, u)
+
+
+def make_tokens(m: Model, tokens: int, w: Weights, routing: str, dtype, device, seed: int) -> torch.Tensor:
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn((tokens, m.hidden), generator=g, device=device)
+    if routing == "zipf":
+        x = x + 4.0 * w.routing_dir[None, :]
+    return x.to(dtype)
+
+
+def fewest_bytes(m: Model, tokens: int, experts_hit: int, elem_bytes: int) -> int:
+    """The floor's bytes: weights of the experts actually hit, x read once, y written once."""
+    return experts_hit * m.weight_bytes_per_expert(elem_bytes) + 2 * tokens * m.hidden * elem_bytes
+
+
+def layer_flops(m: Model, tokens: int) -> int:
+    return 2 * tokens * m.top_k * 3 * m.hidden * m.ffn
