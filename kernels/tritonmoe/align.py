@@ -68,7 +68,15 @@ def _offsets_kernel(
         base = running[None, :] + tl.cumsum(blk, axis=0) - blk
         tl.store(chunk_base_ptr + r[:, None] * BLOCK_E + experts[None, :], base, mask=r[:, None] < num_chunks)
         running += tl.sum(blk, axis=0)
-    # Expert of each block, and the sentinel N in every padding row of a used block.
+    write_blocks(expert_ids_ptr, sorted_ids_ptr, starts, ends, totals, total, N, max_blocks,
+                 BLOCK_M, BLOCK_E, BLOCK_B)
+
+
+@triton.jit
+def write_blocks(expert_ids_ptr, sorted_ids_ptr, starts, ends, totals, total, N, max_blocks,
+                 BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Writes the expert of each block (-1 past `total`) and the sentinel N in every padding row."""
+    experts = tl.arange(0, BLOCK_E)
     rows_in_block = tl.arange(0, BLOCK_M)
     for b0 in range(0, max_blocks, BLOCK_B):
         b = b0 + tl.arange(0, BLOCK_B)
@@ -83,6 +91,38 @@ def _offsets_kernel(
         p = pos[:, None] + rows_in_block[None, :]
         is_pad = (p - own_start[:, None]) >= own_count[:, None]
         tl.store(sorted_ids_ptr + p, tl.full(p.shape, 0, tl.int32) + N, mask=is_pad & used[:, None])
+
+
+@triton.jit
+def align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr,
+                    N, E, max_blocks,
+                    BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The whole alignment in one program when all N <= CHUNK slots fit one tile."""
+    offs = tl.arange(0, CHUNK)
+    ok = offs < N
+    ids = tl.load(ids_ptr + offs, mask=ok, other=-1)
+    experts = tl.arange(0, BLOCK_E)
+    onehot = ((ids[:, None] == experts[None, :]) & (experts[None, :] < E)).to(tl.int32)
+    totals = tl.sum(onehot, axis=0)
+    padded = (totals + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    starts = ends - padded
+    total = tl.sum(padded, axis=0)
+    tl.store(num_post_ptr, total)
+    tl.store(expert_counts_ptr + experts, totals, mask=experts < E)
+    rank = tl.cumsum(onehot, axis=0) - onehot
+    pos = tl.sum(onehot * (rank + starts[None, :]), axis=1)
+    tl.store(sorted_ids_ptr + pos, offs, mask=ok & (ids >= 0) & (ids < E))
+    write_blocks(expert_ids_ptr, sorted_ids_ptr, starts, ends, totals, total, N, max_blocks,
+                 BLOCK_M, BLOCK_E, BLOCK_B)
+
+
+@triton.jit
+def _align_small_kernel(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr,
+                        N, E, max_blocks,
+                        BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr, BLOCK_B: tl.constexpr):
+    align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr, N, E, max_blocks,
+                    BLOCK_M, BLOCK_E, CHUNK, BLOCK_B)
 
 
 @triton.jit
@@ -118,30 +158,47 @@ def max_blocks(num_routed: int, num_experts: int, block_m: int) -> int:
     return num_routed // block_m + min(num_experts, num_routed)
 
 
+def align_meta(N: int, num_experts: int, block_m: int) -> dict:
+    """Tile sizes of the alignment kernels for N slots."""
+    block_e = max(16, triton.next_power_of_2(num_experts))
+    chunk = max(16, min(1024, _TILE_ELEMS // block_e))
+    block_b = max(16, min(256, _TILE_ELEMS // max(block_e, block_m)))
+    return dict(BLOCK_M=block_m, BLOCK_E=block_e, CHUNK=chunk, BLOCK_B=block_b)
+
+
+def alloc_alignment(N: int, num_experts: int, block_m: int, device) -> Alignment:
+    nb = max_blocks(N, num_experts, block_m)
+    return Alignment(
+        sorted_ids=torch.empty((nb * block_m,), dtype=torch.int32, device=device),
+        expert_ids=torch.empty((nb,), dtype=torch.int32, device=device),
+        num_post_padded=torch.empty((1,), dtype=torch.int32, device=device),
+        expert_counts=torch.empty((num_experts,), dtype=torch.int32, device=device),
+        block_m=block_m, num_routed=N,
+    )
+
+
 def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alignment:
     """Groups the routed slots of `topk_ids [T, K]` by expert, padded to `block_m`."""
     ids = topk_ids.reshape(-1)
     if ids.dtype != torch.int32:
         ids = ids.to(torch.int32)
     N = ids.numel()
-    dev = ids.device
-    block_e = max(16, triton.next_power_of_2(num_experts))
-    chunk = max(16, min(1024, _TILE_ELEMS // block_e))
-    num_chunks = max(1, triton.cdiv(N, chunk))
-    nb = max_blocks(N, num_experts, block_m)
-    sorted_ids = torch.empty((nb * block_m,), dtype=torch.int32, device=dev)
-    expert_ids = torch.empty((nb,), dtype=torch.int32, device=dev)
-    num_post = torch.empty((1,), dtype=torch.int32, device=dev)
-    expert_counts = torch.empty((num_experts,), dtype=torch.int32, device=dev)
-    chunk_counts = torch.empty((num_chunks, block_e), dtype=torch.int32, device=dev)
-    chunk_base = torch.empty((num_chunks, block_e), dtype=torch.int32, device=dev)
+    a = alloc_alignment(N, num_experts, block_m, ids.device)
+    meta = align_meta(N, num_experts, block_m)
+    if N <= meta["CHUNK"]:
+        _align_small_kernel[(1,)](ids, a.sorted_ids, a.expert_ids, a.num_post_padded, a.expert_counts,
+                                  N, num_experts, a.max_blocks, **meta)
+        return a
+    chunk, block_e = meta["CHUNK"], meta["BLOCK_E"]
+    num_chunks = triton.cdiv(N, chunk)
+    chunk_counts = torch.empty((num_chunks, block_e), dtype=torch.int32, device=ids.device)
+    chunk_base = torch.empty((num_chunks, block_e), dtype=torch.int32, device=ids.device)
     _count_kernel[(num_chunks,)](ids, chunk_counts, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
     rows = max(1, min(64, triton.next_power_of_2(num_chunks), _TILE_ELEMS // block_e))
-    block_b = max(16, min(256, _TILE_ELEMS // max(block_e, block_m)))
     _offsets_kernel[(1,)](
-        chunk_counts, chunk_base, expert_ids, sorted_ids, num_post, expert_counts,
-        N, num_experts, num_chunks, nb,
-        BLOCK_M=block_m, BLOCK_E=block_e, ROWS=rows, BLOCK_B=block_b,
+        chunk_counts, chunk_base, a.expert_ids, a.sorted_ids, a.num_post_padded, a.expert_counts,
+        N, num_experts, num_chunks, a.max_blocks,
+        BLOCK_M=block_m, BLOCK_E=block_e, ROWS=rows, BLOCK_B=meta["BLOCK_B"],
     )
-    _scatter_kernel[(num_chunks,)](ids, chunk_base, sorted_ids, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
-    return Alignment(sorted_ids, expert_ids, num_post, expert_counts, block_m, N)
+    _scatter_kernel[(num_chunks,)](ids, chunk_base, a.sorted_ids, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
+    return a

@@ -21,7 +21,7 @@ from ._validate import check_kernel_device, check_layer_inputs, check_routing, c
 from .align import align_tokens
 from .config import backend_of, default_config
 from .down import combine, down
-from .routing import route
+from .route_align import route_and_align
 from .variants import VARIANTS
 
 IMPLS = tuple(VARIANTS)
@@ -40,15 +40,10 @@ def resolve_config(x: torch.Tensor, num_routed: int, E: int, H: int, F: int, con
     return found if found is not None else default_config(backend_of(x.device), num_routed, E, H, F)
 
 
-def _experts(x, topk_weights, topk_ids, w_gate_up, w_down, impl, config):
-    T, H = x.shape
-    E, _, F = w_down.shape
-    K = topk_ids.shape[1]
-    cfg = resolve_config(x, T * K, E, H, F, config)
-    align = align_tokens(topk_ids, E, cfg["BLOCK_M"])
+def _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg):
     act = VARIANTS[impl](x, w_gate_up, align, cfg)
     partial = down(act, w_down, align, topk_weights, cfg["down"])
-    return combine(partial, T, K, x.dtype)
+    return combine(partial, x.shape[0], topk_weights.shape[1], x.dtype)
 
 
 def moe(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
@@ -60,8 +55,9 @@ def moe(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.Tensor, w
     E, H, F, top_k = check_layer_inputs(x, router_weight, w_gate_up, w_down, top_k)
     if x.shape[0] == 0:
         return x.new_empty((0, H))
-    topk_weights, topk_ids = route(x, router_weight, top_k, renormalize)
-    return _experts(x, topk_weights, topk_ids, w_gate_up, w_down, impl, config)
+    cfg = resolve_config(x, x.shape[0] * top_k, E, H, F, config)
+    topk_weights, _, align = route_and_align(x, router_weight, top_k, renormalize, cfg["BLOCK_M"])
+    return _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg)
 
 
 def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
@@ -85,4 +81,6 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
             raise ValueError(f"topk_ids: expected expert ids in [0, {E}), got values in [{lo}, {hi}]")
     topk_weights = topk_weights.to(torch.float32).contiguous()
     topk_ids = topk_ids.to(torch.int32).contiguous()
-    return _experts(x, topk_weights, topk_ids, w_gate_up, w_down, impl, config)
+    cfg = resolve_config(x, topk_ids.numel(), E, H, F, config)
+    align = align_tokens(topk_ids, E, cfg["BLOCK_M"])
+    return _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg)

@@ -13,15 +13,15 @@ import triton.language as tl
 
 
 @triton.jit
-def _routing_kernel(
-    x_ptr, wr_ptr, weights_ptr, ids_ptr,
+def route_tokens(
+    x_ptr, wr_ptr, weights_ptr, ids_ptr, t0,
     T, H, E,
     stride_xt, stride_xh, stride_re, stride_rh,
     TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    """Routes tokens t0 .. t0+BLOCK_T-1 and stores their weights and ids (slot t*TOP_K + k)."""
+    rows = t0 + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_E)
     row_ok = rows < T
     col_ok = cols < E
@@ -64,6 +64,19 @@ def _routing_kernel(
     tl.store(ids_ptr + offs, out_i, mask=mask)
 
 
+@triton.jit
+def _routing_kernel(
+    x_ptr, wr_ptr, weights_ptr, ids_ptr,
+    T, H, E,
+    stride_xt, stride_xh, stride_re, stride_rh,
+    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    route_tokens(x_ptr, wr_ptr, weights_ptr, ids_ptr, tl.program_id(0) * BLOCK_T, T, H, E,
+                 stride_xt, stride_xh, stride_re, stride_rh,
+                 TOP_K, RENORMALIZE, BLOCK_T, BLOCK_H, BLOCK_E, BLOCK_K)
+
+
 def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool = True,
           block_t: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k softmax routing. Inputs are assumed checked (see `tritonmoe.api.moe`)."""
@@ -73,14 +86,17 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize:
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
     if T == 0:
         return weights, ids
-    block_e = max(16, triton.next_power_of_2(E))
-    # Keep the [BLOCK_T, BLOCK_E] logits and the [BLOCK_T, BLOCK_H] x tile within a few registers a thread.
-    block_h = max(16, min(128, 8192 // block_e, triton.next_power_of_2(H)))
     _routing_kernel[(triton.cdiv(T, block_t),)](
         x, router_weight, weights, ids, T, H, E,
         x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
-        TOP_K=top_k, RENORMALIZE=renormalize,
-        BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(top_k),
-        num_warps=4,
+        **routing_meta(H, E, top_k, renormalize, block_t), num_warps=4,
     )
     return weights, ids
+
+
+def routing_meta(H: int, E: int, top_k: int, renormalize: bool, block_t: int) -> dict:
+    """Constexprs of `route_tokens`: the [BLOCK_H, BLOCK_E] router tile stays within 16K elements."""
+    block_e = max(16, triton.next_power_of_2(E))
+    block_h = max(16, min(512, 16384 // block_e, triton.next_power_of_2(H)))
+    return dict(TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_E=block_e,
+                BLOCK_K=triton.next_power_of_2(top_k))

@@ -2,11 +2,12 @@
 
 Files live in `tritonmoe/configs/<device>/E=<E>,H=<H>,F=<F>,dtype=<dtype>.json` and map a token
 bucket (number of routed slots T*K, as a string) to a layer config (see `tritonmoe.config`). A call
-uses the bucket nearest its T*K. `experiments/tune.py` writes them.
+uses the bucket nearest its T*K on a log scale. `experiments/tune.py` writes them.
 """
 from __future__ import annotations
 
 import functools
+import math
 import json
 from pathlib import Path
 
@@ -48,5 +49,5 @@ def lookup(device: torch.device, dtype: torch.dtype, num_routed: int, E: int, H:
     table = _load(config_path(slug, E, H, F, dtype))
     if not table:
         return None
-    bucket = min(table, key=lambda b: (abs(b - num_routed), b))
+    bucket = min(table, key=lambda b: (abs(math.log2(b) - math.log2(max(1, num_routed))), b))
     return table[bucket]

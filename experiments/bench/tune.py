@@ -1,0 +1,183 @@
+"""Tunes the launch configuration of the fused layer on this GPU and writes the data files that
+`tritonmoe.tuned` reads: `kernels/tritonmoe/configs/<device>/E=..,H=..,F=..,dtype=...json`.
+
+For each model and token bucket: for each BLOCK_M, the best gate_up config and the best
+down(+combine) config are found separately (each candidate captured in a CUDA graph and timed by its
+replays), then the BLOCK_M with the lowest sum wins; the winner is checked against the float64
+reference. One command tunes a new card:
+
+    python experiments/bench/tune.py --models mixtral-8x7b qwen3-30b-a3b
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+import tritonmoe  # noqa: E402
+from tritonmoe.align import align_tokens  # noqa: E402
+from tritonmoe.down import combine, down  # noqa: E402
+from tritonmoe.gate_up import gate_up  # noqa: E402
+from tritonmoe.tuned import CONFIG_DIR, config_path, device_slug  # noqa: E402
+from device_info import atomic_write_text  # noqa: E402
+from problems import load_models, make_tokens, make_weights  # noqa: E402
+
+TUNE_TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
+
+
+def graph_time(fn, warmup_ms=5, rep_ms=25) -> float:
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return triton.testing.do_bench(g.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def block_ms(num_routed: int, experts_hit: int) -> list[int]:
+    per = num_routed / max(1, experts_hit)
+    return [bm for bm in (16, 32, 64, 128) if bm <= max(16, 2 * per)]
+
+
+def gate_up_candidates(bm: int, backend: str):
+    stages = (2, 3) if backend == "hip" else (3, 4)
+    bns = (32, 64, 128) if bm <= 32 else (64, 128)
+    bks = (128, 256) if bm <= 32 else (64, 128)
+    warps = (4,) if bm <= 32 else (4, 8)
+    for bn, bk, w, s in itertools.product(bns, bks, warps, stages):
+        if bm * bk + 2 * bn * bk > 3 * 128 * 128 or (bm >= 128 and bn >= 128 and w < 8):
+            continue
+        yield {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s}
+
+
+def down_candidates(bm: int, backend: str, F: int, tiles_m: int, H: int):
+    stages = (2, 3) if backend == "hip" else (3, 4)
+    bns = (32, 64, 128) if bm <= 32 else (64, 128, 256)
+    bks = (128, 256) if bm <= 32 else (64, 128)
+    warps = (4,) if bm <= 32 else (4, 8)
+    for bn, bk, w, s in itertools.product(bns, bks, warps, stages):
+        if bm * bk + bn * bk > 3 * 128 * 128 or (bm >= 128 and bn >= 256 and w < 8):
+            continue
+        tiles = tiles_m * triton.cdiv(H, bn)
+        for split in (1, 2, 4, 8):
+            if split > 1 and (F // split < 2 * bk or tiles * split > 4 * 132):
+                continue
+            yield {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s, "SPLIT_K": split}
+
+
+def warm(call, cands) -> None:
+    """Compiles the candidates from a thread pool (ptxas runs outside the GIL); results are discarded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(cfg):
+        try:
+            call(cfg)
+        except Exception:
+            pass
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(one, cands))
+    torch.cuda.synchronize()
+
+
+def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
+    x = make_tokens(m, tokens, w, "uniform", torch.bfloat16, "cuda", seed=1000 + tokens)
+    weights, ids = tritonmoe.route(x, w.router_weight, m.top_k)
+    N, hit = ids.numel(), int(torch.unique(ids).numel())
+    best = None
+    for bm in block_ms(N, hit):
+        align = align_tokens(ids, m.experts, bm)
+        tiles_m = min(align.max_blocks, N // bm + hit)
+        act_ref, gu_best = None, None
+        gu_cands = list(gate_up_candidates(bm, backend))
+        warm(lambda cfg: gate_up(x, w.w_gate_up, align, cfg, fuse_swiglu=True), gu_cands)
+        for cfg in gu_cands:
+            try:
+                out = gate_up(x, w.w_gate_up, align, cfg, fuse_swiglu=True)
+                torch.cuda.synchronize()
+                if act_ref is None:
+                    act_ref = out.float()
+                elif (out.float() - act_ref).norm() > 1e-2 * act_ref.norm():
+                    print(f"  skip wrong gate_up {cfg}", flush=True)
+                    continue
+                ms = graph_time(lambda: gate_up(x, w.w_gate_up, align, cfg, fuse_swiglu=True, out=out))
+            except Exception as e:  # out of resources etc.: not a candidate on this card
+                print(f"  skip gate_up {cfg}: {type(e).__name__}", flush=True)
+                continue
+            if gu_best is None or ms < gu_best[0]:
+                gu_best = (ms, cfg)
+        act = gate_up(x, w.w_gate_up, align, gu_best[1], fuse_swiglu=True)
+        dn_best, y_ref = None, None
+        dn_cands = list(down_candidates(bm, backend, m.ffn, tiles_m, m.hidden))
+        warm(lambda cfg: down(act, w.w_down, align, weights, cfg), dn_cands)
+        for cfg in dn_cands:
+            try:
+                y = combine(down(act, w.w_down, align, weights, cfg), tokens, m.top_k, x.dtype)
+                torch.cuda.synchronize()
+                if y_ref is None:
+                    y_ref = y.float()
+                elif (y.float() - y_ref).norm() > 1e-2 * y_ref.norm():
+                    print(f"  skip wrong down {cfg}", flush=True)
+                    continue
+                ms = graph_time(lambda: combine(down(act, w.w_down, align, weights, cfg), tokens, m.top_k, x.dtype))
+            except Exception as e:
+                print(f"  skip down {cfg}: {type(e).__name__}", flush=True)
+                continue
+            if dn_best is None or ms < dn_best[0]:
+                dn_best = (ms, cfg)
+        total = gu_best[0] + dn_best[0]
+        print(f"  T={tokens} BM={bm}: gate_up {gu_best[0]*1e3:.1f} us {gu_best[1]}  down {dn_best[0]*1e3:.1f} us "
+              f"{dn_best[1]}", flush=True)
+        if best is None or total < best[1]:
+            best = ({"BLOCK_M": bm, "gate_up": gu_best[1], "down": dn_best[1]}, total)
+    cfg = best[0]
+    y = tritonmoe.moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, config=cfg)
+    ref = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, topk_ids=ids)
+    err = float((y.double() - ref).norm() / ref.norm())
+    if not err <= 1e-2:
+        raise RuntimeError(f"tuned config for T={tokens} fails the reference check: rel_err {err:.3g} ({cfg})")
+    return cfg, best[1], {"rel_err": err}
+
+
+def main(argv=None) -> int:
+    models = load_models()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(models), choices=list(models))
+    ap.add_argument("--tokens", nargs="+", type=int, default=list(TUNE_TOKENS))
+    ap.add_argument("--config-dir", type=Path, default=CONFIG_DIR)
+    ap.add_argument("--budget-s", type=float, default=540)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("tune.py: no GPU here", file=sys.stderr)
+        return 2
+    backend = "hip" if torch.version.hip else "cuda"
+    slug = device_slug(torch.device("cuda"))
+    t0 = time.time()
+    for name in args.models:
+        m = models[name]
+        w = make_weights(m, torch.bfloat16, "cuda", "uniform")
+        path = config_path(slug, m.experts, m.hidden, m.ffn, torch.bfloat16)
+        path = args.config_dir / path.relative_to(CONFIG_DIR)
+        table = json.loads(path.read_text()) if path.exists() else {}
+        for tokens in args.tokens:
+            if time.time() - t0 > args.budget_s:
+                print("# time budget reached", flush=True)
+                break
+            cfg, ms, info = tune_point(m, w, tokens, backend)
+            table[str(tokens * m.top_k)] = cfg
+            print(f"{name} T={tokens}: {ms*1e3:.1f} us (gate_up+down) rel_err {info['rel_err']:.2e} {cfg}", flush=True)
+            atomic_write_text(path, json.dumps(dict(sorted(table.items(), key=lambda kv: int(kv[0]))), indent=1) + "\n")
+        del w
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,467 @@
+"""Global-memory traffic of the MoE layer, modelled kernel launch by kernel launch.
+
+For each variant (`launches(impl, ...)`) the model lists the kernels the layer launches, in order,
+and for each kernel argument the bytes it reads and writes, in two flavours:
+
+- logical: the bytes the kernel's `tl.load`/`tl.store` move, masked-off lanes excluded, counted
+  once per program that moves them (x tiles re-read by every N block, weight tiles re-read by every
+  M block of an expert, `num_post_padded` read by every program). Triton's interpreter counts
+  exactly this (`experiments/traffic/interp_count.py`); a CI test holds the two equal.
+- unique: each distinct element once per launch: what DRAM would see if the caches kept every
+  re-read within a kernel and nothing survived between kernels (what `ncu --cache-control all`
+  measures, up to L2 write-back and 32-byte sectors).
+
+Arguments are classed as weights (router, gate/up and down weights) or activations (everything
+else: x, the routing and alignment arrays, intermediates, partial sums, y). The tile geometry
+comes from the same layer config the call uses (`tritonmoe.api.resolve_config`) and the same
+alignment (expert counts, BLOCK_M, padded rows), so a kernel change that moves different bytes
+makes the CI test fail. Peers (`megablocks_grouped`, `torch_grouped_mm`) are modelled as ideal
+kernels of their design (each kernel reads its inputs once and writes its outputs once).
+
+Not modelled: L2 reuse across kernels, 32-byte sector rounding of scattered accesses, and the
+L2 write-back timing of dirty lines; `experiments/traffic/compare.py` explains those in numbers.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+import triton
+
+from .align import align_meta, max_blocks
+from .config import default_config
+from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
+from .routing import route
+
+STAGES = ("routing", "gate_up", "act", "down", "combine")
+FLAVOURS = ("logical", "unique")
+TRITON_IMPLS = ("tritonmoe_fused", "tritonmoe_w13", "tritonmoe_unfused")
+PEER_IMPLS = ("megablocks_grouped", "torch_grouped_mm")
+
+# Each Triton kernel of the package (by its function name) and the stage its bytes count under.
+KERNEL_STAGES = {
+    "_route_align_kernel": "routing",
+    "_routing_kernel": "routing",
+    "_align_small_kernel": "routing",
+    "_count_kernel": "routing",
+    "_offsets_kernel": "routing",
+    "_scatter_kernel": "routing",
+    "_gate_up_kernel": "gate_up",
+    "_swiglu_kernel": "act",
+    "_down_kernel": "down",
+    "_combine_kernel": "combine",
+}
+
+_I32 = 4  # ids, counts, offsets
+_F32 = 4  # routing weights and the down projection's partial sums
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes read and written, weights and activations apart."""
+    weight_read: int = 0
+    weight_write: int = 0
+    act_read: int = 0
+    act_write: int = 0
+
+    @property
+    def read(self) -> int:
+        return self.weight_read + self.act_read
+
+    @property
+    def write(self) -> int:
+        return self.weight_write + self.act_write
+
+    @property
+    def total(self) -> int:
+        return self.read + self.write
+
+    @property
+    def act_total(self) -> int:
+        return self.act_read + self.act_write
+
+    def __add__(self, other: "Traffic") -> "Traffic":
+        return Traffic(self.weight_read + other.weight_read, self.weight_write + other.weight_write,
+                       self.act_read + other.act_read, self.act_write + other.act_write)
+
+
+@dataclass(frozen=True)
+class Access:
+    """The bytes one kernel argument (`buffer`, the kernel's parameter name) moves in one launch."""
+    buffer: str
+    weight: bool
+    read: int = 0
+    write: int = 0
+    unique_read: int = 0
+    unique_write: int = 0
+
+    def traffic(self, flavour: str) -> Traffic:
+        r, w = (self.read, self.write) if flavour == "logical" else (self.unique_read, self.unique_write)
+        return Traffic(r, w, 0, 0) if self.weight else Traffic(0, 0, r, w)
+
+
+def _same(buffer: str, weight: bool = False, read: int = 0, write: int = 0) -> Access:
+    """An argument whose every element is moved once (logical == unique)."""
+    return Access(buffer, weight, read, write, read, write)
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: str
+    stage: str
+    accesses: tuple[Access, ...]
+
+    def traffic(self, flavour: str = "logical") -> Traffic:
+        _check_flavour(flavour)
+        out = Traffic()
+        for a in self.accesses:
+            out = out + a.traffic(flavour)
+        return out
+
+    def by_buffer(self, flavour: str = "logical") -> dict[str, tuple[int, int]]:
+        """{parameter name: (read bytes, write bytes)}, the form the interpreter counter reports."""
+        _check_flavour(flavour)
+        return {a.buffer: ((a.read, a.write) if flavour == "logical" else (a.unique_read, a.unique_write))
+                for a in self.accesses}
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The expert shapes of one layer call: tokens T, hidden H, expert ffn F, experts E, top-k K."""
+    tokens: int
+    hidden: int
+    ffn: int
+    experts: int
+    top_k: int
+    elem_bytes: int  # of x, the weights and the intermediates (2 for bf16/fp16, 4 for fp32)
+
+    def __post_init__(self):
+        for name in ("tokens", "hidden", "ffn", "experts", "top_k", "elem_bytes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k: expected <= experts ({self.experts}), got {self.top_k}")
+
+    @property
+    def routed(self) -> int:
+        """N = T*K routed slots."""
+        return self.tokens * self.top_k
+
+    @classmethod
+    def of(cls, tokens: int, hidden: int, ffn: int, experts: int, top_k: int, dtype) -> "LayerShape":
+        return cls(tokens, hidden, ffn, experts, top_k, elem_bytes(dtype))
+
+
+def elem_bytes(dtype) -> int:
+    """Bytes per element of a torch dtype (or a dtype name such as 'bfloat16')."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype: expected a torch.dtype or its name, got {dtype!r}")
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """The alignment's geometry: tokens grouped by expert, each group padded to BLOCK_M rows."""
+    block_m: int
+    expert_counts: tuple[int, ...]
+    max_blocks: int  # grid rows of the grouped GEMMs (an upper bound known on the host)
+    padded_rows: int = field(init=False)  # num_post_padded
+    used_blocks: int = field(init=False)
+    hit_experts: int = field(init=False)
+
+    def __post_init__(self):
+        bm = self.block_m
+        object.__setattr__(self, "padded_rows", sum(-(-c // bm) * bm for c in self.expert_counts))
+        object.__setattr__(self, "used_blocks", self.padded_rows // bm)
+        object.__setattr__(self, "hit_experts", sum(1 for c in self.expert_counts if c > 0))
+
+    @classmethod
+    def from_counts(cls, shape: LayerShape, expert_counts, block_m: int) -> "Blocks":
+        counts = tuple(int(c) for c in expert_counts)
+        if len(counts) != shape.experts:
+            raise ValueError(f"expert_counts: expected {shape.experts} counts (one per expert), got {len(counts)}")
+        if any(c < 0 for c in counts) or sum(counts) != shape.routed:
+            raise ValueError(f"expert_counts: expected non-negative counts summing to T*K = {shape.routed}, "
+                             f"got {sum(counts)} ({counts if len(counts) <= 16 else '...'})")
+        return cls(int(block_m), counts, max_blocks(shape.routed, shape.experts, int(block_m)))
+
+    @classmethod
+    def from_alignment(cls, shape: LayerShape, align) -> "Blocks":
+        """From a `tritonmoe.align.Alignment`; checks its padded-row count against the counts."""
+        blocks = cls.from_counts(shape, align.expert_counts.tolist(), align.block_m)
+        got = int(align.num_post_padded.item())
+        if got != blocks.padded_rows:
+            raise ValueError(f"align: expected num_post_padded = {blocks.padded_rows} from its expert counts, got {got}")
+        if align.max_blocks != blocks.max_blocks:
+            raise ValueError(f"align: expected {blocks.max_blocks} blocks, got {align.max_blocks}")
+        return blocks
+
+
+def _check_flavour(flavour: str) -> None:
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour: expected one of {FLAVOURS}, got {flavour!r}")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# --- the kernels, one function each, in the order of their modules --------------------------------
+
+def _route_block_t() -> int:
+    return inspect.signature(route).parameters["block_t"].default
+
+
+def _route_accesses(s: LayerShape, programs: int) -> tuple[Access, ...]:
+    """`routing.route_tokens` run by `programs` programs (or loop iterations) of BLOCK_T tokens:
+    x rows once, the whole router weight once per program, fp32 weights and int32 ids out."""
+    x = s.tokens * s.hidden * s.elem_bytes
+    wr = s.experts * s.hidden * s.elem_bytes
+    return (
+        _same("x_ptr", read=x),
+        Access("wr_ptr", True, read=programs * wr, unique_read=wr),
+        _same("weights_ptr", write=s.routed * _F32),
+    )
+
+
+def _block_table_accesses(s: LayerShape, b: Blocks, *, sorted_ids_write: int) -> tuple[Access, ...]:
+    """What `align.write_blocks` and the totals of an alignment store."""
+    return (
+        _same("sorted_ids_ptr", write=sorted_ids_write),
+        _same("expert_ids_ptr", write=b.max_blocks * _I32),
+        _same("num_post_ptr", write=_I32),
+        _same("expert_counts_ptr", write=s.experts * _I32),
+    )
+
+
+def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
+    """Routing and alignment as `route_align.route_and_align` dispatches them: one program for
+    both at small sizes, else `route` then `align_tokens` (itself one program when the N slots fit
+    one chunk, else per-chunk histograms, one program of offsets, and a stable scatter)."""
+    n = s.routed
+    meta = align_meta(n, s.experts, b.block_m)
+    steps = _cdiv(s.tokens, _route_block_t())
+    if s.tokens <= ROUTE_ALIGN_MAX_TOKENS and n <= meta["CHUNK"]:
+        return [Launch("_route_align_kernel", "routing", (
+            *_route_accesses(s, steps),
+            # The ids are stored, then read back by the same program (from cache: no unique read).
+            Access("ids_ptr", False, read=n * _I32, write=n * _I32, unique_write=n * _I32),
+            *_block_table_accesses(s, b, sorted_ids_write=b.padded_rows * _I32),
+        ))]
+    out = [Launch("_routing_kernel", "routing", (*_route_accesses(s, steps), _same("ids_ptr", write=n * _I32)))]
+    if n <= meta["CHUNK"]:
+        return out + [Launch("_align_small_kernel", "routing", (
+            _same("ids_ptr", read=n * _I32),
+            *_block_table_accesses(s, b, sorted_ids_write=b.padded_rows * _I32),
+        ))]
+    table = _cdiv(n, meta["CHUNK"]) * meta["BLOCK_E"] * _I32  # [num_chunks, BLOCK_E] int32
+    return out + [
+        Launch("_count_kernel", "routing", (
+            _same("ids_ptr", read=n * _I32),
+            _same("chunk_counts_ptr", write=table),
+        )),
+        Launch("_offsets_kernel", "routing", (
+            Access("chunk_counts_ptr", False, read=2 * table, unique_read=table),  # two passes
+            _same("chunk_base_ptr", write=table),
+            *_block_table_accesses(s, b, sorted_ids_write=(b.padded_rows - n) * _I32),  # the sentinels
+        )),
+        Launch("_scatter_kernel", "routing", (
+            _same("ids_ptr", read=n * _I32),
+            _same("chunk_base_ptr", read=table),
+            _same("sorted_ids_ptr", write=n * _I32),
+        )),
+    ]
+
+
+def _block_metadata(b: Blocks, programs_per_block: int) -> tuple[Access, ...]:
+    """What every program of a grouped GEMM reads before its tiles: the used-row count (all
+    programs, even those past the used blocks), then its block's expert and slot ids."""
+    return (
+        Access("num_post_ptr", False, read=b.max_blocks * programs_per_block * _I32, unique_read=_I32),
+        Access("expert_ids_ptr", False, read=b.used_blocks * programs_per_block * _I32,
+               unique_read=b.used_blocks * _I32),
+        Access("sorted_ids_ptr", False, read=b.padded_rows * programs_per_block * _I32,
+               unique_read=b.padded_rows * _I32),
+    )
+
+
+def gate_up_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool) -> Launch:
+    """`gate_up._gate_up_kernel` over `n` weight rows (fused: n = F gate rows and F up rows).
+
+    Every (M block, N block) program gathers its block's real token rows of x over all of H and
+    the expert's weight tile; padding rows are written (as zeros), never read from x."""
+    n_blocks = _cdiv(n, cfg["BLOCK_N"])
+    mats = 2 if fused else 1
+    e = s.elem_bytes
+    return Launch("_gate_up_kernel", "gate_up", (
+        Access("x_ptr", False, read=s.routed * s.hidden * e * n_blocks, unique_read=s.tokens * s.hidden * e),
+        Access("w_ptr", True, read=b.used_blocks * mats * n * s.hidden * e,
+               unique_read=b.hit_experts * mats * n * s.hidden * e),
+        _same("out_ptr", write=b.padded_rows * n * e),
+        *_block_metadata(b, n_blocks),
+    ))
+
+
+def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
+    """`swiglu._swiglu_kernel`: gate and up of the used rows in, act out."""
+    block_f = min(256, triton.next_power_of_2(s.ffn))
+    programs = b.max_blocks * _cdiv(s.ffn, block_f)
+    rows = b.padded_rows * s.ffn * s.elem_bytes
+    return Launch("_swiglu_kernel", "act", (
+        _same("gate_ptr", read=rows),
+        _same("up_ptr", read=rows),
+        _same("out_ptr", write=rows),
+        Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
+    ))
+
+
+def down_splits(s: LayerShape, cfg_down: dict) -> int:
+    """The number of F splits `down.down` launches (SPLIT_K after rounding to BLOCK_K)."""
+    split_k = max(1, int(cfg_down.get("SPLIT_K", 1)))
+    k_per_split = _cdiv(_cdiv(s.ffn, split_k), cfg_down["BLOCK_K"]) * cfg_down["BLOCK_K"]
+    return _cdiv(s.ffn, k_per_split)
+
+
+def down_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
+    """`down._down_kernel`: every (M block, H block, F split) program reads all BLOCK_M rows of act
+    (padding included) over its split; partial rows are written for real slots only, in fp32."""
+    h_blocks = _cdiv(s.hidden, cfg_down["BLOCK_N"])
+    splits = down_splits(s, cfg_down)
+    e = s.elem_bytes
+    return Launch("_down_kernel", "down", (
+        Access("a_ptr", False, read=b.padded_rows * s.ffn * e * h_blocks, unique_read=b.padded_rows * s.ffn * e),
+        Access("w_ptr", True, read=b.used_blocks * s.hidden * s.ffn * e,
+               unique_read=b.hit_experts * s.hidden * s.ffn * e),
+        _same("partial_ptr", write=splits * s.routed * s.hidden * _F32),
+        Access("topk_weights_ptr", False, read=s.routed * h_blocks * splits * _F32, unique_read=s.routed * _F32),
+        *_block_metadata(b, h_blocks * splits),
+    ))
+
+
+def combine_launch(s: LayerShape, splits: int) -> Launch:
+    """`down._combine_kernel`: sums the splits x K partial rows of each token into y."""
+    return Launch("_combine_kernel", "combine", (
+        _same("partial_ptr", read=splits * s.routed * s.hidden * _F32),
+        _same("y_ptr", write=s.tokens * s.hidden * s.elem_bytes),
+    ))
+
+
+def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict) -> list[Launch]:
+    """The variant-specific part (`tritonmoe.variants`)."""
+    gu, F = cfg["gate_up"], s.ffn
+    if impl == "tritonmoe_fused":
+        return [gate_up_launch(s, b, gu, n=F, fused=True)]
+    if impl == "tritonmoe_w13":
+        return [gate_up_launch(s, b, gu, n=2 * F, fused=False), swiglu_launch(s, b)]
+    if impl == "tritonmoe_unfused":
+        return [gate_up_launch(s, b, gu, n=F, fused=False), gate_up_launch(s, b, gu, n=F, fused=False),
+                swiglu_launch(s, b)]
+    raise ValueError(f"impl: expected one of {TRITON_IMPLS}, got {impl!r}")
+
+
+def launches(impl: str, shape: LayerShape, expert_counts, config: dict) -> list[Launch]:
+    """The kernel launches of `tritonmoe.moe(..., impl=impl)`, in order, with their bytes.
+
+    `expert_counts[e]` is the number of routed slots of expert e (sum T*K); `config` is the layer
+    config the call resolves (`tritonmoe.api.resolve_config`; `gpu_config` for a GPU's defaults).
+    Peers (`PEER_IMPLS`) get their ideal-kernel model (`peer_launches`)."""
+    if impl in PEER_IMPLS:
+        return peer_launches(impl, shape, expert_counts)
+    if impl not in TRITON_IMPLS:
+        raise ValueError(f"impl: expected one of {TRITON_IMPLS + PEER_IMPLS}, got {impl!r}")
+    b = Blocks.from_counts(shape, expert_counts, config["BLOCK_M"])
+    down_cfg = config["down"]
+    return [
+        *routing_launches(shape, b),
+        *_act_launches(impl, shape, b, config),
+        down_launch(shape, b, down_cfg),
+        combine_launch(shape, down_splits(shape, down_cfg)),
+    ]
+
+
+# --- peers: ideal kernels of their designs --------------------------------------------------------
+
+def _ideal(kernel: str, stage: str, *, weight_read: int = 0, read: int = 0, write: int = 0) -> Launch:
+    acc = [_same("activations", read=read, write=write)]
+    if weight_read:
+        acc.append(_same("weights", weight=True, read=weight_read))
+    return Launch(kernel, stage, tuple(acc))
+
+
+def peer_launches(impl: str, s: LayerShape, expert_counts) -> list[Launch]:
+    """Ideal-kernel models of the peers: no padding, each op reads its inputs once, writes once.
+
+    Both: router GEMM + softmax/top-k (x and router weight in; ids and fp32 weights out), a sort
+    of the N ids (ids in; sorted slot order and per-expert offsets out), a gather of x into
+    expert order (T rows in, N rows out), grouped GEMMs over the hit experts' weights, SwiGLU in
+    PyTorch as two elementwise ops (silu(gate), then times up), and a weighted scatter-combine
+    (N rows and weights in, T rows out).
+    - megablocks_grouped: separate gate (w1) and up (v1) GEMMs, each writing [N, F].
+    - torch_grouped_mm: one GEMM over the concatenated gate|up weights writing [N, 2F].
+    """
+    if impl not in PEER_IMPLS:
+        raise ValueError(f"impl: expected one of {PEER_IMPLS}, got {impl!r}")
+    T, H, F, E, N, e = s.tokens, s.hidden, s.ffn, s.experts, s.routed, s.elem_bytes
+    hit = sum(1 for c in expert_counts if int(c) > 0)
+    if len(tuple(expert_counts)) != E or sum(int(c) for c in expert_counts) != N:
+        raise ValueError(f"expert_counts: expected {E} counts summing to T*K = {N}")
+    out = [
+        _ideal("router", "routing", weight_read=E * H * e, read=T * H * e, write=N * (_F32 + _I32)),
+        _ideal("sort", "routing", read=N * _I32, write=2 * N * _I32 + E * _I32),
+        _ideal("gather", "gate_up", read=T * H * e + N * _I32, write=N * H * e),
+    ]
+    if impl == "megablocks_grouped":
+        out += [_ideal("gmm_w1", "gate_up", weight_read=hit * F * H * e, read=N * H * e, write=N * F * e),
+                _ideal("gmm_v1", "gate_up", weight_read=hit * F * H * e, read=N * H * e, write=N * F * e)]
+    else:
+        out += [_ideal("grouped_mm_gate_up", "gate_up", weight_read=hit * 2 * F * H * e, read=N * H * e,
+                       write=N * 2 * F * e)]
+    out += [
+        _ideal("silu", "act", read=N * F * e, write=N * F * e),
+        _ideal("mul", "act", read=2 * N * F * e, write=N * F * e),
+        _ideal("grouped_mm_down", "down", weight_read=hit * H * F * e, read=N * F * e, write=N * H * e),
+        _ideal("scatter_combine", "combine", read=N * H * e + N * (_F32 + _I32), write=T * H * e),
+    ]
+    return out
+
+
+# --- sums ------------------------------------------------------------------------------------------
+
+def stage_traffic(launch_list: list[Launch], flavour: str = "logical") -> dict[str, Traffic]:
+    """Bytes per stage (`STAGES`, every one present, zero where no kernel runs) and 'total'."""
+    _check_flavour(flavour)
+    out = {stage: Traffic() for stage in STAGES}
+    for launch in launch_list:
+        out[launch.stage] = out[launch.stage] + launch.traffic(flavour)
+    total = Traffic()
+    for stage in STAGES:
+        total = total + out[stage]
+    out["total"] = total
+    return out
+
+
+def fewest_bytes(shape: LayerShape, expert_counts) -> int:
+    """The floor's fewest bytes (CONTRACTS.md): the hit experts' weights + x read once + y written once."""
+    hit = sum(1 for c in expert_counts if int(c) > 0)
+    s = shape
+    return (hit * 3 * s.ffn * s.hidden + 2 * s.tokens * s.hidden) * s.elem_bytes
+
+
+def gpu_config(shape: LayerShape, backend: str = "cuda") -> dict:
+    """The default launch config a GPU call of this shape resolves when no tuned file matches."""
+    return default_config(backend, shape.routed, shape.experts, shape.hidden, shape.ffn)
+
+
+def fusion_saving(shape: LayerShape, expert_counts, config: dict, *, baseline: str = "tritonmoe_unfused",
+                  flavour: str = "unique", weights: bool = True) -> tuple[int, float]:
+    """(bytes saved by `tritonmoe_fused` against `baseline`, share of the baseline's total).
+
+    `weights=False` counts activations only (the preprint's accounting)."""
+    base = stage_traffic(launches(baseline, shape, expert_counts, config), flavour)["total"]
+    fused = stage_traffic(launches("tritonmoe_fused", shape, expert_counts, config), flavour)["total"]
+    b, f = (base.total, fused.total) if weights else (base.act_total, fused.act_total)
+    return b - f, (b - f) / b
