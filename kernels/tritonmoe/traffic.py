@@ -7,9 +7,10 @@ and for each kernel argument the bytes it reads and writes, in two flavours:
   once per program that moves them (x tiles re-read by every N block, weight tiles re-read by every
   M block of an expert, `num_post_padded` read by every program). Triton's interpreter counts
   exactly this (`experiments/traffic/interp_count.py`); a CI test holds the two equal.
-- unique: each distinct element once per launch: what DRAM would see if the caches kept every
-  re-read within a kernel and nothing survived between kernels (what `ncu --cache-control all`
-  measures, up to L2 write-back and 32-byte sectors).
+- unique: each distinct element once per launch (an element the launch stores and then loads back
+  counts as stored only): what DRAM would see if the caches kept every re-read within a kernel and
+  nothing survived between kernels (what `ncu --cache-control all` measures, up to L2 write-back
+  and 32-byte sectors).
 
 Arguments are classed as weights (router, gate/up and down weights) or activations (everything
 else: x, the routing and alignment arrays, intermediates, partial sums, y). The tile geometry

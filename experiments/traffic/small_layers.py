@@ -1,0 +1,62 @@
+"""Small layers for the interpreter count: shapes and routings that exercise every mask.
+
+Each `SmallLayer` builds its inputs deterministically. Routings:
+- `uniform`: random router weights.
+- `skewed`: a Zipf-like bias towards low expert ids (hot experts, several BLOCK_M blocks each).
+- `empty_expert`: the last expert's router row is strongly negative, so no token picks it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ROUTINGS = ("uniform", "skewed", "empty_expert")
+
+
+@dataclass(frozen=True)
+class SmallLayer:
+    tokens: int
+    hidden: int
+    ffn: int
+    experts: int
+    top_k: int
+    dtype: torch.dtype = torch.float32
+    routing: str = "uniform"
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        """The `model` column of its traffic.csv rows."""
+        return f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}"
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, router_weight, w_gate_up, w_down) on the CPU."""
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing: expected one of {ROUTINGS}, got {self.routing!r}")
+        g = torch.Generator().manual_seed(self.seed)
+        T, H, F, E = self.tokens, self.hidden, self.ffn, self.experts
+        # Positive x, so that a router row's bias moves every token's logit the same way.
+        x = torch.rand(T, H, generator=g)
+        wr = torch.randn(E, H, generator=g) * H ** -0.5
+        if self.routing == "skewed":
+            wr += (0.3 / torch.arange(1, E + 1, dtype=torch.float32))[:, None] * (8 / H)
+        elif self.routing == "empty_expert":
+            wr[-1] = -1.0
+        w_gate_up = torch.randn(E, 2 * F, H, generator=g) * H ** -0.5
+        w_down = torch.randn(E, H, F, generator=g) * F ** -0.5
+        return tuple(t.to(self.dtype).contiguous() for t in (x, wr, w_gate_up, w_down))
+
+
+# H and F off the block sizes (16) in most; an empty expert; skew (an expert over several BLOCK_M
+# blocks); one token; fp16 elements. Routing and alignment take each of their paths: one program
+# for both (T <= 32), routing then a one-program alignment (T = 40), and routing then the chunked
+# alignment (E = 300, so BLOCK_E = 512 and 72 slots make three chunks).
+SMALL_LAYERS = (
+    SmallLayer(tokens=7, hidden=40, ffn=24, experts=4, top_k=2),
+    SmallLayer(tokens=20, hidden=32, ffn=32, experts=4, top_k=2, routing="skewed", seed=1),
+    SmallLayer(tokens=13, hidden=24, ffn=40, experts=6, top_k=2, routing="empty_expert", seed=2),
+    SmallLayer(tokens=1, hidden=48, ffn=20, experts=8, top_k=3, dtype=torch.float16, seed=3),
+    SmallLayer(tokens=24, hidden=16, ffn=18, experts=300, top_k=3, seed=4),
+    SmallLayer(tokens=40, hidden=24, ffn=16, experts=5, top_k=2, dtype=torch.float16, routing="skewed", seed=5),
+)
