@@ -1,5 +1,5 @@
 """Tunes the launch configuration of the fused layer on this GPU and writes the data files that
-`tritonmoe.tuned` reads: `kernels/tritonmoe/configs/<device>/E=..,H=..,F=..,dtype=...json`.
+`tritonmoe.tuned` reads: `kernels/tritonmoe/configs/<device>/E.._H.._F.._<dtype>.json`.
 
 For each model and token bucket: for each BLOCK_M, the best gate_up config and the best
 down(+combine) config are found separately (each candidate captured in a CUDA graph and timed by its
@@ -44,14 +44,14 @@ def graph_time(fn, warmup_ms=5, rep_ms=25) -> float:
 
 def block_ms(num_routed: int, experts_hit: int) -> list[int]:
     per = num_routed / max(1, experts_hit)
-    return [bm for bm in (16, 32, 64, 128) if bm <= max(16, 2 * per)]
+    return [bm for bm in (16, 32, 64, 128, 256) if bm <= max(16, 2 * per)]
 
 
 def gate_up_candidates(bm: int, backend: str):
     stages = (2, 3) if backend == "hip" else (3, 4)
-    bns = (32, 64, 128) if bm <= 32 else (64, 128)
-    bks = (128, 256) if bm <= 32 else (64, 128)
-    warps = (4,) if bm <= 32 else (4, 8)
+    bns = (32, 64, 128) if bm <= 32 else (64, 128) if bm <= 128 else (32, 64)
+    bks = (128, 256) if bm <= 32 else (64, 128) if bm <= 128 else (64,)
+    warps = (4,) if bm <= 32 else (4, 8) if bm <= 128 else (8,)
     for bn, bk, w, s in itertools.product(bns, bks, warps, stages):
         if bm * bk + 2 * bn * bk > 3 * 128 * 128 or (bm >= 128 and bn >= 128 and w < 8):
             continue
@@ -60,9 +60,9 @@ def gate_up_candidates(bm: int, backend: str):
 
 def down_candidates(bm: int, backend: str, F: int, tiles_m: int, H: int):
     stages = (2, 3) if backend == "hip" else (3, 4)
-    bns = (32, 64, 128) if bm <= 32 else (64, 128, 256)
-    bks = (128, 256) if bm <= 32 else (64, 128)
-    warps = (4,) if bm <= 32 else (4, 8)
+    bns = (32, 64, 128) if bm <= 32 else (64, 128, 256) if bm <= 128 else (64, 128)
+    bks = (128, 256) if bm <= 32 else (64, 128) if bm <= 128 else (64,)
+    warps = (4,) if bm <= 32 else (4, 8) if bm <= 128 else (8,)
     for bn, bk, w, s in itertools.product(bns, bks, warps, stages):
         if bm * bk + bn * bk > 3 * 128 * 128 or (bm >= 128 and bn >= 256 and w < 8):
             continue

@@ -1,6 +1,6 @@
 """Tuned launch configurations as data files, keyed by device, expert shape and token bucket.
 
-Files live in `tritonmoe/configs/<device>/E=<E>,H=<H>,F=<F>,dtype=<dtype>.json` and map a token
+Files live in `tritonmoe/configs/<device>/E<E>_H<H>_F<F>_<dtype>.json` and map a token
 bucket (number of routed slots T*K, as a string) to a layer config (see `tritonmoe.config`). A call
 uses the bucket nearest its T*K on a log scale. `experiments/tune.py` writes them.
 """
@@ -31,7 +31,7 @@ def device_slug(device: torch.device) -> str | None:
 
 
 def config_path(slug: str, E: int, H: int, F: int, dtype: torch.dtype) -> Path:
-    return CONFIG_DIR / slug / f"E={E},H={H},F={F},dtype={str(dtype).removeprefix('torch.')}.json"
+    return CONFIG_DIR / slug / f"E{E}_H{H}_F{F}_{str(dtype).removeprefix('torch.')}.json"
 
 
 @functools.lru_cache(maxsize=256)
