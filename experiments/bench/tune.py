@@ -49,7 +49,7 @@ def block_ms(num_routed: int, experts_hit: int) -> list[int]:
 
 def gate_up_candidates(bm: int, backend: str):
     stages = (2, 3) if backend == "hip" else (3, 4)
-    bns = (32, 64, 128) if bm <= 32 else (64, 128) if bm <= 128 else (32, 64)
+    bns = (16, 32, 64, 128) if bm <= 32 else (64, 128) if bm <= 128 else (32, 64)
     bks = (128, 256) if bm <= 32 else (64, 128) if bm <= 128 else (64,)
     warps = (4,) if bm <= 32 else (4, 8) if bm <= 128 else (8,)
     for bn, bk, w, s in itertools.product(bns, bks, warps, stages):
@@ -60,7 +60,7 @@ def gate_up_candidates(bm: int, backend: str):
 
 def down_candidates(bm: int, backend: str, F: int, tiles_m: int, H: int):
     stages = (2, 3) if backend == "hip" else (3, 4)
-    bns = (32, 64, 128) if bm <= 32 else (64, 128, 256) if bm <= 128 else (64, 128)
+    bns = (16, 32, 64, 128) if bm <= 32 else (64, 128, 256) if bm <= 128 else (64, 128)
     bks = (128, 256) if bm <= 32 else (64, 128) if bm <= 128 else (64,)
     warps = (4,) if bm <= 32 else (4, 8) if bm <= 128 else (8,)
     for bn, bk, w, s in itertools.product(bns, bks, warps, stages):
