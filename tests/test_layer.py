@@ -1,0 +1,133 @@
+"""The whole layer, every variant (`tritonmoe.IMPLS`), against the float64 reference.
+
+Under the interpreter every block is 16 wide, so H=40, F=24 leave partial blocks in every GEMM
+dimension; H=64, F=32 take the EVEN_K path; H=33, F=17 are odd.
+"""
+import pytest
+import torch
+
+import tritonmoe
+from helpers import assert_rel_close, layer_reference, make_layer
+
+DTYPES = [torch.float32, torch.float16]
+
+# (T, E, K, H, F): each of E in {1, 3, 8, 64}, K in {1, 2, 4, 8}, T in {1, 2, 17, 64, 130}, and the
+# hard corners (E=64 with K=8 and T=130; E=1; K=E).
+SHAPES = [
+    (1, 1, 1, 40, 24),
+    (130, 1, 1, 40, 24),
+    (2, 3, 2, 40, 24),
+    (17, 3, 1, 40, 24),
+    (17, 8, 2, 40, 24),
+    (64, 8, 8, 40, 24),
+    (2, 64, 8, 40, 24),
+    (130, 64, 8, 40, 24),
+    (17, 8, 4, 64, 32),
+    (9, 4, 2, 33, 17),
+]
+
+
+def shape_id(s):
+    return "T{}-E{}-K{}-H{}-F{}".format(*s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_moe_matches_reference(impl, shape, dtype, device):
+    T, E, K, H, F = shape
+    layer = make_layer(T, E, H, F, dtype, device, seed=hash(shape) % 2**31)
+    y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl)
+    assert y.shape == (T, H) and y.dtype == dtype and y.device == layer.x.device
+    ref = layer_reference(layer.x, *layer.weights, K)
+    assert_rel_close(y, ref, dtype, f"{impl} {shape_id(shape)}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(17, 8, 2, 40, 24), (9, 8, 8, 40, 24), (20, 16, 4, 40, 24)], ids=shape_id)
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_moe_without_renormalization(impl, shape, dtype, device):
+    T, E, K, H, F = shape
+    layer = make_layer(T, E, H, F, dtype, device, seed=11)
+    y = tritonmoe.moe(layer.x, *layer.weights, K, renormalize=False, impl=impl)
+    ref = layer_reference(layer.x, *layer.weights, K, renormalize=False)
+    assert_rel_close(y, ref, dtype, impl)
+    if K < E:  # the raw probabilities sum to < 1, so the two results must differ
+        y_renorm = tritonmoe.moe(layer.x, *layer.weights, K, renormalize=True, impl=impl)
+        assert (y - y_renorm).abs().max() > 1e-2
+
+
+def _config(block_m, bn, bk, group_m, split_k):
+    return {"BLOCK_M": block_m,
+            "gate_up": {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
+            "down": {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "SPLIT_K": split_k}}
+
+
+@pytest.mark.parametrize("config", [
+    _config(16, 16, 16, 1, 1),
+    _config(32, 32, 16, 4, 3),
+    _config(64, 16, 32, 8, 4),
+], ids=["bm16-split1", "bm32-split3", "bm64-split4"])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_moe_launch_configs(impl, config, device):
+    """Any block sizes, program grouping and split of the down projection give the same layer."""
+    T, E, K, H, F = 70, 8, 2, 40, 56
+    layer = make_layer(T, E, H, F, torch.float32, device, seed=7)
+    y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=config)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.float32, impl)
+
+
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_moe_zipf_routing(impl, device):
+    T, E, K, H, F = 64, 64, 4, 40, 24
+    layer = make_layer(T, E, H, F, torch.float32, device, seed=3, routing="zipf")
+    _, ids = tritonmoe.route(layer.x, layer.router_weight, K)
+    counts = torch.bincount(ids.flatten().long(), minlength=E)
+    assert counts.max() > 4 * counts.float().mean() and (counts == 0).any()
+    y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.float32, impl)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_fused_experts_matches_reference(impl, dtype, device):
+    """A routing made elsewhere: random ids (an expert left empty, one hot) and unnormalized weights."""
+    T, E, K, H, F = 40, 8, 3, 40, 24
+    layer = make_layer(T, E, H, F, dtype, device, seed=9)
+    g = torch.Generator().manual_seed(9)
+    ids = torch.stack([torch.randperm(E - 1, generator=g)[:K] for _ in range(T)])  # expert E-1 empty
+    ids[: T // 2, 0] = 2
+    weights = torch.rand(T, K, generator=g) + 0.1
+    ids, weights = ids.to(device), weights.to(device)
+    y = tritonmoe.fused_experts(layer.x, weights, ids, layer.w_gate_up, layer.w_down, impl=impl)
+    ref = tritonmoe.reference_experts(layer.x, weights, ids, layer.w_gate_up, layer.w_down)
+    assert y.shape == (T, H) and y.dtype == dtype
+    assert_rel_close(y, ref, dtype, impl)
+
+
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_module_flattens_leading_dims(impl, device):
+    """`FusedMoE` on [B, S, H] equals `moe` on the [B*S, H] tokens, reshaped back."""
+    B, S, H, F, E, K = 3, 5, 40, 24, 8, 2
+    torch.manual_seed(0)
+    layer = tritonmoe.FusedMoE(H, F, E, K, impl=impl, device=device, dtype=torch.float32)
+    x = torch.randn(B, S, H, device=device)
+    with torch.no_grad():
+        y = layer(x)
+        flat = tritonmoe.moe(x.reshape(B * S, H), layer.router_weight, layer.w_gate_up, layer.w_down, K, impl=impl)
+    assert y.shape == (B, S, H)
+    assert torch.equal(y, flat.reshape(B, S, H))
+    assert_rel_close(flat, layer_reference(x.reshape(B * S, H), layer.router_weight, layer.w_gate_up,
+                                           layer.w_down, K), torch.float32, impl)
+
+
+def test_module_from_gate_up(device):
+    """Separate gate and up weights are concatenated once into the [E, 2F, H] layout (gate rows first)."""
+    T, E, K, H, F = 17, 8, 2, 40, 24
+    layer = make_layer(T, E, H, F, torch.float32, device, seed=12)
+    w_gate, w_up = layer.w_gate_up[:, :F], layer.w_gate_up[:, F:]
+    module = tritonmoe.FusedMoE.from_gate_up(layer.router_weight, w_gate, w_up, layer.w_down, K)
+    assert torch.equal(module.w_gate_up, layer.w_gate_up)
+    with torch.no_grad():
+        y = module(layer.x)
+    assert torch.equal(y, tritonmoe.moe(layer.x, *layer.weights, K))
