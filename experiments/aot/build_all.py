@@ -125,7 +125,9 @@ def provenance(argv: list[str]) -> dict:
         "triton": triton.__version__, "torch": torch.__version__, "python": platform.python_version(),
         "ptxas": ptxas.strip().splitlines()[-1] if ptxas else None,
         "git_sha": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--", "kernels", "experiments/aot", "config")),
+        # Dirty: a change in what the build reads (the kernels, this script, its settings).
+        "git_dirty": bool(git("status", "--porcelain", "--", "kernels", "experiments/aot", "config/aot_targets.yaml",
+                              "config/models.yaml")),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", os.path.relpath(__file__, ROOT), *argv]),
         "host": platform.node(),
