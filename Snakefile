@@ -1,0 +1,36 @@
+# TritonMoE: raw results -> figures, tables, the claims check and the paper.
+#
+#   snakemake --cores 1 all                                   # CPU only: everything from results/raw
+#   snakemake --cores 1 --config measure=h100-sxm measure     # on a GPU: re-measure this device, then `all`
+#   snakemake -n all                                          # the plan
+#
+# Rules by stage: experiments/rules/{build,measure,analyse,figures,tables,paper}.smk. Settings:
+# config/config.yaml (checked against config/config.schema.yaml). Devices shown are those with a
+# folder under results/raw/; the others are named in the paper as not measured.
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/config.schema.yaml")
+
+
+include: "experiments/rules/common.smk"
+include: "experiments/rules/build.smk"
+include: "experiments/rules/measure.smk"
+include: "experiments/rules/analyse.smk"
+include: "experiments/rules/figures.smk"
+include: "experiments/rules/tables.smk"
+include: "experiments/rules/paper.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        PAPER_PDF,
+        expand(f"{FIG}/{{figure}}.png", figure=FIGURES),
+        f"{GEN}/claims.json",
+        f"{GEN}/claims.md",

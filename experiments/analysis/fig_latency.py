@@ -1,0 +1,59 @@
+"""Figure: latency of the whole MoE layer against token count, one panel per model, every impl,
+with the physical floor drawn (floor_ms of the rows: fewest bytes / copy rate or FLOPs / matrix rate).
+
+    python -m experiments.analysis.fig_latency --latency results/raw/h100-sxm/latency.csv --out latency_h100-sxm.pdf
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import plotting
+from .latency_rows import shown_rows
+from .settings import git_repo, load_settings
+from .sources import load_rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency", type=Path, required=True, help="results/raw/<device>/latency.csv")
+    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--out", type=Path, required=True, help="figure path, .pdf or .png")
+    args = ap.parse_args(argv)
+    settings = load_settings(args.settings)
+    rows = shown_rows(load_rows(args.latency, git_repo(settings)), settings)
+    if rows.empty:
+        raise SystemExit(f"{args.latency}: no timed rows of dtype={settings['dtype']}, routing={settings['routing']}, "
+                         f"graph={settings['graph']}; expected at least one")
+    models = [m for m in settings["models"] if m in set(rows["model"])]
+    impls = [i for i in settings["impls"] if i in set(rows["impl"])]
+    styles = plotting.impl_styles(settings["impls"])
+    plotting.setup()
+    cols = min(3, len(models))
+    nrows = -(-len(models) // cols)
+    fig, axes = plotting.plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    for ax, model in zip(axes.flat, models):
+        here = rows[rows["model"] == model]
+        for impl in impls:
+            line = here[here["impl"] == impl].sort_values("tokens")
+            if line.empty:
+                continue
+            err = [line["median_ms"] - line["p20_ms"], line["p80_ms"] - line["median_ms"]]
+            ax.errorbar(line["tokens"], line["median_ms"], yerr=err, label=impl, markersize=3, linewidth=1,
+                        capsize=0, **styles[impl])
+        floor = here.groupby("tokens")["floor_ms"].median()  # the same inputs give every impl the same floor
+        ax.plot(floor.index, floor.values, color="black", linestyle="--", linewidth=1, label="floor")
+        plotting.log2_tokens_axis(ax)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(model)
+    for ax in list(axes.flat)[len(models):]:
+        ax.set_visible(False)
+    plotting.figure_legend(fig, list(axes.flat)[:len(models)])
+    plotting.save(fig, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

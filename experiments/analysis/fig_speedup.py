@@ -1,0 +1,68 @@
+"""Figure: against token count, one panel per model, either the speed-up of every impl over the
+baseline impl (`--metric speedup`: baseline median_ms / impl median_ms; above 1 is faster) or the
+fraction of the physical floor each impl reaches (`--metric floor_fraction`: floor_ms / median_ms).
+
+    python -m experiments.analysis.fig_speedup --metric speedup --latency results/raw/h100-sxm/latency.csv --out s.pdf
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import plotting
+from .latency_rows import shown_rows
+from .settings import git_repo, load_settings
+from .sources import load_rows
+
+KEY = ["model", "tokens"]
+
+
+def with_metric(rows, metric: str, baseline: str):
+    """`rows` with a `value` column holding the metric (rows without a baseline timing dropped)."""
+    if metric == "floor_fraction":
+        return rows.assign(value=rows["floor_ms"] / rows["median_ms"])
+    base = rows[rows["impl"] == baseline].set_index(KEY)["median_ms"].rename("baseline_ms")
+    joined = rows.join(base, on=KEY, how="inner")
+    return joined.assign(value=joined["baseline_ms"] / joined["median_ms"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--metric", choices=["speedup", "floor_fraction"], required=True)
+    ap.add_argument("--latency", type=Path, required=True, help="results/raw/<device>/latency.csv")
+    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--out", type=Path, required=True, help="figure path, .pdf or .png")
+    args = ap.parse_args(argv)
+    settings = load_settings(args.settings)
+    baseline = settings["baseline_impl"]
+    rows = with_metric(shown_rows(load_rows(args.latency, git_repo(settings)), settings), args.metric, baseline)
+    if rows.empty:
+        raise SystemExit(f"{args.latency}: no rows to plot for --metric {args.metric}"
+                         + (f" (no timed {baseline} rows)" if args.metric == "speedup" else ""))
+    models = [m for m in settings["models"] if m in set(rows["model"])]
+    impls = [i for i in settings["impls"] if i in set(rows["impl"])]
+    styles = plotting.impl_styles(settings["impls"])
+    plotting.setup()
+    cols = min(3, len(models))
+    nrows = -(-len(models) // cols)
+    fig, axes = plotting.plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False, sharey=True)
+    for ax, model in zip(axes.flat, models):
+        here = rows[rows["model"] == model]
+        for impl in impls:
+            line = here[here["impl"] == impl].sort_values("tokens")
+            if not line.empty:
+                ax.plot(line["tokens"], line["value"], label=impl, markersize=3, linewidth=1, **styles[impl])
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        plotting.log2_tokens_axis(ax)
+        ax.set_ylabel(f"speed-up over {baseline}" if args.metric == "speedup" else "floor / latency")
+        ax.set_title(model)
+    for ax in list(axes.flat)[len(models):]:
+        ax.set_visible(False)
+    plotting.figure_legend(fig, list(axes.flat)[:len(models)])
+    plotting.save(fig, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

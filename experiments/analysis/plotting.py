@@ -1,0 +1,54 @@
+"""What every figure shares: the seaborn theme, one colour and marker per impl, saving by suffix.
+
+Figures carry no numbers that the paper quotes: those enter the TeX through `trace.py`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .atomic import atomic_write  # noqa: E402
+
+
+def setup() -> None:
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.0)
+    plt.rcParams["pdf.fonttype"] = 42  # embed TrueType: text stays selectable in the PDF
+
+
+def impl_styles(impls: list[str]) -> dict[str, dict]:
+    """A fixed colour and marker per impl, in the config's order, so every figure agrees."""
+    colours = sns.color_palette("colorblind", len(impls))
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    return {impl: {"color": colours[i], "marker": markers[i % len(markers)]} for i, impl in enumerate(impls)}
+
+
+def save(fig, out: str | Path) -> None:
+    """Writes `fig` as PDF or PNG (by `out`'s suffix) through a temporary file, then closes it."""
+    out = Path(out)
+    fmt = out.suffix.lstrip(".")
+    if fmt not in ("pdf", "png"):
+        raise ValueError(f"out: expected a .pdf or .png path, got {str(out)!r}")
+    metadata = {"CreationDate": None} if fmt == "pdf" else {}  # reproducible PDFs: no timestamp
+    with atomic_write(out, "wb") as f:
+        fig.savefig(f, format=fmt, dpi=200, bbox_inches="tight", metadata=metadata)
+    plt.close(fig)
+
+
+def log2_tokens_axis(ax) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens")
+
+
+def figure_legend(fig, axes, ncol: int = 4) -> None:
+    """One legend below the panels with every label any panel drew, in first-seen order."""
+    seen = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(ncol, len(seen)), frameon=False)
+    rows = -(-len(seen) // ncol)
+    fig.tight_layout(rect=(0, 0.04 + 0.04 * rows, 1, 1))

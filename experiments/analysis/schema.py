@@ -1,0 +1,46 @@
+"""The columns of the raw results (../shared/CONTRACTS.md) and the kind of value each must hold.
+
+`raw.py` checks every file against these when it reads it. Columns may be added to the files
+(the contract allows extending); the ones listed here must be present. A kind names a parser in
+`raw.py`; `timing` columns may be empty only on a row whose `note` says why nothing was measured.
+"""
+from __future__ import annotations
+
+STAGES = ("routing", "gate_up", "act", "down", "combine", "total")
+TOOLS = ("ncu", "interpreter")
+
+LATENCY_COLUMNS: dict[str, str] = {
+    "device": "name",
+    "model": "name",
+    "dtype": "name",
+    "routing": "name",
+    "tokens": "positive_int",
+    "impl": "name",
+    "graph": "flag",
+    "median_ms": "timing",
+    "p20_ms": "timing",
+    "p80_ms": "timing",
+    "floor_ms": "positive_float",
+    "rel_err": "timing",
+    "git_sha": "git_sha",
+    "timestamp": "timestamp",
+}
+# Optional: why a row holds no timing (a baseline that cannot run, an impl that cannot be captured).
+LATENCY_NOTE = "note"
+
+TRAFFIC_COLUMNS: dict[str, str] = {
+    "device": "name",
+    "model": "name",
+    "dtype": "name",
+    "tokens": "positive_int",
+    "impl": "name",
+    "stage": "stage",
+    "dram_read_bytes": "bytes",
+    "dram_write_bytes": "bytes",
+    "model_read_bytes": "bytes",
+    "model_write_bytes": "bytes",
+    "tool": "tool",
+}
+
+# provenance.json: the keys the paper's set-up section reads; more may be present.
+PROVENANCE_KEYS = ("device_name", "git_sha", "date", "command")

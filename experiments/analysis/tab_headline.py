@@ -1,0 +1,74 @@
+"""Table: the headline numbers per measured device, model and token count: the headline impl's
+median latency, its speed-up over the baseline impl, the fraction of the floor it reaches and the
+fastest impl. Writes `headline.tex` defining `\\HeadlineTable` (a sentence when no device was measured).
+
+    python -m experiments.analysis.tab_headline --latency results/raw/*/latency.csv --out paper/generated/headline.tex
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .latency_rows import shown_rows
+from .settings import CONFIG, git_repo, load_settings
+from .sources import load_rows
+from .trace import Tracer, latex_escape
+
+SCRIPT = "experiments/analysis/tab_headline.py"
+
+
+def headline_rows(tr: Tracer, rows: pd.DataFrame, settings: dict) -> list[str]:
+    impl, baseline = settings["headline_impl"], settings["baseline_impl"]
+    lines = []
+    for device in dict.fromkeys(rows["device"]):
+        for model in settings["headline_models"]:
+            for tokens in settings["headline_tokens"]:
+                here = rows[(rows["device"] == device) & (rows["model"] == model) & (rows["tokens"] == tokens)]
+                own = here[here["impl"] == impl]
+                if own.empty:
+                    continue
+                key = f"{device}.{model}.{tokens}"
+                pair = here[here["impl"].isin([impl, baseline])]
+                cells = [
+                    tr.document(f"device.{device}", CONFIG, ["devices", device]),
+                    tr.document(f"model.{model}", CONFIG, ["models", settings["models"].index(model)]),
+                    tr.number(f"tokens.{key}", "cell", own, "int", column="tokens"),
+                    tr.number(f"median.{key}", "cell", own, "sig3", column="median_ms"),
+                    tr.number(f"speedup.{key}", "speedup", pair, "ratio", impl=impl, baseline=baseline)
+                    if len(pair) == 2 else "--",
+                    tr.number(f"floor.{key}", "floor_fraction", own, "pct") + r"\%",
+                    tr.number(f"fastest.{key}", "fastest_impl", here, "text"),
+                ]
+                lines.append(" & ".join(cells) + r" \\")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency", type=Path, nargs="*", default=[], help="results/raw/<device>/latency.csv files")
+    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--out", type=Path, required=True, help="the .tex to write (its .trace.json goes beside it)")
+    args = ap.parse_args(argv)
+    settings = load_settings(args.settings)
+    tr = Tracer(SCRIPT)
+    frames = [shown_rows(load_rows(p, git_repo(settings)), settings) for p in args.latency]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    lines = headline_rows(tr, rows, settings) if not rows.empty else []
+    if lines:
+        impl, baseline = latex_escape(settings["headline_impl"]), latex_escape(settings["baseline_impl"])
+        table = "\n".join([
+            r"\begin{tabular}{llrrrrl}", r"\toprule",
+            rf"device & model & tokens & {impl} (ms) & speed-up over {baseline} & of floor & fastest \\",
+            r"\midrule", *lines, r"\bottomrule", r"\end{tabular}"])
+    else:
+        table = (r"\emph{No latency measured: no device folder under results/raw/ holds timed rows, "
+                 r"so there are no headline numbers yet.}")
+    tr.write(args.out, "\\newcommand{\\HeadlineTable}{%\n" + table + "%\n}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+# Paths, the devices found under results/raw/ and what each holds; read once when the workflow starts.
+# Raw files are checked here (raw.py) so that bad data stops the run before any job, naming file and row.
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, workflow.basedir)
+
+from experiments.analysis.raw import RawDataError, device_folders, read_latency, read_provenance, read_traffic  # noqa: E402
+
+RAW = config["raw_dir"]
+BUILD = config["build_dir"]
+GEN = "paper/generated"
+DATA = f"{GEN}/data"
+LOGS = f"{GEN}/logs"
+FIG = "paper/figures"
+PAPER_PDF = "paper/build/tritonmoe.pdf"
+REPO = "." if config["check_git_sha"] else None
+# The effective config for the scripts; `measure` only selects GPU jobs and does not change any product.
+SETTINGS = shlex.quote(json.dumps({k: v for k, v in config.items() if k != "measure"}, sort_keys=True))
+ANALYSIS_LIB = [f"experiments/analysis/{name}.py" for name in
+                ("raw", "schema", "sources", "derive", "trace", "settings", "atomic", "plotting")]
+KERNEL_SOURCES = sorted(str(p) for p in Path("kernels/tritonmoe").glob("*.py"))
+
+
+def _read_raw():
+    """Devices with data, and their checked latency and traffic frames."""
+    devices = device_folders(RAW, list(config["devices"]))
+    latency, traffic = {}, {}
+    for device in devices:
+        read_provenance(f"{RAW}/{device}", repo=REPO)
+        if Path(f"{RAW}/{device}/latency.csv").exists():
+            latency[device] = read_latency(f"{RAW}/{device}/latency.csv", device=device, repo=REPO)
+        if Path(f"{RAW}/{device}/traffic.csv").exists():
+            traffic[device] = read_traffic(f"{RAW}/{device}/traffic.csv", device=device, repo=REPO)
+    return devices, latency, traffic
+
+
+try:
+    DEVICES, LATENCY, TRAFFIC = _read_raw()
+except RawDataError as e:
+    raise WorkflowError(f"raw results do not match the contract: {e}") from None
+
+
+def _shown(frame):
+    """Timed rows of the dtype, routing and graph mode the figures show."""
+    return frame[(frame["dtype"] == config["dtype"]) & (frame["routing"] == config["routing"])
+                 & (frame["graph"] == config["graph"]) & frame["median_ms"].notna()]
+
+
+LATENCY_DEVICES = [d for d in DEVICES if d in LATENCY and len(_shown(LATENCY[d]))]
+SPEEDUP_DEVICES = [d for d in LATENCY_DEVICES if config["baseline_impl"] in set(_shown(LATENCY[d])["impl"])]
+NCU_DEVICES = [d for d in DEVICES if d in TRAFFIC and (TRAFFIC[d]["tool"] == "ncu").any()]
+
+
+def raw_file(device, name):
+    return f"{RAW}/{device}/{name}"
+
+
+def latency_inputs(devices):
+    return [raw_file(d, "latency.csv") for d in devices]
+
+
+def provenance_inputs():
+    return [raw_file(d, "provenance.json") for d in DEVICES]
+
+
+def ncu_inputs():
+    return [raw_file(d, "traffic.csv") for d in NCU_DEVICES]
+
+
+def interpreter_inputs():
+    return [f"{DATA}/traffic_interpreter.csv"] if config["interpreter_counts"] else []
+
+
+# The analytic traffic model lives in the package (kernels/tritonmoe/traffic.py).
+TRAFFIC_MODEL = Path("kernels/tritonmoe/traffic.py").exists()
+
+
+def build_inputs():
+    return [BUILD] if config["aot"] else []

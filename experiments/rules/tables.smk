@@ -1,0 +1,111 @@
+# Tables stage (CPU): generated TeX (tables, macros, figure environments), each beside the
+# <name>.trace.json that records where every number in it came from; and the claims check.
+
+
+rule tab_headline:
+    input:
+        latency=latency_inputs(LATENCY_DEVICES),
+        script="experiments/analysis/tab_headline.py",
+        lib=ANALYSIS_LIB,
+    output:
+        tex=f"{GEN}/headline.tex",
+        trace=f"{GEN}/headline.trace.json",
+    params:
+        settings=SETTINGS,
+    log:
+        f"{LOGS}/tab_headline.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m experiments.analysis.tab_headline --latency {input.latency} --settings {params.settings} "
+        "--out {output.tex} > {log} 2>&1"
+
+
+rule tab_compile:
+    input:
+        build=build_inputs(),
+        script="experiments/analysis/tab_compile.py",
+        lib=ANALYSIS_LIB,
+    output:
+        tex=f"{GEN}/compile.tex",
+        trace=f"{GEN}/compile.trace.json",
+    params:
+        settings=SETTINGS,
+    log:
+        f"{LOGS}/tab_compile.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m experiments.analysis.tab_compile --build {input.build} --settings {params.settings} "
+        "--out {output.tex} > {log} 2>&1"
+
+
+rule tex_setup:
+    input:
+        provenance=provenance_inputs(),
+        correctness=f"{DATA}/interp_correctness.csv",
+        models="config/models.yaml",
+        script="experiments/analysis/tex_setup.py",
+        lib=ANALYSIS_LIB,
+    output:
+        tex=f"{GEN}/setup.tex",
+        trace=f"{GEN}/setup.trace.json",
+    params:
+        settings=SETTINGS,
+        devices=DEVICES,
+    log:
+        f"{LOGS}/tex_setup.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m experiments.analysis.tex_setup --devices {params.devices} --correctness {input.correctness} "
+        "--settings {params.settings} --out {output.tex} > {log} 2>&1"
+
+
+rule claims_check:
+    input:
+        claims="config/claims.yaml",
+        latency=latency_inputs(LATENCY_DEVICES),
+        ncu=ncu_inputs(),
+        model=[f"{DATA}/traffic_model.csv"] if TRAFFIC_MODEL else [],
+        interpreter=interpreter_inputs(),
+        build=build_inputs(),
+        script="experiments/analysis/claims_check.py",
+        lib=ANALYSIS_LIB + ["experiments/analysis/claims.py"],
+    output:
+        tex=f"{GEN}/claims.tex",
+        trace=f"{GEN}/claims.trace.json",
+        json=f"{GEN}/claims.json",
+        md=f"{GEN}/claims.md",
+    params:
+        settings=SETTINGS,
+        devices=DEVICES,
+    log:
+        f"{LOGS}/claims_check.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m experiments.analysis.claims_check --claims {input.claims} --devices {params.devices} "
+        "--latency {input.latency} --ncu {input.ncu} --model {input.model} --interpreter {input.interpreter} "
+        "--build {input.build} --settings {params.settings} --out {output.tex} --json {output.json} "
+        "--markdown {output.md} > {log} 2>&1"
+
+
+rule tex_figures:
+    input:
+        figures=expand(f"{FIG}/{{figure}}.pdf", figure=FIGURES),
+        script="experiments/analysis/tex_figures.py",
+        lib=ANALYSIS_LIB,
+    output:
+        tex=f"{GEN}/figures.tex",
+        trace=f"{GEN}/figures.trace.json",
+    params:
+        settings=SETTINGS,
+        figures=FIGURES,
+    log:
+        f"{LOGS}/tex_figures.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m experiments.analysis.tex_figures --figures {params.figures} --figure-dir {FIG} "
+        "--settings {params.settings} --out {output.tex} > {log} 2>&1"
