@@ -114,10 +114,12 @@ def main(argv=None) -> int:
             if stopped:
                 break
             w = make_weights(m, dtype, "cuda", routing)
-            built, build_err = {}, {}
+            built, build_err, own_ids = {}, {}, {}
             for name in args.impls:
                 try:
                     built[name] = PROVIDERS[name].build(m, w)
+                    if PROVIDERS[name].own_ids is not None:
+                        own_ids[name] = PROVIDERS[name].own_ids(m, w)
                 except Exception as e:  # a baseline that cannot run says why in its rows
                     build_err[name] = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
             for tokens in args.tokens:
@@ -132,6 +134,10 @@ def main(argv=None) -> int:
                 floor_ms = max(fb / (copy_gbps * 1e9), layer_flops(m, tokens) / (tflops * 1e12)) * 1e3
                 for name in args.impls:
                     p = PROVIDERS[name]
+                    ref_p = ref
+                    if name in own_ids and name in built:
+                        ref_p = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k,
+                                                        topk_ids=own_ids[name](x))
                     for graph in graphs:
                         row = {"device": slug, "model": mname, "dtype": "bf16", "routing": routing, "tokens": tokens,
                                "impl": name, "graph": int(graph), "floor_ms": floor_ms,
@@ -142,13 +148,13 @@ def main(argv=None) -> int:
                             row["note"] = f"not capturable: {p.why_not_capturable}"
                         else:
                             try:
-                                row.update(measure(p, built[name], x, ref, graph, args))
+                                row.update(measure(p, built[name], x, ref_p, graph, args))
                             except Exception as e:
                                 row["note"] = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
                                 torch.cuda.empty_cache()
                         row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                         rows.append(row)
-                del x, ref
+                del x, ref, ref_p
                 if bar:
                     bar.update(1)
             del built, w

@@ -22,6 +22,10 @@ class Provider:
     build: Callable[[Model, Weights], Callable[[torch.Tensor], torch.Tensor]]
     capturable: bool
     why_not_capturable: str = ""
+    # For providers whose routing differs from the contract's fp32 routing (e.g. bf16 logits), a function
+    # (model, weights) -> (x -> expert ids [T, K]) so that rel_err is taken against the reference evaluated
+    # with the provider's own expert choice, and measures the arithmetic, not a near-tie decided differently.
+    own_ids: Callable | None = None
 
 
 def _tritonmoe(impl: str):
@@ -33,7 +37,7 @@ def _tritonmoe(impl: str):
 
 
 def _torch_routing(x, router_weight, top_k):
-    logits = (x @ router_weight.T).float()
+    logits = x.float() @ router_weight.float().T  # fp32 logits, as the contract routes
     probs = torch.softmax(logits, dim=-1)
     weights, ids = torch.topk(probs, top_k, dim=-1)
     return weights / weights.sum(dim=-1, keepdim=True), ids
@@ -108,12 +112,20 @@ def _build_megablocks(m: Model, w: Weights):
     return fn
 
 
+def _megablocks_ids(m: Model, w: Weights):
+    """Megablocks' router computes bf16 logits; its own top-k choice."""
+    def ids(x):
+        logits = (x @ w.router_weight.T).float()
+        return torch.topk(torch.softmax(logits, dim=-1), m.top_k, dim=-1).indices
+    return ids
+
+
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     Provider("tritonmoe_fused", _tritonmoe("tritonmoe_fused"), True),
     Provider("tritonmoe_w13", _tritonmoe("tritonmoe_w13"), True),
     Provider("tritonmoe_unfused", _tritonmoe("tritonmoe_unfused"), True),
     Provider("megablocks_grouped", _build_megablocks, False,
-             "grouped_gemm reads the per-expert batch sizes on the host"),
+             "grouped_gemm reads the per-expert batch sizes on the host", own_ids=_megablocks_ids),
     Provider("torch_grouped_mm", _build_grouped_mm, True),
     Provider("torch_loop", _build_torch_loop, False, "loops over the hit experts on the host"),
 )}
