@@ -34,7 +34,7 @@ def stage_rows(*, device: str, model: str, dtype: str, impl: str, tool: str, sha
     if tool not in TOOL_FLAVOUR:
         raise ValueError(f"tool: expected one of {tuple(TOOL_FLAVOUR)}, got {tool!r}")
     logical, unique = stage_traffic(launch_list, "logical"), stage_traffic(launch_list, "unique")
-    model = logical if TOOL_FLAVOUR[tool] == "logical" else unique
+    compared = logical if TOOL_FLAVOUR[tool] == "logical" else unique
     padded = Blocks.from_counts(shape, expert_counts, block_m).padded_rows if block_m else shape.routed
     per_call = {
         "routed_rows": shape.routed, "padded_rows": padded,
@@ -47,8 +47,8 @@ def stage_rows(*, device: str, model: str, dtype: str, impl: str, tool: str, sha
         rows.append({
             "device": device, "model": model, "dtype": dtype, "tokens": shape.tokens, "impl": impl, "stage": stage,
             "dram_read_bytes": int(got[0]), "dram_write_bytes": int(got[1]),
-            "model_read_bytes": model[stage].read, "model_write_bytes": model[stage].write, "tool": tool,
-            "model_weight_read_bytes": model[stage].weight_read,
+            "model_read_bytes": compared[stage].read, "model_write_bytes": compared[stage].write, "tool": tool,
+            "model_weight_read_bytes": compared[stage].weight_read,
             "logical_read_bytes": logical[stage].read, "logical_write_bytes": logical[stage].write,
             "unique_read_bytes": unique[stage].read, "unique_write_bytes": unique[stage].write,
             **per_call,
