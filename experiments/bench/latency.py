@@ -118,8 +118,8 @@ def main(argv=None) -> int:
             for name in args.impls:
                 try:
                     built[name] = PROVIDERS[name].build(m, w)
-                    if PROVIDERS[name].own_ids is not None:
-                        own_ids[name] = PROVIDERS[name].own_ids(m, w)
+                    if hasattr(built[name], "expert_ids"):
+                        own_ids[name] = built[name].expert_ids
                 except Exception as e:  # a baseline that cannot run says why in its rows
                     build_err[name] = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
             for tokens in args.tokens:

@@ -1,6 +1,9 @@
 """Every implementation of the layer behind one interface: `build(model, weights) -> fn(x) -> y`.
 
-Each provider times the whole layer from x (and the router weight) to y, routing included.
+Each provider times the whole layer from x (and the router weight) to y, routing included. A provider
+whose routing differs from the contract's fp32 routing (Megablocks computes bf16 logits) gives its
+built function an `expert_ids(x)` attribute, so that rel_err is taken against the reference evaluated
+with the provider's own expert choice: it measures the arithmetic, not a near-tie decided differently.
 `capturable` says whether the provider can be captured in a CUDA graph (no host synchronisation).
 """
 from __future__ import annotations
@@ -22,10 +25,6 @@ class Provider:
     build: Callable[[Model, Weights], Callable[[torch.Tensor], torch.Tensor]]
     capturable: bool
     why_not_capturable: str = ""
-    # For providers whose routing differs from the contract's fp32 routing (e.g. bf16 logits), a function
-    # (model, weights) -> (x -> expert ids [T, K]) so that rel_err is taken against the reference evaluated
-    # with the provider's own expert choice, and measures the arithmetic, not a near-tie decided differently.
-    own_ids: Callable | None = None
 
 
 def _tritonmoe(impl: str):
@@ -109,15 +108,14 @@ def _build_megablocks(m: Model, w: Weights):
         out = layer(x[:, None, :])  # megablocks wants [sequence, batch, hidden]
         out = out[0] if isinstance(out, tuple) else out
         return out.reshape(x.shape)
+
+    @torch.no_grad()
+    def expert_ids(x):
+        """Megablocks' own choice (its router computes bf16 logits)."""
+        _, _, ids = layer.router(x[:, None, :])
+        return ids.reshape(x.shape[0], m.top_k)
+    fn.expert_ids = expert_ids
     return fn
-
-
-def _megablocks_ids(m: Model, w: Weights):
-    """Megablocks' router computes bf16 logits; its own top-k choice."""
-    def ids(x):
-        logits = (x @ w.router_weight.T).float()
-        return torch.topk(torch.softmax(logits, dim=-1), m.top_k, dim=-1).indices
-    return ids
 
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (
@@ -125,7 +123,7 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     Provider("tritonmoe_w13", _tritonmoe("tritonmoe_w13"), True),
     Provider("tritonmoe_unfused", _tritonmoe("tritonmoe_unfused"), True),
     Provider("megablocks_grouped", _build_megablocks, False,
-             "grouped_gemm reads the per-expert batch sizes on the host", own_ids=_megablocks_ids),
+             "grouped_gemm reads the per-expert batch sizes on the host"),
     Provider("torch_grouped_mm", _build_grouped_mm, True),
     Provider("torch_loop", _build_torch_loop, False, "loops over the hit experts on the host"),
 )}

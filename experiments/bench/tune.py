@@ -25,6 +25,7 @@ import triton  # noqa: E402
 import tritonmoe  # noqa: E402
 from tritonmoe.align import align_tokens  # noqa: E402
 from tritonmoe.down import combine, down  # noqa: E402
+from tritonmoe.fused_expert import fused_expert  # noqa: E402
 from tritonmoe.gate_up import gate_up  # noqa: E402
 from tritonmoe.tuned import CONFIG_DIR, config_path, device_slug  # noqa: E402
 from device_info import atomic_write_text  # noqa: E402
@@ -87,6 +88,41 @@ def warm(call, cands) -> None:
     torch.cuda.synchronize()
 
 
+def expert_candidates(backend: str):
+    stages = (2, 3) if backend == "hip" else (3, 4)
+    for bf, bk, bh, s in itertools.product((16, 32, 64), (128, 256), (64, 128), stages):
+        yield {"BLOCK_F": bf, "BLOCK_K": bk, "BLOCK_H": bh, "num_warps": 4, "num_stages": s}
+
+
+# Slots (T*K) up to which the one-kernel decode path is tried.
+EXPERT_MAX_ROUTED = 256
+
+
+def tune_expert(m, x, w, weights, ids, backend, bms) -> tuple[float, dict] | None:
+    best, y_ref = None, None
+    for bm in bms:
+        align = align_tokens(ids, m.experts, bm)
+        cands = list(expert_candidates(backend))
+        warm(lambda cfg: fused_expert(x, w.w_gate_up, w.w_down, align, weights, cfg), cands)
+        for cfg in cands:
+            def run():
+                return combine(fused_expert(x, w.w_gate_up, w.w_down, align, weights, cfg), x.shape[0], m.top_k,
+                               x.dtype)
+            try:
+                y = run()
+                torch.cuda.synchronize()
+                if y_ref is None:
+                    y_ref = y.float()
+                elif (y.float() - y_ref).norm() > 1e-2 * y_ref.norm():
+                    continue
+                ms = graph_time(run)
+            except Exception:
+                continue
+            if best is None or ms < best[0]:
+                best = (ms, bm, cfg)
+    return best
+
+
 def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
     x = make_tokens(m, tokens, w, "uniform", torch.bfloat16, "cuda", seed=1000 + tokens)
     weights, ids = tritonmoe.route(x, w.router_weight, m.top_k)
@@ -138,6 +174,13 @@ def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
         if best is None or total < best[1]:
             best = ({"BLOCK_M": bm, "gate_up": gu_best[1], "down": dn_best[1]}, total)
     cfg = best[0]
+    if N <= EXPERT_MAX_ROUTED:
+        ex = tune_expert(m, x, w, weights, ids, backend, [bm for bm in block_ms(N, hit) if bm <= 32])
+        if ex is not None:
+            print(f"  T={tokens} one-kernel decode BM={ex[1]}: {ex[0]*1e3:.1f} us {ex[2]}", flush=True)
+            if ex[0] < best[1]:
+                cfg = {**cfg, "BLOCK_M": ex[1], "expert": ex[2]}
+                best = (cfg, ex[0])
     y = tritonmoe.moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, config=cfg)
     ref = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, topk_ids=ids)
     err = float((y.double() - ref).norm() / ref.norm())

@@ -161,8 +161,10 @@ def max_blocks(num_routed: int, num_experts: int, block_m: int) -> int:
 def align_meta(N: int, num_experts: int, block_m: int) -> dict:
     """Tile sizes of the alignment kernels for N slots."""
     block_e = max(16, triton.next_power_of_2(num_experts))
-    chunk = max(16, min(1024, _TILE_ELEMS // block_e))
-    block_b = max(16, min(256, _TILE_ELEMS // max(block_e, block_m)))
+    # No larger than N needs: a 1024-row one-hot tile for 8 slots only costs registers.
+    chunk = max(16, min(1024, _TILE_ELEMS // block_e, triton.next_power_of_2(max(1, N))))
+    nb = max_blocks(N, num_experts, block_m)
+    block_b = max(16, min(256, _TILE_ELEMS // max(block_e, block_m), triton.next_power_of_2(max(1, nb))))
     return dict(BLOCK_M=block_m, BLOCK_E=block_e, CHUNK=chunk, BLOCK_B=block_b)
 
 
@@ -200,5 +202,6 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alig
         N, num_experts, num_chunks, a.max_blocks,
         BLOCK_M=block_m, BLOCK_E=block_e, ROWS=rows, BLOCK_B=meta["BLOCK_B"],
     )
-    _scatter_kernel[(num_chunks,)](ids, chunk_base, a.sorted_ids, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
+    _scatter_kernel[(num_chunks,)](ids, chunk_base, a.sorted_ids, N, num_experts, CHUNK=chunk, BLOCK_E=block_e,
+                                   num_warps=8)
     return a

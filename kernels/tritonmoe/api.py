@@ -21,6 +21,7 @@ from ._validate import check_kernel_device, check_layer_inputs, check_routing, c
 from .align import align_tokens
 from .config import backend_of, default_config
 from .down import combine, down
+from .fused_expert import fused_expert
 from .route_align import route_and_align
 from .variants import VARIANTS
 
@@ -41,6 +42,10 @@ def resolve_config(x: torch.Tensor, num_routed: int, E: int, H: int, F: int, con
 
 
 def _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg):
+    if impl == "tritonmoe_fused" and cfg.get("expert"):
+        # Decode: gate+up+SwiGLU and down in one kernel per F chunk (see tritonmoe.fused_expert).
+        partial = fused_expert(x, w_gate_up, w_down, align, topk_weights, cfg["expert"])
+        return combine(partial, x.shape[0], topk_weights.shape[1], x.dtype)
     act = VARIANTS[impl](x, w_gate_up, align, cfg)
     partial = down(act, w_down, align, topk_weights, cfg["down"])
     return combine(partial, x.shape[0], topk_weights.shape[1], x.dtype)

@@ -21,12 +21,20 @@ def backend_of(device: torch.device) -> str:
 
 
 def _interpreter_config(num_routed: int, E: int, H: int, F: int) -> dict:
-    # Small tiles: every program is Python; masks on every edge get exercised.
-    return {
+    # Small tiles: every program is Python; masks on every edge get exercised. Few slots take the
+    # one-kernel decode path of tritonmoe_fused, so both paths are tested.
+    cfg = {
         "BLOCK_M": 16,
         "gate_up": {"BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2},
         "down": {"BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "SPLIT_K": 2},
     }
+    if num_routed <= DECODE_MAX_ROUTED:
+        cfg["expert"] = {"BLOCK_F": 16, "BLOCK_K": 16, "BLOCK_H": 16}
+    return cfg
+
+
+# Routed slots (T*K) up to which the defaults take the one-kernel decode path of tritonmoe_fused.
+DECODE_MAX_ROUTED = 16
 
 
 def _gpu_config(num_routed: int, E: int, H: int, F: int, backend: str) -> dict:
@@ -56,7 +64,10 @@ def _gpu_config(num_routed: int, E: int, H: int, F: int, backend: str) -> dict:
     while tiles * split < 264 and F // (split * 2) >= 4 * dn["BLOCK_K"] and split < 16:
         split *= 2
     dn["SPLIT_K"] = split
-    return {"BLOCK_M": bm, "gate_up": gu, "down": dn}
+    cfg = {"BLOCK_M": bm, "gate_up": gu, "down": dn}
+    if num_routed <= DECODE_MAX_ROUTED:
+        cfg["expert"] = {"BLOCK_F": 32, "BLOCK_K": 128, "BLOCK_H": 64, "num_warps": 4, "num_stages": stages}
+    return cfg
 
 
 def default_config(backend: str, num_routed: int, E: int, H: int, F: int) -> dict:

@@ -64,13 +64,13 @@ def _down_kernel(
 @triton.jit
 def _combine_kernel(
     partial_ptr, y_ptr, T, H, stride_ps, stride_pm, stride_yt,
-    TOP_K: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    split_k, TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (tokens[:, None] < T) & (cols[None, :] < H)
     acc = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
+    for s in range(split_k):
         for k in tl.static_range(TOP_K):
             rows = (tokens * TOP_K + k).to(tl.int64)
             acc += tl.load(partial_ptr + s * stride_ps + rows[:, None] * stride_pm + cols[None, :], mask=mask, other=0.0)
@@ -110,7 +110,7 @@ def combine(partial: torch.Tensor, num_tokens: int, top_k: int, out_dtype: torch
     block_t = max(1, min(8, 4096 // block_h))
     grid = (triton.cdiv(num_tokens, block_t), triton.cdiv(H, block_h))
     _combine_kernel[grid](
-        partial, y, num_tokens, H, partial.stride(0), partial.stride(1), y.stride(0),
-        TOP_K=top_k, SPLIT_K=split_k, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4,
+        partial, y, num_tokens, H, partial.stride(0), partial.stride(1), y.stride(0), split_k,
+        TOP_K=top_k, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4,
     )
     return y
