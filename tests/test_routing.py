@@ -8,9 +8,10 @@ from helpers import make_layer, near_ties, strided_view
 DTYPES = [torch.float32, torch.float16]
 
 
-def check_routing(x, router_weight, top_k, renormalize):
+def check_routing(x, router_weight, top_k, renormalize, max_tied=0.1):
     """ids exactly, except where a near-tie lets fp32 and float64 choose (or order) differently;
-    weights to fp32 accuracy, matched by expert id."""
+    weights to fp32 accuracy, matched by expert id. More than `max_tied` of the tokens at a near-tie
+    would make the check vacuous, so it fails."""
     weights, ids = tritonmoe.route(x, router_weight, top_k, renormalize)
     ref_w, ref_ids = tritonmoe.reference_routing(x, router_weight, top_k, renormalize)
     T, E = x.shape[0], router_weight.shape[0]
@@ -18,7 +19,7 @@ def check_routing(x, router_weight, top_k, renormalize):
     assert ids.shape == (T, top_k) and ids.dtype == torch.int32
     ids = ids.long()
     boundary, order = near_ties(x, router_weight, top_k)
-    assert boundary.float().mean() < 0.1, "too many near-ties: the test inputs are degenerate"
+    assert boundary.float().mean() <= max_tied, "too many near-ties: the test inputs are degenerate"
     same_order = ~order
     assert torch.equal(ids[same_order], ref_ids[same_order])
     clear = ~boundary
