@@ -106,8 +106,10 @@ def combine(partial: torch.Tensor, num_tokens: int, top_k: int, out_dtype: torch
     """y[t] = sum over splits s and choices k of partial[s, t*K + k], in that fixed order."""
     split_k, _, H = partial.shape
     y = out if out is not None else torch.empty((num_tokens, H), dtype=out_dtype, device=partial.device)
-    block_h = min(1024, triton.next_power_of_2(H))
-    block_t = max(1, min(8, 4096 // block_h))
+    # Enough programs to fill the GPU even for one token with many partial rows to sum.
+    block_h = max(128, min(1024, triton.next_power_of_2(max(1, num_tokens * H // 512))))
+    block_h = min(block_h, triton.next_power_of_2(H))
+    block_t = max(1, min(8, 4096 // block_h, triton.next_power_of_2(max(1, num_tokens // 64))))
     grid = (triton.cdiv(num_tokens, block_t), triton.cdiv(H, block_h))
     _combine_kernel[grid](
         partial, y, num_tokens, H, partial.stride(0), partial.stride(1), y.stride(0), split_k,
