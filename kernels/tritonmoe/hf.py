@@ -94,8 +94,8 @@ def top_k_of(block: nn.Module) -> int:
 
 
 def expert_weights(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block's experts as `(w_gate_up [E, 2F, H], w_down [E, H, F])` (views where the layout already
-    matches, stacked copies for the 4.x per-expert layout)."""
+    """The block's experts as `(w_gate_up [E, 2F, H], w_down [E, H, F])`: the block's own parameters
+    in transformers >= 5, stacked copies of the 4.x per-expert weights."""
     family = family_of(block)
     experts = block.experts
     if _is_fused_layout(block):
@@ -114,7 +114,7 @@ def expert_weights(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return w_gate_up, w_down
 
 
-def _frozen(t: torch.Tensor) -> nn.Parameter:
+def _as_parameter(t: torch.Tensor) -> nn.Parameter:
     """`t` as a contiguous parameter; an already contiguous parameter is kept as is (no copy)."""
     if isinstance(t, nn.Parameter) and t.is_contiguous():
         return t
@@ -128,8 +128,8 @@ class TritonMoeExperts(nn.Module):
     def __init__(self, gate_up_proj: torch.Tensor, down_proj: torch.Tensor, impl: str = "tritonmoe_fused"):
         super().__init__()
         _check_impl(impl)
-        self.gate_up_proj = _frozen(gate_up_proj)
-        self.down_proj = _frozen(down_proj)
+        self.gate_up_proj = _as_parameter(gate_up_proj)
+        self.down_proj = _as_parameter(down_proj)
         self.num_experts, self.hidden_dim, self.intermediate_dim = down_proj.shape
         self.impl = impl
 
@@ -156,8 +156,8 @@ class TritonMoeBlock(nn.Module):
         self.family, self.impl = family.name, impl
         self.top_k, self.renormalize = top_k_of(block), family.renormalize(block)
         self.gate = block.gate
-        self.w_gate_up = _frozen(w_gate_up)
-        self.w_down = _frozen(w_down)
+        self.w_gate_up = _as_parameter(w_gate_up)
+        self.w_down = _as_parameter(w_down)
         if family.shared_expert:
             self.shared_expert = block.shared_expert
             self.shared_expert_gate = block.shared_expert_gate

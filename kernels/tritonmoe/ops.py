@@ -10,7 +10,10 @@ dtype and device, after the same shape, dtype and device checks as the real call
 fails at trace time with the same message. The ids check of `fused_experts` reads values (a host
 synchronisation) and so runs only in the real call, which skips it during a CUDA graph capture.
 
-No autograd formula is registered: the ops are for inference; a backward through them raises.
+No autograd formula is registered: the ops are for inference. Eagerly, a backward through them
+raises; under `torch.compile`, inputs that require grad (a model's parameters, outside
+`torch.no_grad()` or `torch.inference_mode()`) make AOTAutograd trace a backward and fail at compile
+time, so compile and run under one of those (as `generate` does).
 """
 from __future__ import annotations
 
