@@ -58,9 +58,11 @@ def zipf_ids(N, E, seed, exponent=1.2):
 
 
 @pytest.mark.parametrize("block_m", [16, 32, 64])
-@pytest.mark.parametrize("N,E", [(1, 1), (5, 3), (100, 8), (1000, 64), (2500, 16), (3000, 256), (4096, 256), (5000, 256)])
+@pytest.mark.parametrize("N,E", [(1, 1), (5, 3), (100, 8), (1024, 8), (1025, 8), (1000, 64), (2500, 16),
+                                 (64, 256), (65, 256), (3000, 256), (4096, 256), (5000, 256)])
 def test_uniform(N, E, block_m, device):
-    """E=256 holds 64 slots a chunk: N=5000 spans 79 chunks, more than one pass of the offsets loop."""
+    """Both paths: one program while N fits one chunk (up to 1024 slots, 64 at E=256), else chunked;
+    E=256 and N=5000 span 79 chunks, more than one pass of the offsets loop."""
     check_alignment(uniform_ids(N, E, seed=N + E + block_m).to(device), E, block_m)
 
 
@@ -117,3 +119,22 @@ def test_out_of_range_ids_are_left_out(device):
     ids[::7] = -1
     ids[3::11] = 8
     check_alignment(ids.to(device), 8, 16)
+
+
+@pytest.mark.parametrize("block_m", [16, 64])
+@pytest.mark.parametrize("T,E,K", [(1, 1, 1), (5, 8, 2), (17, 64, 4), (32, 8, 8), (8, 256, 8), (33, 8, 2)])
+def test_route_and_align(T, E, K, block_m, device):
+    """The decode path routes and aligns in one program: same routing as `route`, same alignment."""
+    from tritonmoe.route_align import route_and_align
+    from helpers import make_layer
+    layer = make_layer(T, E, 40, 1, torch.float32, device, seed=T + E + K)
+    weights, ids, got = route_and_align(layer.x, layer.router_weight, K, True, block_m)
+    ref_weights, ref_ids = tritonmoe.route(layer.x, layer.router_weight, K)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(weights, ref_weights, rtol=1e-6, atol=1e-7)
+    want = align_reference(ids, E, block_m)
+    used = int(got.num_post_padded.item())
+    assert used == want["num_post_padded"]
+    assert torch.equal(got.sorted_ids[:used].cpu(), want["sorted_ids"])
+    assert torch.equal(got.expert_ids.cpu(), want["expert_ids"])
+    assert torch.equal(got.expert_counts.cpu(), want["expert_counts"])

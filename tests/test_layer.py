@@ -63,14 +63,21 @@ def _config(block_m, bn, bk, group_m, split_k):
             "down": {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "SPLIT_K": split_k}}
 
 
+def _decode_config(block_m, bf, bk, bh):
+    return {**_config(block_m, 16, 16, 1, 1), "expert": {"BLOCK_F": bf, "BLOCK_K": bk, "BLOCK_H": bh}}
+
+
 @pytest.mark.parametrize("config", [
     _config(16, 16, 16, 1, 1),
     _config(32, 32, 16, 4, 3),
     _config(64, 16, 32, 8, 4),
-], ids=["bm16-split1", "bm32-split3", "bm64-split4"])
+    _decode_config(16, 16, 16, 16),
+    _decode_config(32, 32, 16, 32),
+], ids=["bm16-split1", "bm32-split3", "bm64-split4", "expert-bm16", "expert-bm32"])
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
 def test_moe_launch_configs(impl, config, device):
-    """Any block sizes, program grouping and split of the down projection give the same layer."""
+    """Any block sizes, program grouping and split of the down projection give the same layer; an
+    `expert` entry sends tritonmoe_fused down the one-kernel decode path (others ignore it) at any T."""
     T, E, K, H, F = 70, 8, 2, 40, 56
     layer = make_layer(T, E, H, F, torch.float32, device, seed=7)
     y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=config)
