@@ -11,7 +11,20 @@ from .raw import RawDataError
 
 KERNEL_KEYS = ("kernel", "scenario", "compiled")
 COLUMNS = ["target", "impl", "kernel", "scenario", "tokens", "compiled", "registers", "spills", "shared_bytes",
-           "num_warps", "matrix_instructions", "matrix_kinds", "compile_s", "error"]
+           "num_warps", "matrix_instructions", "matrix_kinds", "matrix_families", "compile_s", "error"]
+
+
+def matrix_family(kind: str) -> str:
+    """HMMA.16816.F32.BF16 -> HMMA, HGMMA.64x128x16.F32.BF16 -> HGMMA, v_mfma_f32_16x16x16_bf16 -> MFMA."""
+    if kind.startswith("v_"):
+        return kind.split("_")[1].upper()
+    return kind.split(".")[0]
+
+
+def matrix_kernels(rows: pd.DataFrame) -> list[str]:
+    """Kernels with matrix instructions on some target, or a failed build: the ones a compile table shows."""
+    keep = rows.loc[(rows["matrix_instructions"] > 0) | ~rows["compiled"], "kernel"]
+    return list(dict.fromkeys(keep))
 
 
 def _last_line(text) -> str:
@@ -44,6 +57,7 @@ def read_build_file(path: str | Path) -> pd.DataFrame:
             "tokens": k.get("tokens"), "compiled": bool(k["compiled"]), "registers": k.get("registers"),
             "spills": k.get("spills"), "shared_bytes": k.get("shared_bytes"), "num_warps": k.get("num_warps"),
             "matrix_instructions": int(sum(mma.values())), "matrix_kinds": " ".join(sorted(mma)),
+            "matrix_families": " ".join(sorted({matrix_family(kind) for kind in mma})),
             "compile_s": k.get("compile_s"), "error": _last_line(k.get("error")),
         })
     frame = pd.DataFrame(rows, columns=COLUMNS)

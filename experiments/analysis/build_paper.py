@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -39,8 +40,11 @@ def main(argv=None) -> int:
     with open(args.log, "w") as log:
         done = subprocess.run(cmd, cwd=args.main.parent, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        tail = args.log.read_text().splitlines()[-30:]
-        print(f"paper: latexmk failed (exit {done.returncode}); the end of {args.log}:", *tail, sep="\n",
+        tex_log = outdir / (args.main.stem + ".log")
+        errors = [line for line in (tex_log.read_text(errors="replace").splitlines() if tex_log.exists() else [])
+                  if re.match(r"^(\S+:\d+: |! )", line)]
+        shown = errors[:10] or args.log.read_text().splitlines()[-30:]
+        print(f"paper: latexmk failed (exit {done.returncode}); see {tex_log} and {args.log}:", *shown, sep="\n  ",
               file=sys.stderr)
         return 1
     return 0

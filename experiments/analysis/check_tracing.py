@@ -23,7 +23,7 @@ from .atomic import write_text
 from .derive import DERIVATIONS
 from .settings import load_settings
 from .sources import load_rows, lookup, read_document
-from .trace import render, trace_path
+from .trace import latex_escape, render, trace_path
 
 _GRAPHICS = re.compile(r"\\includegraphics(\[[^\]]*\])?\{([^}]*)\}")
 _COMMENT = re.compile(r"(?<!\\)%.*$", re.MULTILINE)
@@ -31,6 +31,7 @@ _DIGIT = re.compile(r"\d")
 _REF_ARGS = re.compile(r"\\(cite[a-z]*|ref|eqref|autoref|cref|Cref|label|input|include|url|bibliography|"
                        r"bibliographystyle|graphicspath)\*?(\[[^\]]*\])*\{[^}]*\}")
 _HREF = re.compile(r"\\href\{[^}]*\}")
+_SUBSCRIPT = re.compile(r"_(\d|\{\d+\})")
 
 
 def strip_comments(tex: str) -> str:
@@ -164,7 +165,9 @@ def check_prose(tex_path: Path, allowed: list[str]) -> list[str]:
     body = tex[offset:]
     body = _REF_ARGS.sub(lambda m: " " * len(m.group(0)), body)
     body = _HREF.sub(lambda m: " " * len(m.group(0)), body)
-    for name in sorted(allowed, key=len, reverse=True):
+    body = _SUBSCRIPT.sub(lambda m: " " * len(m.group(0)), body)  # W_2, x_{12}: notation, not numbers
+    names = set(allowed) | {latex_escape(n) for n in allowed}
+    for name in sorted(names, key=len, reverse=True):
         body = re.sub(re.escape(name), lambda m: " " * len(m.group(0)), body, flags=re.IGNORECASE)
     problems = []
     for m in _DIGIT.finditer(body):
@@ -184,7 +187,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generated", type=Path, required=True, help="folder of generated .tex files")
     ap.add_argument("--paper", type=Path, required=True, help="folder of the paper's hand-written .tex files")
-    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
     ap.add_argument("--out", type=Path, required=True, help="report to write when every number traces")
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)

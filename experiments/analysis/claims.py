@@ -41,6 +41,13 @@ def _device(tr: Tracer, slug: str) -> str:
     return tr.document(f"device.{slug}", CONFIG, ["devices", slug])
 
 
+def _model(tr: Tracer, data: "Inputs", name: str) -> str:
+    models = data.settings["models"]
+    if name not in models:
+        raise ValueError(f"model: expected one of {', '.join(models)} (config/config.yaml), got {name!r}")
+    return tr.document(f"model.{name}", CONFIG, ["models", models.index(name)])
+
+
 def _claimed(tr: Tracer, i: int, claim: dict, key: str, fmt: str) -> str:
     return tr.document(f"claim.{claim['id']}.{key}", CLAIMS, ["claims", i, key], fmt)
 
@@ -78,7 +85,7 @@ def check_traffic_saved(tr: Tracer, i: int, claim: dict, data: Inputs) -> Outcom
         measured.append(f"{text} on {_device(tr, device)}")
     if measured:
         return Outcome(REPRODUCED if all(verdicts) else NOT_REPRODUCED, "; ".join(measured),
-                       f"ncu DRAM bytes, {latex_escape(claim['model'])}, up to {tokens_max} tokens")
+                       f"ncu DRAM bytes, {_model(tr, data, claim['model'])}, up to {tokens_max} tokens")
     instead = []
     if data.model is not None:
         picked = _pair_rows(data.model, claim, lambda r: (r["dtype"] == claim["dtype"]) & (r["stage"] == "total"))
@@ -87,7 +94,7 @@ def check_traffic_saved(tr: Tracer, i: int, claim: dict, data: Inputs) -> Outcom
         acts = _range(tr, f"claim.{claim['id']}.model.activations", "traffic_saved", picked, "pct", r"\%",
                       activations_only=True, **params)
         instead.append(f"the analytic model gives {weights} with weights counted and {acts} of activation "
-                       f"bytes only ({latex_escape(claim['model'])}, up to {tokens_max} tokens)")
+                       f"bytes only ({_model(tr, data, claim['model'])}, up to {tokens_max} tokens)")
     if data.interpreter is not None:
         err = tr.number(f"claim.{claim['id']}.interpreter.error", "model_error_max", data.interpreter, "pct1")
         n = tr.number(f"claim.{claim['id']}.interpreter.layers", "count_distinct", data.interpreter, "int",
@@ -113,7 +120,7 @@ def check_speed_range(tr: Tracer, i: int, claim: dict, data: Inputs) -> Outcome:
         return (text, tr.value("speedup_extreme", picked, extreme="min", **params),
                 tr.value("speedup_extreme", picked, extreme="max", **params))
 
-    where = f"{latex_escape(claim['model'])}, up to {tokens_max} tokens"
+    where = f"{_model(tr, data, claim['model'])}, up to {tokens_max} tokens"
     device = claim["device"]
     got = measure(device) if device in data.latency else None
     if got is not None:
@@ -177,7 +184,8 @@ def check_claims(tr: Tracer, claims: list[dict], data: Inputs) -> list[dict]:
         before = set(tr.entries)
         outcome = CHECKS[claim["test"]](tr, i, claim, data)
         claimed = claimed_text(tr, i, claim)
-        out.append({"id": claim["id"], "short": claim["short"], "quote": claim["quote"], "verdict": outcome.verdict,
+        short = tr.document(f"claim.{claim['id']}.short", CLAIMS, ["claims", i, "short"])
+        out.append({"id": claim["id"], "short": short, "quote": claim["quote"], "verdict": outcome.verdict,
                     "claimed": claimed, "measured": outcome.measured, "evidence": outcome.evidence,
                     "trace": [tr.entries[k] for k in tr.entries if k not in before]})
     return out

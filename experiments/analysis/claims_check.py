@@ -20,7 +20,7 @@ from .build import build_files
 from .claims import Inputs, check_claims, tex_to_text
 from .settings import git_repo, load_settings
 from .sources import load_rows, read_yaml
-from .trace import Tracer, latex_escape
+from .trace import Tracer
 
 SCRIPT = "experiments/analysis/claims_check.py"
 
@@ -49,7 +49,7 @@ def claims_table(records: list[dict]) -> str:
     lines = [r"\begin{tabularx}{\linewidth}{LNNlL}",
              r"\toprule", r"claim & preprint & measured & verdict & evidence \\", r"\midrule"]
     for r in records:
-        lines.append(" & ".join([latex_escape(r["short"]), r["claimed"], r["measured"], r"\textbf{" + r["verdict"] + "}",
+        lines.append(" & ".join([r["short"], r["claimed"], r["measured"], r"\textbf{" + r["verdict"] + "}",
                                  r["evidence"]]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabularx}"]
     return "\n".join(lines)
@@ -58,7 +58,7 @@ def claims_table(records: list[dict]) -> str:
 def markdown(records: list[dict]) -> str:
     lines = ["| claim (preprint) | preprint | measured | verdict | evidence |", "| --- | --- | --- | --- | --- |"]
     for r in records:
-        cells = [r["short"], tex_to_text(r["claimed"]), tex_to_text(r["measured"]), f"**{r['verdict']}**",
+        cells = [tex_to_text(r["short"]), tex_to_text(r["claimed"]), tex_to_text(r["measured"]), f"**{r['verdict']}**",
                  tex_to_text(r["evidence"])]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, nargs="*", default=[], help="the traffic model's CSV (traffic_model.py)")
     ap.add_argument("--interpreter", type=Path, nargs="*", default=[], help="the interpreter's byte counts")
     ap.add_argument("--build", type=Path, nargs="*", default=[], help="the ahead-of-time build folder")
-    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
     ap.add_argument("--out", type=Path, required=True, help="claims.tex")
     ap.add_argument("--json", type=Path, required=True, help="claims.json")
     ap.add_argument("--markdown", type=Path, required=True, help="claims.md")
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
         body += f"\\newcommand{{\\ClaimEvidence{name}}}{{{r['evidence']}}}\n"
     tr.write(args.out, body)
     write_json(args.json, {"script": SCRIPT, "claims": [
-        {**{k: r[k] for k in ("id", "short", "quote", "verdict")},
-         **{k: tex_to_text(r[k]) for k in ("claimed", "measured", "evidence")}, "trace": r["trace"]}
+        {**{k: r[k] for k in ("id", "quote", "verdict")},
+         **{k: tex_to_text(r[k]) for k in ("short", "claimed", "measured", "evidence")}, "trace": r["trace"]}
         for r in records]})
     write_text(args.markdown, markdown(records))
     for r in records:

@@ -1,4 +1,4 @@
-"""Figure: ahead-of-time compile results per target for the Triton impls' kernels: registers
+"""Figure: ahead-of-time compile results per target for the Triton impls' matrix kernels: registers
 (VGPRs on AMD) and shared memory or LDS (KiB), the largest over the build's scenarios; a cross
 marks a kernel whose build failed for that target.
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import plotting
-from .build import build_files
+from .build import build_files, matrix_kernels
 from .settings import load_settings
 from .sources import load_rows
 
@@ -22,7 +22,7 @@ from .sources import load_rows
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", type=Path, required=True, help="the build folder (results/build)")
-    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
     ap.add_argument("--out", type=Path, required=True, help="figure path, .pdf or .png")
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     if not files:
         raise SystemExit(f"{args.build}: no <target>/<impl>.json compile results; expected the aot_build rule's output")
     rows = pd.concat([load_rows(p) for p in files], ignore_index=True)
+    rows = rows[rows["kernel"].isin(matrix_kernels(rows))]
     rows["label"] = rows["impl"].str.removeprefix("tritonmoe_") + ":" + rows["kernel"].str.strip("_").str.removesuffix("_kernel")
     per = rows.groupby(["target", "label"], as_index=False).agg(
         compiled=("compiled", "all"), registers=("registers", "max"), shared_kib=("shared_bytes", "max"))

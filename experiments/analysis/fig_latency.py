@@ -18,7 +18,7 @@ from .sources import load_rows
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", type=Path, required=True, help="results/raw/<device>/latency.csv")
-    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
     ap.add_argument("--out", type=Path, required=True, help="figure path, .pdf or .png")
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)

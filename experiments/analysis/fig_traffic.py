@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, required=True, help="the traffic model's CSV (traffic_model.py)")
     ap.add_argument("--interpreter", type=Path, nargs="*", default=[], help="the interpreter's byte counts")
     ap.add_argument("--ncu", type=Path, nargs="*", default=[], help="results/raw/<device>/traffic.csv files")
-    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
     ap.add_argument("--out", type=Path, required=True, help="figure path, .pdf or .png")
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)

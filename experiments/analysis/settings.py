@@ -1,7 +1,8 @@
 """The pipeline's settings as the scripts see them.
 
-Snakemake passes its effective config (config/config.yaml plus any --config overrides) to each
-script as JSON (`--settings`); run by hand, a script reads config/config.yaml.
+The workflow writes its effective config (config/config.yaml plus any --config overrides) to
+paper/generated/settings.json and passes that path to each script (`--settings`); run by hand, a
+script reads config/config.yaml.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ MODELS = Path("config/models.yaml")
 CLAIMS = Path("config/claims.yaml")
 
 
-def load_settings(settings_json: str | None = None, path: str | Path = CONFIG) -> dict:
-    if settings_json:
-        return json.loads(settings_json)
+def load_settings(path: str | Path | None = None) -> dict:
+    """The settings in `path` (JSON or YAML); config/config.yaml when None."""
+    path = Path(path or CONFIG)
     with open(path) as f:
-        return yaml.safe_load(f)
+        return json.load(f) if path.suffix == ".json" else yaml.safe_load(f)
 
 
 def git_repo(settings: dict) -> str | None:

@@ -49,7 +49,7 @@ def headline_rows(tr: Tracer, rows: pd.DataFrame, settings: dict) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", type=Path, nargs="*", default=[], help="results/raw/<device>/latency.csv files")
-    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
     ap.add_argument("--out", type=Path, required=True, help="the .tex to write (its .trace.json goes beside it)")
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)

@@ -40,7 +40,7 @@ def caption(tr: Tracer, name: str, settings: dict) -> str:
                    f"Above the dashed line an impl is faster than {baseline}.",
         "floor_fraction": f"Fraction of the physical floor each impl reaches (floor over median latency) on {on}; {rows}.",
         "compile": "Ahead-of-time compile results per target: registers and shared memory (LDS on AMD) of every "
-                   "kernel, the largest over the build's scenarios; a cross marks a failed build.",
+                   "impl's matrix kernels, the largest over the build's scenarios; a cross marks a failed build.",
     }
     if name == "traffic_stages":
         text["traffic"] = ("Global-memory bytes per stage, fused against unfused: the analytic model, Triton's "
@@ -53,32 +53,31 @@ def caption(tr: Tracer, name: str, settings: dict) -> str:
     return text[kind] + f" Drawn by \\texttt{{{script}}}."
 
 
-def environment(tr: Tracer, name: str, figure_dir: str, settings: dict) -> str:
+def environment(tr: Tracer, name: str, path: str, settings: dict) -> str:
     return "\n".join([r"\begin{figure}[tbp]", r"\centering",
-                      rf"\includegraphics[width=\linewidth]{{{figure_dir}/{name}.pdf}}",
+                      rf"\includegraphics[width=\linewidth]{{{path}}}",
                       rf"\caption{{{caption(tr, name, settings)}}}", r"\end{figure}"])
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--figures", nargs="*", default=[], help="names of the figures drawn (without suffix)")
-    ap.add_argument("--figure-dir", default="paper/figures", help="where they are")
-    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--figures", type=Path, nargs="*", default=[], help="the figures drawn (paper/figures/<name>.pdf)")
+    ap.add_argument("--paper", type=Path, default=Path("paper"), help="the paper's folder (paths are relative to it)")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)
     tr = Tracer(SCRIPT)
-    # Relative to the paper's folder, where latexmk runs.
-    rel = str(Path(args.figure_dir).relative_to("paper")) if args.figure_dir.startswith("paper/") else args.figure_dir
-    groups = {"LatencyFigures": [n for n in args.figures if re.match(r"(latency|speedup|floor_fraction)_", n)],
-              "TrafficFigures": [n for n in args.figures if n.startswith("traffic_")],
-              "CompileFigures": [n for n in args.figures if n == "compile"]}
+    paths = {p.stem: p.relative_to(args.paper).as_posix() for p in args.figures}
+    groups = {"LatencyFigures": [n for n in paths if re.match(r"(latency|speedup|floor_fraction)_", n)],
+              "TrafficFigures": [n for n in paths if n.startswith("traffic_")],
+              "CompileFigures": [n for n in paths if n == "compile"]}
     empty = {"LatencyFigures": r"\emph{No latency figures: no device has been measured yet.}",
              "TrafficFigures": r"\emph{No traffic figures: the analytic traffic model is not available.}",
              "CompileFigures": r"\emph{No compile figure: the ahead-of-time stage is off in the configuration.}"}
     body = ""
     for macro, names in groups.items():
-        content = "\n".join(environment(tr, n, rel, settings) for n in names) or empty[macro]
+        content = "\n".join(environment(tr, n, paths[n], settings) for n in names) or empty[macro]
         body += f"\\newcommand{{\\{macro}}}{{%\n{content}%\n}}\n"
     tr.write(args.out, body)
     return 0

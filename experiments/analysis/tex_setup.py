@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .settings import CONFIG, MODELS, load_settings
 from .sources import load_rows, read_document
-from .trace import Tracer, latex_escape
+from .trace import Tracer
 
 SCRIPT = "experiments/analysis/tex_setup.py"
 PROVENANCE_COLUMNS = [("device_name", "GPU"), ("driver", "driver"), ("cuda", "CUDA"), ("rocm", "ROCm"),
@@ -58,17 +58,19 @@ def correctness(tr: Tracer, path: Path) -> str:
     rows = load_rows(path, None)
     passed = tr.number("correct.passed", "count_within_tolerance", rows, "int")
     total = tr.number("correct.total", "count_rows", rows, "int")
-    worst = {d: tr.number(f"correct.worst.{d}", "max_of", rows[rows["dtype"] == d], "sci", column="rel_err")
-             for d in dict.fromkeys(rows["dtype"])}
-    return (f"{passed} of {total} interpreter runs met their tolerance; largest relative error "
-            + ", ".join(f"{w} in {latex_escape(d)}" for d, w in worst.items()))
+    worst = []
+    for dtype in dict.fromkeys(rows["dtype"]):
+        of = rows[rows["dtype"] == dtype]
+        worst.append(tr.number(f"correct.worst.{dtype}", "max_of", of, "sci", column="rel_err") + " in "
+                     + tr.number(f"correct.dtype.{dtype}", "distinct_text", of, "text", column="dtype"))
+    return f"{passed} of {total} interpreter runs met their tolerance; largest relative error " + ", ".join(worst)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", nargs="*", default=[], help="slugs of the devices with a results/raw/ folder")
-    ap.add_argument("--correctness", type=Path, required=True, help="interp_correctness.csv")
-    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--correctness", type=Path, nargs="*", default=[], help="interp_correctness.csv (none: not run)")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
         "ModelTable": model_table(tr, settings),
         "TokensMin": tr.document("tokens.min", CONFIG, ["tokens", 0], "int"),
         "TokensMax": tr.document("tokens.max", CONFIG, ["tokens", len(settings["tokens"]) - 1], "int"),
-        "CorrectnessSummary": correctness(tr, args.correctness),
+        "CorrectnessSummary": correctness(tr, args.correctness[0]) if args.correctness
+        else r"\emph{not run (the interpreter stage is off in the configuration)}",
     }
     body = "".join(f"\\newcommand{{\\{name}}}{{%\n{value}%\n}}\n" for name, value in macros.items())
     tr.write(args.out, body)

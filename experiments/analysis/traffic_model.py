@@ -50,7 +50,7 @@ def rows_for(model: str, shape_of: dict, dtype: str, tokens: int, impls: list[st
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", default=None, help="pipeline settings as JSON (default: config/config.yaml)")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)

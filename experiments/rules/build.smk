@@ -14,4 +14,5 @@ rule aot_build:
     conda:
         "../../environment.yml"
     shell:
-        "python {input.script} --out {output} {params.small} > {log} 2>&1"
+        "python {input.script} --out {output} {params.small}"
+        + LOGGED

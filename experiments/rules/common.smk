@@ -1,8 +1,8 @@
 # Paths, the devices found under results/raw/ and what each holds; read once when the workflow starts.
 # Raw files are checked here (raw.py) so that bad data stops the run before any job, naming file and row.
 import json
-import shlex
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -19,8 +19,10 @@ LOGS = f"{GEN}/logs"
 FIG = "paper/figures"
 PAPER_PDF = "paper/build/tritonmoe.pdf"
 REPO = "." if config["check_git_sha"] else None
-# The effective config for the scripts; `measure` only selects GPU jobs and does not change any product.
-SETTINGS = shlex.quote(json.dumps({k: v for k, v in config.items() if k != "measure"}, sort_keys=True))
+# The effective config the scripts read (rule `settings`); `measure` only selects GPU jobs.
+SETTINGS = f"{GEN}/settings.json"
+# Appended to each job's command: its output goes to its log, and on failure the log's end is shown.
+LOGGED = " > {log} 2>&1 || (tail -n 25 {log} >&2; exit 1)"
 ANALYSIS_LIB = [f"experiments/analysis/{name}.py" for name in
                 ("raw", "schema", "sources", "derive", "trace", "settings", "atomic", "plotting")]
 KERNEL_SOURCES = sorted(str(p) for p in Path("kernels/tritonmoe").glob("*.py"))
@@ -73,7 +75,11 @@ def ncu_inputs():
 
 
 def interpreter_inputs():
-    return [f"{DATA}/traffic_interpreter.csv"] if config["interpreter_counts"] else []
+    return [f"{DATA}/traffic_interpreter.csv"] if config["interpreter"] else []
+
+
+def correctness_inputs():
+    return [f"{DATA}/interp_correctness.csv"] if config["interpreter"] else []
 
 
 # The analytic traffic model lives in the package (kernels/tritonmoe/traffic.py).
@@ -82,3 +88,17 @@ TRAFFIC_MODEL = Path("kernels/tritonmoe/traffic.py").exists()
 
 def build_inputs():
     return [BUILD] if config["aot"] else []
+
+
+# The GPU stage (measure.smk): the device this machine measures, and this run's start time.
+MEASURE = config["measure"]
+if MEASURE and MEASURE not in config["devices"]:
+    raise WorkflowError(f"measure: expected one of {', '.join(config['devices'])}, got {MEASURE!r}")
+STAMP = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def measure_targets(wildcards):
+    if not MEASURE:
+        raise WorkflowError("measure: name the device to measure, e.g. --config measure=h100-sxm")
+    return [f"results/logs/{MEASURE}/{kind}-{STAMP}.done" for kind in ("latency", "traffic")]
+

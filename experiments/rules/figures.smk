@@ -17,24 +17,25 @@ wildcard_constraints:
 
 rule fig_latency:
     input:
+        settings=SETTINGS,
         latency=raw_file("{device}", "latency.csv"),
         script="experiments/analysis/fig_latency.py",
         lib=ANALYSIS_LIB,
     output:
         f"{FIG}/latency_{{device}}.{{ext}}",
-    params:
-        settings=SETTINGS,
     log:
         f"{LOGS}/fig_latency_{{device}}.{{ext}}.log",
     conda:
         "../../environment.yml"
     shell:
-        "python -m experiments.analysis.fig_latency --latency {input.latency} --settings {params.settings} "
-        "--out {output} > {log} 2>&1"
+        "python -m experiments.analysis.fig_latency --latency {input.latency} --settings {input.settings} "
+        "--out {output}"
+        + LOGGED
 
 
 rule fig_speedup:
     input:
+        settings=SETTINGS,
         latency=raw_file("{device}", "latency.csv"),
         script="experiments/analysis/fig_speedup.py",
         lib=ANALYSIS_LIB,
@@ -42,19 +43,19 @@ rule fig_speedup:
         f"{FIG}/{{metric}}_{{device}}.{{ext}}",
     wildcard_constraints:
         metric="speedup|floor_fraction",
-    params:
-        settings=SETTINGS,
     log:
         f"{LOGS}/fig_{{metric}}_{{device}}.{{ext}}.log",
     conda:
         "../../environment.yml"
     shell:
         "python -m experiments.analysis.fig_speedup --metric {wildcards.metric} --latency {input.latency} "
-        "--settings {params.settings} --out {output} > {log} 2>&1"
+        "--settings {input.settings} --out {output}"
+        + LOGGED
 
 
 rule fig_traffic:
     input:
+        settings=SETTINGS,
         model=f"{DATA}/traffic_model.csv",
         interpreter=interpreter_inputs(),
         ncu=ncu_inputs(),
@@ -64,30 +65,29 @@ rule fig_traffic:
         f"{FIG}/traffic_{{view}}.{{ext}}",
     wildcard_constraints:
         view="stages|saved",
-    params:
-        settings=SETTINGS,
     log:
         f"{LOGS}/fig_traffic_{{view}}.{{ext}}.log",
     conda:
         "../../environment.yml"
     shell:
         "python -m experiments.analysis.fig_traffic --view {wildcards.view} --model {input.model} "
-        "--interpreter {input.interpreter} --ncu {input.ncu} --settings {params.settings} --out {output} > {log} 2>&1"
+        "--interpreter {input.interpreter} --ncu {input.ncu} --settings {input.settings} --out {output}"
+        + LOGGED
 
 
 rule fig_compile:
     input:
+        settings=SETTINGS,
         build=BUILD,
         script="experiments/analysis/fig_compile.py",
         lib=ANALYSIS_LIB,
     output:
         f"{FIG}/compile.{{ext}}",
-    params:
-        settings=SETTINGS,
     log:
         f"{LOGS}/fig_compile.{{ext}}.log",
     conda:
         "../../environment.yml"
     shell:
-        "python -m experiments.analysis.fig_compile --build {input.build} --settings {params.settings} "
-        "--out {output} > {log} 2>&1"
+        "python -m experiments.analysis.fig_compile --build {input.build} --settings {input.settings} "
+        "--out {output}"
+        + LOGGED

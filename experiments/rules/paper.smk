@@ -9,6 +9,7 @@ PAPER_SOURCES = sorted(str(p) for p in Path("paper").glob("*.tex")) + sorted(
 
 rule check_tracing:
     input:
+        settings=SETTINGS,
         tex=GENERATED_TEX,
         traces=[t.removesuffix(".tex") + ".trace.json" for t in GENERATED_TEX],
         paper=PAPER_SOURCES,
@@ -17,14 +18,15 @@ rule check_tracing:
     output:
         f"{GEN}/tracing_report.txt",
     params:
-        settings=SETTINGS,
+        generated=lambda wildcards, output: Path(output[0]).parent,
     log:
         f"{LOGS}/check_tracing.log",
     conda:
         "../../environment.yml"
     shell:
-        "python -m experiments.analysis.check_tracing --generated {GEN} --paper paper "
-        "--settings {params.settings} --out {output} > {log} 2>&1 || (cat {log} >&2; exit 1)"
+        "python -m experiments.analysis.check_tracing --generated {params.generated} --paper paper "
+        "--settings {input.settings} --out {output}"
+        + LOGGED
 
 
 rule paper:
@@ -43,3 +45,9 @@ rule paper:
         "../../environment.yml"
     shell:
         "python -m experiments.analysis.build_paper --main paper/tritonmoe.tex --out {output} --log {log}"
+
+GENERATED = expand(f"{FIG}/{{figure}}.{{ext}}", figure=FIGURES, ext=["pdf", "png"]) + [
+    f"{GEN}/tracing_report.txt",
+    f"{GEN}/claims.json",
+    f"{GEN}/claims.md",
+]

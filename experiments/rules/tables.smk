@@ -4,46 +4,47 @@
 
 rule tab_headline:
     input:
+        settings=SETTINGS,
         latency=latency_inputs(LATENCY_DEVICES),
         script="experiments/analysis/tab_headline.py",
         lib=ANALYSIS_LIB,
     output:
         tex=f"{GEN}/headline.tex",
         trace=f"{GEN}/headline.trace.json",
-    params:
-        settings=SETTINGS,
     log:
         f"{LOGS}/tab_headline.log",
     conda:
         "../../environment.yml"
     shell:
-        "python -m experiments.analysis.tab_headline --latency {input.latency} --settings {params.settings} "
-        "--out {output.tex} > {log} 2>&1"
+        "python -m experiments.analysis.tab_headline --latency {input.latency} --settings {input.settings} "
+        "--out {output.tex}"
+        + LOGGED
 
 
 rule tab_compile:
     input:
+        settings=SETTINGS,
         build=build_inputs(),
         script="experiments/analysis/tab_compile.py",
         lib=ANALYSIS_LIB,
     output:
         tex=f"{GEN}/compile.tex",
         trace=f"{GEN}/compile.trace.json",
-    params:
-        settings=SETTINGS,
     log:
         f"{LOGS}/tab_compile.log",
     conda:
         "../../environment.yml"
     shell:
-        "python -m experiments.analysis.tab_compile --build {input.build} --settings {params.settings} "
-        "--out {output.tex} > {log} 2>&1"
+        "python -m experiments.analysis.tab_compile --build {input.build} --settings {input.settings} "
+        "--out {output.tex}"
+        + LOGGED
 
 
 rule tex_setup:
     input:
+        settings=SETTINGS,
         provenance=provenance_inputs(),
-        correctness=f"{DATA}/interp_correctness.csv",
+        correctness=correctness_inputs(),
         models="config/models.yaml",
         script="experiments/analysis/tex_setup.py",
         lib=ANALYSIS_LIB,
@@ -51,7 +52,6 @@ rule tex_setup:
         tex=f"{GEN}/setup.tex",
         trace=f"{GEN}/setup.trace.json",
     params:
-        settings=SETTINGS,
         devices=DEVICES,
     log:
         f"{LOGS}/tex_setup.log",
@@ -59,11 +59,13 @@ rule tex_setup:
         "../../environment.yml"
     shell:
         "python -m experiments.analysis.tex_setup --devices {params.devices} --correctness {input.correctness} "
-        "--settings {params.settings} --out {output.tex} > {log} 2>&1"
+        "--settings {input.settings} --out {output.tex}"
+        + LOGGED
 
 
 rule claims_check:
     input:
+        settings=SETTINGS,
         claims="config/claims.yaml",
         latency=latency_inputs(LATENCY_DEVICES),
         ncu=ncu_inputs(),
@@ -78,7 +80,6 @@ rule claims_check:
         json=f"{GEN}/claims.json",
         md=f"{GEN}/claims.md",
     params:
-        settings=SETTINGS,
         devices=DEVICES,
     log:
         f"{LOGS}/claims_check.log",
@@ -87,25 +88,26 @@ rule claims_check:
     shell:
         "python -m experiments.analysis.claims_check --claims {input.claims} --devices {params.devices} "
         "--latency {input.latency} --ncu {input.ncu} --model {input.model} --interpreter {input.interpreter} "
-        "--build {input.build} --settings {params.settings} --out {output.tex} --json {output.json} "
-        "--markdown {output.md} > {log} 2>&1"
+        "--build {input.build} --settings {input.settings} --out {output.tex} --json {output.json} "
+        "--markdown {output.md}"
+        + LOGGED
 
 
 rule tex_figures:
     input:
+        settings=SETTINGS,
         figures=expand(f"{FIG}/{{figure}}.pdf", figure=FIGURES),
         script="experiments/analysis/tex_figures.py",
         lib=ANALYSIS_LIB,
     output:
         tex=f"{GEN}/figures.tex",
         trace=f"{GEN}/figures.trace.json",
-    params:
-        settings=SETTINGS,
-        figures=FIGURES,
+
     log:
         f"{LOGS}/tex_figures.log",
     conda:
         "../../environment.yml"
     shell:
-        "python -m experiments.analysis.tex_figures --figures {params.figures} --figure-dir {FIG} "
-        "--settings {params.settings} --out {output.tex} > {log} 2>&1"
+        "python -m experiments.analysis.tex_figures --figures {input.figures} "
+        "--settings {input.settings} --out {output.tex}"
+        + LOGGED
