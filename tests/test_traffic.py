@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from tritonmoe.traffic import (  # noqa: E402
     KERNEL_STAGES, PEER_IMPLS, STAGES, TRITON_IMPLS, Blocks, LayerShape, fewest_bytes, fusion_saving, gpu_config,
-    launches, stage_traffic,
+    launches, padding_bytes, stage_traffic,
 )
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -60,16 +59,29 @@ def test_interpreter_bytes_equal_logical_model(layer, impl):
 
 @interpreted
 @pytest.mark.parametrize("layer", LAYERS, ids=_layer_ids())
-def test_fused_writes_act_only(layer):
-    """tritonmoe_fused's gate_up stage stores padded_rows x F elements (act), never 2F (gate and up),
-    and no SwiGLU kernel runs; tritonmoe_w13's stores padded_rows x 2F (the check can fail)."""
+def test_fused_writes_no_gate_or_up(layer):
+    """tritonmoe_fused never stores gate or up: on the two-kernel path its gate_up kernel stores
+    padded_rows x F elements (act), never 2F, and no SwiGLU kernel runs; on the decode path its one
+    kernel stores only the fp32 partial rows. tritonmoe_w13 stores padded_rows x 2F (the check can fail)."""
     fused, w13 = _count(layer, "tritonmoe_fused"), _count(layer, "tritonmoe_w13")
-    P, F, e = fused.blocks.padded_rows, fused.shape.ffn, fused.shape.elem_bytes
+    s, P = fused.shape, fused.blocks.padded_rows
+    F, e = s.ffn, s.elem_bytes
     gu = [k for k in fused.counted if k.stage == "gate_up"]
     assert len(gu) == 1
-    assert gu[0].traffic.write == gu[0].buffers["out_ptr"][1] == P * F * e
     assert not [k for k in fused.counted if k.stage == "act"]
+    if gu[0].kernel == "_fused_expert_kernel":
+        chunks = -(-F // fused.config["expert"]["BLOCK_F"])
+        assert not [k for k in fused.counted if k.stage == "down"]
+        assert gu[0].traffic.write == gu[0].buffers["partial_ptr"][1] == chunks * s.routed * s.hidden * 4
+    else:
+        assert gu[0].traffic.write == gu[0].buffers["out_ptr"][1] == P * F * e
     assert sum(k.traffic.write for k in w13.counted if k.stage == "gate_up") == P * 2 * F * e
+
+
+@interpreted
+def test_small_layers_take_both_paths_of_the_fused_variant():
+    kernels = {k.kernel for i in LAYERS for k in _count(i, "tritonmoe_fused").counted}
+    assert {"_fused_expert_kernel", "_gate_up_kernel", "_down_kernel"} <= kernels
 
 
 @interpreted
@@ -158,10 +170,51 @@ def test_model_follows_block_m_padding():
     s = _shape(tokens=5, experts=8, top_k=2)  # 10 slots over 8 experts
     c = [3, 2, 1, 1, 1, 1, 1, 0]
     cfg = {**gpu_config(s), "BLOCK_M": 16}
+    cfg.pop("expert", None)  # the two-kernel path
     b = Blocks.from_counts(s, c, 16)
     assert (b.padded_rows, b.used_blocks, b.hit_experts) == (7 * 16, 7, 7)
     gu = stage_traffic(launches("tritonmoe_fused", s, c, cfg), "unique")["gate_up"]
     assert gu.act_write == 7 * 16 * s.ffn * 2  # padding rows are written as zeros
+
+
+@pytest.mark.parametrize("impl", TRITON_IMPLS)
+def test_padding_bytes_closed_form(impl):
+    """Two-kernel path: padding rows are stored by gate_up (F or 2F wide), read and stored by the
+    SwiGLU kernel, read by down; each costs a slot id in routing and in every GEMM's table."""
+    s = LayerShape(16, 64, 48, 2, 2, 2)
+    cfg = {**gpu_config(s), "BLOCK_M": 16}
+    cfg.pop("expert", None)
+    pad = padding_bytes(impl, s, [17, 15], cfg)  # 48 rows for 32 slots
+    width = {"tritonmoe_fused": (1, 0), "tritonmoe_w13": (2, 3), "tritonmoe_unfused": (2, 3)}[impl]
+    gemms = 3 if impl == "tritonmoe_unfused" else 2
+    F, e = s.ffn, s.elem_bytes
+    assert pad["gate_up"] == 16 * width[0] * F * e + (gemms - 1) * 16 * 4
+    assert pad["act"] == 16 * width[1] * F * e
+    assert pad["down"] == 16 * F * e + 16 * 4
+    assert pad["routing"] == 16 * 4 and pad["combine"] == 0  # the padding slots' sentinel ids
+    assert pad["total"] == sum(pad[st] for st in STAGES)
+    assert padding_bytes(impl, s, [16, 16], cfg)["total"] == 0
+
+
+def test_decode_path_pads_only_the_slot_tables():
+    """The one-kernel decode path neither reads x for padding rows nor writes them: they cost only
+    their sentinel slot ids (written by the alignment, read by the kernel)."""
+    s = LayerShape(4, 64, 48, 2, 2, 2)
+    cfg = gpu_config(s)
+    assert "expert" in cfg and cfg["BLOCK_M"] == 16
+    pad = padding_bytes("tritonmoe_fused", s, [5, 3], cfg)  # 32 rows for 8 slots
+    assert (pad["routing"], pad["gate_up"], pad["total"]) == (24 * 4, 24 * 4, 2 * 24 * 4)
+
+
+def test_fewest_bytes_is_the_benchmarks_floor():
+    from experiments.bench.problems import fewest_bytes as bench_fewest
+    from experiments.bench.problems import load_models
+    m = load_models()["deepseek-v3"]
+    s = LayerShape(3, m.hidden, m.ffn, m.experts, m.top_k, 2)
+    c = [0] * m.experts
+    for i in range(s.routed):
+        c[(7 * i) % 20] += 1  # 20 experts hit
+    assert fewest_bytes(s, c) == bench_fewest(m, 3, 20, 2)
 
 
 @pytest.mark.parametrize("impl", PEER_IMPLS)
@@ -170,7 +223,7 @@ def test_peer_models_read_the_hit_weights_once(impl):
     c = _counts(s)
     u = stage_traffic(launches(impl, s, c, {}), "unique")
     assert u["total"].weight_read == s.experts * (3 * s.ffn * s.hidden + s.hidden) * 2
-    assert u["act"].act_write == (2 if True else 0) * s.routed * s.ffn * 2  # silu, then the product
+    assert u["act"].act_write == 2 * s.routed * s.ffn * 2  # silu, then the product: two [N, F] writes
 
 
 def test_model_rejects_counts_that_do_not_match_the_shape():
@@ -228,15 +281,19 @@ def test_rows_for_model_checks_the_kernel_sequence_against_the_model():
         rows_for_model(text, man, "h100-sxm", load_models())
 
 
-def test_ncu_driver_dry_run_prints_the_ncu_command():
-    out = subprocess.run([sys.executable, str(ROOT / "experiments/traffic/ncu_traffic.py"), "--out",
-                          "results/raw/h100-sxm", "--models", "deepseek-v3", "--tokens", "1", "64", "--dry-run"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    cmd = out.stdout.strip()
-    for part in ("ncu --csv", "--clock-control none", "--cache-control all", "--profile-from-start off",
-                 "dram__bytes_read.sum,dram__bytes_write.sum", "ncu_worker.py --model deepseek-v3 --tokens 1 64"):
+def test_ncu_driver_dry_run_prints_the_ncu_command(capsys):
+    from experiments.traffic.ncu_traffic import main
+    assert main(["--out", "results/raw/h100-sxm", "--models", "deepseek-v3", "--tokens", "1", "64", "--dry-run"]) == 0
+    cmd = capsys.readouterr().out.strip()
+    assert len(cmd.splitlines()) == 1
+    for part in ("--csv", "--clock-control none", "--cache-control all", "--profile-from-start off",
+                 "--metrics dram__bytes_read.sum,dram__bytes_write.sum", "regex:^(_align_small_kernel|",
+                 "ncu_worker.py --model deepseek-v3 --tokens 1 64 --impls tritonmoe_fused tritonmoe_w13 "
+                 "tritonmoe_unfused --dtype bf16"):
         assert part in cmd, cmd
+    assert main(["--out", "results/raw/h100-sxm", "--models", "olmoe-1b-7b", "--impls", "tritonmoe_fused",
+                 "torch_grouped_mm", "--dry-run"]) == 0
+    assert "--kernel-name" not in capsys.readouterr().out  # peers' kernels have other names: no filter
 
 
 # --- traffic.csv and the comparison helpers --------------------------------------------------------
@@ -249,7 +306,7 @@ def test_csv_write_is_atomic_merge(tmp_path):
 
     def rows(impl, measured):
         return stage_rows(device="h100-sxm", model="m", dtype="bf16", impl=impl, tool="ncu", shape=s,
-                          expert_counts=c, launch_list=launches(impl, s, c, cfg), block_m=cfg["BLOCK_M"],
+                          expert_counts=c, launch_list=launches(impl, s, c, cfg), config=cfg,
                           measured=measured)
     path = tmp_path / "traffic.csv"
     write_rows(path, rows("tritonmoe_fused", {"total": (1, 2)}) + rows("tritonmoe_w13", {}))
@@ -275,7 +332,7 @@ def _frame(measured_over_model: float, write_share: float = 1.0) -> pd.DataFrame
         u = stage_traffic(ls, "unique")
         measured = {st: (int(u[st].read * measured_over_model), int(u[st].write * write_share)) for st in u}
         out += stage_rows(device="h100-sxm", model="mixtral-8x7b", dtype="bf16", impl=impl, tool="ncu", shape=s,
-                          expert_counts=c, launch_list=ls, block_m=cfg["BLOCK_M"], measured=measured)
+                          expert_counts=c, launch_list=ls, config=cfg, measured=measured)
     return pd.DataFrame(out)
 
 
@@ -314,7 +371,8 @@ def test_excess_over_fewest_and_measured_savings():
 
 def test_fusion_savings_model_and_the_35_percent_question():
     from experiments.traffic.compare import fusion_savings_model, tokens_reaching_share
-    s = fusion_savings_model(["mixtral-8x7b"], tokens=(1, 64, 4096), baselines=("tritonmoe_unfused",),
+    # Token counts past the decode path (its fp32 partial sums per F chunk are another trade-off).
+    s = fusion_savings_model(["mixtral-8x7b"], tokens=(64, 512, 4096), baselines=("tritonmoe_unfused",),
                              counts="balanced")
     assert set(s["basis"]) == {"with_weights", "activations_only"}
     ww = s[s["basis"] == "with_weights"].set_index("tokens")["saved_share"]
@@ -322,6 +380,6 @@ def test_fusion_savings_model_and_the_35_percent_question():
     assert (ao > ww).all()  # weights only grow the denominator
     assert ww.is_monotonic_increasing  # weights are amortised over more tokens
     reach = tokens_reaching_share(s, 0.35).set_index("basis")
-    assert reach.loc["activations_only", "first_tokens"] == 1
+    assert reach.loc["activations_only", "first_tokens"] == 64
     never = tokens_reaching_share(s, 0.99)
     assert never["first_tokens"].isna().all() and not never["stays_above"].any()

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tritonmoe.traffic import Blocks, LayerShape, fusion_saving, gpu_config, launches, stage_traffic
+from tritonmoe.traffic import LayerShape, fusion_saving, gpu_config, launches, stage_traffic
 
 from experiments.bench.problems import load_models
 
 BYTE_COLUMNS = ("dram_read_bytes", "dram_write_bytes", "model_read_bytes", "model_write_bytes",
                 "model_weight_read_bytes", "logical_read_bytes", "logical_write_bytes", "unique_read_bytes",
-                "unique_write_bytes", "routed_rows", "padded_rows", "hit_experts", "fewest_bytes")
+                "unique_write_bytes", "padding_bytes", "routed_rows", "padded_rows", "hit_experts", "fewest_bytes")
 ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 H100_L2_BYTES = 50 * 2 ** 20
 
@@ -38,30 +38,16 @@ def load_traffic(path_or_frame) -> pd.DataFrame:
     return frame
 
 
-def padding_bytes(impl: str, stage: str, ffn: int, elem_bytes: int, pad_rows: int) -> int:
-    """Unique bytes the padding rows (num_post_padded - T*K) cost a Triton variant in one stage:
-    gate_up writes them (F or 2F wide), the SwiGLU kernel reads and writes them, down reads them."""
-    if stage == "routing":
-        return pad_rows * 4  # the sentinel slot ids
-    width = {"gate_up": {"tritonmoe_fused": 1, "tritonmoe_w13": 2, "tritonmoe_unfused": 2},
-             "act": {"tritonmoe_fused": 0, "tritonmoe_w13": 3, "tritonmoe_unfused": 3},
-             "down": {"tritonmoe_fused": 1, "tritonmoe_w13": 1, "tritonmoe_unfused": 1}}
-    if stage == "total":
-        return sum(padding_bytes(impl, s, ffn, elem_bytes, pad_rows) for s in ("routing", *width))
-    return width.get(stage, {}).get(impl, 0) * pad_rows * ffn * elem_bytes
-
-
 def model_vs_measured(frame: pd.DataFrame, *, l2_bytes: int = H100_L2_BYTES) -> pd.DataFrame:
     """Per row: `measured`, `model` (read + write), `ratio` = measured / model, and in bytes:
     - `rereads_reached_dram`: measured reads beyond the unique reads, and `rereads_possible`, the
       logical reads beyond them (weight tiles re-read by every M block, x tiles by every N block);
     - `writes_held_in_l2`: unique writes the DRAM counter had not seen when the kernel ended
       (dirty lines still in L2, written back later, outside the kernel's count);
-    - `padding`: unique bytes of the padding rows (Triton variants, contract models only; in the
-      model, so a cause of the distance to the floor, not to the model);
+    - `padding`: unique bytes of the padding rows (the `padding_bytes` column; in the model, so a
+      cause of the distance to the floor, not to the model);
     and `why`, one line naming the causes that account for the difference."""
     f = load_traffic(frame)
-    models = load_models()
     out = f[["device", "model", "dtype", "tokens", "impl", "stage", "tool"]].copy()
     out["measured_read"], out["measured_write"] = f["dram_read_bytes"], f["dram_write_bytes"]
     out["model_read"], out["model_write"] = f["model_read_bytes"], f["model_write_bytes"]
@@ -72,10 +58,7 @@ def model_vs_measured(frame: pd.DataFrame, *, l2_bytes: int = H100_L2_BYTES) -> 
     out["rereads_possible"] = f["logical_read_bytes"] - f["unique_read_bytes"]
     out["unique_write"] = f["unique_write_bytes"]
     out["writes_held_in_l2"] = (f["unique_write_bytes"] - f["dram_write_bytes"]).clip(lower=0)
-    out["padding"] = [
-        padding_bytes(r.impl, r.stage, models[r.model].ffn, ELEM_BYTES[r.dtype], r.padded_rows - r.routed_rows)
-        if r.model in models and r.impl.startswith("tritonmoe") else np.nan
-        for r in f.itertuples()]
+    out["padding"] = f["padding_bytes"] if "padding_bytes" in f else np.nan
     out["why"] = [_why(r, l2_bytes) for r in out.itertuples()]
     return out
 
@@ -109,7 +92,7 @@ def _mb(n: float) -> str:
 
 def excess_over_fewest(frame: pd.DataFrame) -> pd.DataFrame:
     """Per call (total rows): DRAM bytes against the floor's fewest bytes, and what the excess is:
-    - `padding`: the padding rows' bytes (Triton variants of contract models);
+    - `padding`: the padding rows' bytes;
     - `beyond_floor_in_model`: the rest of the unique model beyond the floor (intermediates such as
       gate/up/act and the fp32 partial sums, routing and alignment arrays, the router weight);
     - `rereads`: measured reads beyond the unique reads (weight tiles re-read by several M blocks,
@@ -219,5 +202,5 @@ def fusion_saving_one(model: str, tokens: int, *, dtype: str = "bf16", baseline:
     return fusion_saving(shape, c, gpu_config(shape), baseline=baseline, weights=weights)
 
 
-__all__ = ["Blocks", "excess_over_fewest", "expert_counts", "fusion_saving_one", "fusion_savings_measured",
-           "fusion_savings_model", "load_traffic", "model_vs_measured", "padding_bytes", "tokens_reaching_share"]
+__all__ = ["excess_over_fewest", "expert_counts", "fusion_saving_one", "fusion_savings_measured",
+           "fusion_savings_model", "load_traffic", "model_vs_measured", "tokens_reaching_share"]

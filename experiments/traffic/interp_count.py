@@ -95,7 +95,7 @@ def measured_stages(counted: list[LaunchCount]) -> dict[str, tuple[int, int]]:
 def rows_of(c: LayerCount) -> list[dict]:
     return stage_rows(device=DEVICE, model=c.layer.name, dtype=DTYPE_NAMES[c.layer.dtype], impl=c.impl,
                       tool="interpreter", shape=c.shape, expert_counts=c.blocks.expert_counts,
-                      launch_list=c.modelled, block_m=c.blocks.block_m, measured=measured_stages(c.counted))
+                      launch_list=c.modelled, config=c.config, measured=measured_stages(c.counted))
 
 
 def main(argv=None) -> int:

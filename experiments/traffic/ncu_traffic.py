@@ -45,7 +45,8 @@ KERNEL_REGEX = "regex:^(" + "|".join(sorted([*KERNEL_STAGES, MARKER_KERNEL])) + 
 def ncu_command(ncu: str, *, model: str, tokens, impls, dtype: str, log: Path, manifest: Path,
                 kernel_regex: str | None) -> list[str]:
     cmd = [ncu, "--csv", "--log-file", str(log), "--print-units", "base", "--metrics", ",".join(METRICS),
-           "--clock-control", "none", "--cache-control", "all", "--profile-from-start", "off"]
+           "--clock-control", "none", "--cache-control", "all", "--profile-from-start", "off",
+           "--print-kernel-base", "function"]
     if kernel_regex:
         cmd += ["--kernel-name", kernel_regex]
     return cmd + [sys.executable, str(WORKER), "--model", model, "--tokens", *map(str, tokens),
@@ -71,7 +72,7 @@ def rows_for_model(log_text: str, manifest: dict, device: str, models: dict) -> 
                                  f"lists {want}; tritonmoe/traffic.py is out of step with the kernels")
         new = stage_rows(device=device, model=manifest["model"], dtype=manifest["dtype"], impl=impl, tool="ncu",
                          shape=shape, expert_counts=counts, launch_list=modelled,
-                         block_m=cfg["BLOCK_M"] if impl in TRITON_IMPLS else None, measured=stage_bytes(measured))
+                         config=cfg, measured=stage_bytes(measured))
         rows += new if impl in TRITON_IMPLS else [r for r in new if r["stage"] == "total"]
     return rows
 

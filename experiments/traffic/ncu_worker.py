@@ -11,7 +11,6 @@ to measure anything); `ncu_traffic.py --dry-run` prints the full command.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -4,7 +4,8 @@ Contract columns first, then extensions that make each row explainable on its ow
 - `model_read_bytes`/`model_write_bytes`: the model flavour the tool is compared with: `logical`
   for `tool=interpreter` (it must equal the count), `unique` for `tool=ncu`.
 - `model_weight_read_bytes`: the weights' share of `model_read_bytes`.
-- `logical_*`, `unique_*`: both flavours, always.
+- `logical_*`, `unique_*`: both flavours, always; `padding_bytes`: the unique bytes the BLOCK_M
+  padding rows cost in that stage (in the model; part of the distance to the floor).
 - `routed_rows` (T*K), `padded_rows` (num_post_padded), `hit_experts`, `fewest_bytes` (the
   floor's, per layer; the same on every stage row of a call).
 """
@@ -15,12 +16,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from tritonmoe.traffic import STAGES, Blocks, LayerShape, Launch, fewest_bytes, stage_traffic
+from tritonmoe.traffic import STAGES, TRITON_IMPLS, Blocks, LayerShape, Launch, fewest_bytes, padding_bytes, stage_traffic
 
 CONTRACT_COLUMNS = ("device", "model", "dtype", "tokens", "impl", "stage", "dram_read_bytes", "dram_write_bytes",
                     "model_read_bytes", "model_write_bytes", "tool")
 EXTRA_COLUMNS = ("model_weight_read_bytes", "logical_read_bytes", "logical_write_bytes", "unique_read_bytes",
-                 "unique_write_bytes", "routed_rows", "padded_rows", "hit_experts", "fewest_bytes")
+                 "unique_write_bytes", "padding_bytes", "routed_rows", "padded_rows", "hit_experts", "fewest_bytes")
 COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS
 TOOL_FLAVOUR = {"interpreter": "logical", "ncu": "unique"}
 # A measurement is identified by these; a new run replaces the old rows with the same key.
@@ -28,14 +29,17 @@ RUN_KEY = ("device", "model", "dtype", "tokens", "impl", "tool")
 
 
 def stage_rows(*, device: str, model: str, dtype: str, impl: str, tool: str, shape: LayerShape,
-               expert_counts, launch_list: list[Launch], block_m: int | None,
+               expert_counts, launch_list: list[Launch], config: dict | None,
                measured: dict[str, tuple[int, int]]) -> list[dict]:
-    """One row per stage and 'total'. `measured[stage] = (read, write)`; missing stages read as 0."""
+    """One row per stage and 'total'. `launch_list` is the model of the call (`launches(impl, shape,
+    expert_counts, config)`); `measured[stage] = (read, write)`, missing stages read as 0."""
     if tool not in TOOL_FLAVOUR:
         raise ValueError(f"tool: expected one of {tuple(TOOL_FLAVOUR)}, got {tool!r}")
     logical, unique = stage_traffic(launch_list, "logical"), stage_traffic(launch_list, "unique")
     compared = logical if TOOL_FLAVOUR[tool] == "logical" else unique
-    padded = Blocks.from_counts(shape, expert_counts, block_m).padded_rows if block_m else shape.routed
+    triton_impl = impl in TRITON_IMPLS
+    padded = Blocks.from_counts(shape, expert_counts, config["BLOCK_M"]).padded_rows if triton_impl else shape.routed
+    padding = padding_bytes(impl, shape, expert_counts, config) if triton_impl else {}
     per_call = {
         "routed_rows": shape.routed, "padded_rows": padded,
         "hit_experts": sum(1 for c in expert_counts if int(c) > 0),
@@ -51,7 +55,7 @@ def stage_rows(*, device: str, model: str, dtype: str, impl: str, tool: str, sha
             "model_weight_read_bytes": compared[stage].weight_read,
             "logical_read_bytes": logical[stage].read, "logical_write_bytes": logical[stage].write,
             "unique_read_bytes": unique[stage].read, "unique_write_bytes": unique[stage].write,
-            **per_call,
+            "padding_bytes": padding.get(stage, 0), **per_call,
         })
     return rows
 

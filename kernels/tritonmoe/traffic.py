@@ -24,6 +24,7 @@ L2 write-back timing of dirty lines; `experiments/traffic/compare.py` explains t
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 
@@ -49,6 +50,9 @@ KERNEL_STAGES = {
     "_offsets_kernel": "routing",
     "_scatter_kernel": "routing",
     "_gate_up_kernel": "gate_up",
+    # The decode path's one kernel does gate+up, SwiGLU and down; a DRAM counter sees it whole, so
+    # its bytes count under gate_up (that call's act and down stages are empty).
+    "_fused_expert_kernel": "gate_up",
     "_swiglu_kernel": "act",
     "_down_kernel": "down",
     "_combine_kernel": "combine",
@@ -309,7 +313,7 @@ def gate_up_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool) 
 
 def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
     """`swiglu._swiglu_kernel`: gate and up of the used rows in, act out."""
-    block_f = min(256, triton.next_power_of_2(s.ffn))
+    block_f = max(16, min(256, 8192 // b.block_m, triton.next_power_of_2(s.ffn)))
     programs = b.max_blocks * _cdiv(s.ffn, block_f)
     rows = b.padded_rows * s.ffn * s.elem_bytes
     return Launch("_swiglu_kernel", "act", (
@@ -343,6 +347,28 @@ def down_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
     ))
 
 
+def fused_expert_launch(s: LayerShape, b: Blocks, cfg_expert: dict) -> Launch:
+    """`fused_expert._fused_expert_kernel` (decode): every (M block, F chunk) program gathers its
+    block's token rows of x over H, the chunk's gate and up rows and the matching [H, BLOCK_F] slice
+    of the down weights, and writes the fp32 partial rows of its real slots for that chunk."""
+    chunks = _cdiv(s.ffn, cfg_expert["BLOCK_F"])
+    e = s.elem_bytes
+    return Launch("_fused_expert_kernel", KERNEL_STAGES["_fused_expert_kernel"], (
+        Access("x_ptr", False, read=s.routed * s.hidden * e * chunks, unique_read=s.tokens * s.hidden * e),
+        Access("wgu_ptr", True, read=b.used_blocks * 2 * s.ffn * s.hidden * e,
+               unique_read=b.hit_experts * 2 * s.ffn * s.hidden * e),
+        Access("wd_ptr", True, read=b.used_blocks * s.hidden * s.ffn * e,
+               unique_read=b.hit_experts * s.hidden * s.ffn * e),
+        _same("partial_ptr", write=chunks * s.routed * s.hidden * _F32),
+        Access("topk_weights_ptr", False, read=s.routed * chunks * _F32, unique_read=s.routed * _F32),
+        *_block_metadata(b, chunks),
+    ))
+
+
+def fused_expert_chunks(s: LayerShape, cfg_expert: dict) -> int:
+    return _cdiv(s.ffn, cfg_expert["BLOCK_F"])
+
+
 def combine_launch(s: LayerShape, splits: int) -> Launch:
     """`down._combine_kernel`: sums the splits x K partial rows of each token into y."""
     return Launch("_combine_kernel", "combine", (
@@ -374,7 +400,16 @@ def launches(impl: str, shape: LayerShape, expert_counts, config: dict) -> list[
         return peer_launches(impl, shape, expert_counts)
     if impl not in TRITON_IMPLS:
         raise ValueError(f"impl: expected one of {TRITON_IMPLS + PEER_IMPLS}, got {impl!r}")
-    b = Blocks.from_counts(shape, expert_counts, config["BLOCK_M"])
+    return _triton_launches(impl, shape, Blocks.from_counts(shape, expert_counts, config["BLOCK_M"]), config)
+
+
+def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict) -> list[Launch]:
+    if impl == "tritonmoe_fused" and config.get("expert"):  # the decode path (`api._experts_aligned`)
+        return [
+            *routing_launches(shape, b),
+            fused_expert_launch(shape, b, config["expert"]),
+            combine_launch(shape, fused_expert_chunks(shape, config["expert"])),
+        ]
     down_cfg = config["down"]
     return [
         *routing_launches(shape, b),
@@ -443,6 +478,19 @@ def stage_traffic(launch_list: list[Launch], flavour: str = "logical") -> dict[s
         total = total + out[stage]
     out["total"] = total
     return out
+
+
+def padding_bytes(impl: str, shape: LayerShape, expert_counts, config: dict, flavour: str = "unique") -> dict[str, int]:
+    """Bytes per stage (and 'total') the BLOCK_M padding rows cost a Triton variant: its model minus
+    the same model with num_post_padded = T*K (same blocks, no padding rows); 0 for peers."""
+    if impl not in TRITON_IMPLS:
+        return {stage: 0 for stage in (*STAGES, "total")}
+    b = Blocks.from_counts(shape, expert_counts, config["BLOCK_M"])
+    unpadded = copy.copy(b)
+    object.__setattr__(unpadded, "padded_rows", shape.routed)
+    padded = stage_traffic(_triton_launches(impl, shape, b, config), flavour)
+    bare = stage_traffic(_triton_launches(impl, shape, unpadded, config), flavour)
+    return {stage: padded[stage].total - bare[stage].total for stage in padded}
 
 
 def fewest_bytes(shape: LayerShape, expert_counts) -> int:
