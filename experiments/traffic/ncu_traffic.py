@@ -11,7 +11,9 @@ and written to `<out>/traffic.csv` (`tool=ncu`; rows of an earlier run with the 
 replaced) with `model_*` from the unique-bytes model of exactly the call that ran (its expert
 counts and config come back in the worker's manifest); the run is added to `<out>/provenance.json`.
 Peers (megablocks_grouped, torch_grouped_mm) get a `total` row only: their kernels have no stages.
-Exits 2 with a message when there is no GPU or no ncu.
+Exits 2 with a message when there is no GPU or no ncu, 1 when a model failed (the others' rows are
+written). The first run also compiles the Triton kernels (cached for later runs); `--budget-s`
+stops starting models once spent, `--models`/`--tokens` pick a subset.
 """
 from __future__ import annotations
 
@@ -97,7 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ncu", default=os.environ.get("NCU", "ncu"), help="the ncu binary (default: ncu on PATH, or $NCU)")
     ap.add_argument("--kernel-regex", default=None,
                     help=f"ncu --kernel-name filter (default {KERNEL_REGEX} for Triton impls; none with peers)")
-    ap.add_argument("--timeout-s", type=float, default=900, help="per model")
+    ap.add_argument("--timeout-s", type=float, default=420, help="per model (its ncu run is abandoned after this)")
+    ap.add_argument("--budget-s", type=float, default=540,
+                    help="start no further model after this long (rows so far are written)")
     ap.add_argument("--git-sha", default=None, help="default: git rev-parse HEAD")
     ap.add_argument("--git-dirty", type=int, default=None, help="default: from git status")
     ap.add_argument("--keep-logs", type=Path, default=None, help="copy ncu's CSV logs and manifests here")
@@ -137,6 +141,9 @@ def main(argv=None) -> int:
     torch.cuda.empty_cache()
     rows, failed, t0 = [], [], time.time()
     for m, cmd in commands.items():
+        if time.time() - t0 > args.budget_s:
+            failed.append(f"{m}: not run, the {args.budget_s:.0f} s budget is spent; rerun with --models {m} ...")
+            continue
         weights_gb = models[m].experts * models[m].weight_bytes_per_expert(ELEM_BYTES[args.dtype]) / 1e9
         free_gb = torch.cuda.mem_get_info()[0] / 1e9
         if weights_gb > 0.85 * free_gb:
@@ -144,8 +151,12 @@ def main(argv=None) -> int:
             continue
         t = time.time()
         env = {**os.environ, "LC_ALL": "C", "TRITON_INTERPRET": "0"}
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout_s)
         log, manifest = work / f"{m}.csv", work / f"{m}.json"
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout_s)
+        except subprocess.TimeoutExpired:
+            failed.append(f"{m}: ncu ran past --timeout-s {args.timeout_s:.0f}; fewer --tokens, or a longer timeout")
+            continue
         if args.keep_logs:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             for p in (log, manifest):

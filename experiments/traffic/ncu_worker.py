@@ -68,11 +68,11 @@ def main(argv=None) -> int:
             for _ in range(args.warmup):
                 fn(x)
             torch.cuda.synchronize()
-            torch.cuda.cudart().cudaProfilerStart()
+            torch.cuda.profiler.start()
             _traffic_marker_kernel[(1,)](flag)
             fn(x)
             torch.cuda.synchronize()
-            torch.cuda.cudart().cudaProfilerStop()
+            torch.cuda.profiler.stop()
             calls.append({"tokens": tokens, "impl": impl, "expert_counts": counts, "config": cfg})
         del x
     write_json(args.manifest, {
