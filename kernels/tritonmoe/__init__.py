@@ -11,7 +11,9 @@ from .module import FusedMoE
 from .reference import reference_experts, reference_moe, reference_routing
 from .routing import route
 from .align import align_tokens
+from . import ops
+from .hf import from_hf, patch_model
 
-__all__ = ["IMPLS", "FusedMoE", "align_tokens", "fused_experts", "moe", "reference_experts", "reference_moe",
-           "reference_routing", "route"]
+__all__ = ["IMPLS", "FusedMoE", "align_tokens", "from_hf", "fused_experts", "moe", "ops", "patch_model",
+           "reference_experts", "reference_moe", "reference_routing", "route"]
 __version__ = "0.1.0"

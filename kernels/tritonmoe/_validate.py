@@ -45,7 +45,7 @@ def check_kernel_device(device: torch.device) -> None:
 
 
 def check_top_k(top_k, num_experts: int) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, torch.SymInt)):
         raise TypeError(f"top_k: expected an int, got {type(top_k).__name__}")
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k: expected 1 <= top_k <= {num_experts} (the number of experts), got {top_k}")

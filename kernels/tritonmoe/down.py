@@ -1,8 +1,8 @@
 """Down projection and combine.
 
 `down(act, w_down, align, topk_weights)` is a grouped GEMM over the aligned rows of `act [max_padded, F]`
-with `w_down [E, H, F]`; it scales each row by its routing weight and writes it, in fp32, to the row of
-its routed slot in `partial [SPLIT_K, T*K, H]`. With SPLIT_K > 1 the F dimension is split across
+with `w_down [E, H, F]`; it scales each row by its routing weight and writes it to the row of its routed
+slot in `partial [SPLIT_K, T*K, H]` (in the input dtype when SPLIT_K = 1, else fp32). With SPLIT_K > 1 the F dimension is split across
 programs, which gives small token counts enough programs to fill the GPU.
 
 `combine(partial, T, K)` sums the SPLIT_K * K partial rows of each token in a fixed order, so the
@@ -58,7 +58,7 @@ def _down_kernel(
     route_w = tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)
     acc = acc * route_w[:, None]
     p_ptrs = partial_ptr + pid_s * stride_ps + slot[:, None].to(tl.int64) * stride_pm + cols[None, :] * stride_pn
-    tl.store(p_ptrs, acc, mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(p_ptrs, acc.to(partial_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
@@ -73,19 +73,23 @@ def _combine_kernel(
     for s in range(split_k):
         for k in tl.static_range(TOP_K):
             rows = (tokens * TOP_K + k).to(tl.int64)
-            acc += tl.load(partial_ptr + s * stride_ps + rows[:, None] * stride_pm + cols[None, :], mask=mask, other=0.0)
+            acc += tl.load(partial_ptr + s * stride_ps + rows[:, None] * stride_pm + cols[None, :], mask=mask,
+                           other=0.0).to(tl.float32)
     tl.store(y_ptr + tokens[:, None].to(tl.int64) * stride_yt + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights: torch.Tensor,
          cfg: dict) -> torch.Tensor:
-    """Returns `partial [SPLIT_K, T*K, H]` (fp32): each routed slot's weighted expert output."""
+    """Returns `partial [SPLIT_K, T*K, H]`: each routed slot's weighted expert output."""
     E, H, F = w_down.shape
     split_k = max(1, int(cfg.get("SPLIT_K", 1)))
     bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
     k_per_split = triton.cdiv(triton.cdiv(F, split_k), bk) * bk
     split_k = triton.cdiv(F, k_per_split)
-    partial = torch.empty((split_k, align.num_routed, H), dtype=torch.float32, device=act.device)
+    # One split: each slot's row is final, so it is stored in the input dtype (half the bytes to write and
+    # for the combine to read); several splits are summed later, so they keep fp32.
+    partial_dtype = act.dtype if split_k == 1 else torch.float32
+    partial = torch.empty((split_k, align.num_routed, H), dtype=partial_dtype, device=act.device)
     num_pid_m = align.max_blocks
     grid = (num_pid_m * triton.cdiv(H, bn), split_k)
     _down_kernel[grid](

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .api import IMPLS, _check_impl, moe
+from .api import IMPLS, _check_impl
 
 
 class FusedMoE(nn.Module):
@@ -47,10 +47,18 @@ class FusedMoE(nn.Module):
         layer.w_down = nn.Parameter(w_down.detach().contiguous(), requires_grad=False)
         return layer
 
+    @classmethod
+    def from_hf(cls, block: nn.Module, impl: str = "tritonmoe_fused") -> "FusedMoE":
+        """A routed-experts layer from a Hugging Face Mixtral or Qwen3-MoE sparse MoE block (see `tritonmoe.hf.from_hf`)."""
+        from .hf import from_hf
+        return from_hf(block, impl)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Through the custom op, so that torch.compile(fullgraph=True) traces the layer as one node.
+        from . import ops
         shape = x.shape
-        y = moe(x.reshape(-1, shape[-1]), self.router_weight, self.w_gate_up, self.w_down, self.top_k,
-                renormalize=self.renormalize, impl=self.impl)
+        y = ops.moe(x.reshape(-1, shape[-1]), self.router_weight, self.w_gate_up, self.w_down, self.top_k,
+                    renormalize=self.renormalize, impl=self.impl)
         return y.reshape(shape)
 
     def extra_repr(self) -> str:
