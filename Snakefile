@@ -1,7 +1,7 @@
 # TritonMoE: raw results -> figures, tables, the claims check and the paper.
 #
 #   snakemake --cores 1 all                                   # CPU only: everything from results/raw
-#   snakemake --cores 1 --config measure=h100-sxm measure     # on a GPU: re-measure this device, then `all`
+#   snakemake --cores 1 measure --config measure=h100-sxm     # on a GPU: re-measure this device, then `all`
 #   snakemake -n all                                          # the plan
 #
 # Rules by stage: experiments/rules/{build,measure,analyse,figures,tables,paper}.smk. Settings:

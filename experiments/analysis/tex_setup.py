@@ -19,7 +19,7 @@ from .trace import Tracer
 SCRIPT = "experiments/analysis/tex_setup.py"
 PROVENANCE_COLUMNS = [("device_name", "GPU"), ("driver", "driver"), ("cuda", "CUDA"), ("rocm", "ROCm"),
                       ("torch", "torch"), ("triton", "Triton"), ("megablocks", "Megablocks"),
-                      ("copy_gbps", "copy GB/s"), ("bf16_tflops", "bf16 TFLOP/s"), ("date", "date")]
+                      ("copy_gbps", "copy GB/s"), ("bf16_tflops", "matrix TFLOP/s"), ("date", "date")]
 
 
 def names(tr: Tracer, slugs: list[str]) -> str:

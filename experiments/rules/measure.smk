@@ -1,6 +1,6 @@
 # Measure stage (GPU): re-measures one device, only when asked:
 #
-#   snakemake --cores 1 --config measure=h100-sxm measure
+#   snakemake --cores 1 measure --config measure=h100-sxm
 #
 # then `snakemake --cores 1 all` redraws everything. The scripts write results/raw/<device>/
 # themselves (atomically); the raw files are not outputs of these rules, so `all` never schedules

@@ -46,8 +46,15 @@ rule paper:
     shell:
         "python -m experiments.analysis.build_paper --main paper/tritonmoe.tex --out {output} --log {log}"
 
-GENERATED = expand(f"{FIG}/{{figure}}.{{ext}}", figure=FIGURES, ext=["pdf", "png"]) + [
-    f"{GEN}/tracing_report.txt",
-    f"{GEN}/claims.json",
-    f"{GEN}/claims.md",
-]
+# Every product but the PDF, listed so that a deleted one is a missing target and gets remade
+# (Snakemake does not remake a deleted intermediate file whose dependants are up to date).
+GENERATED = (
+    expand(f"{FIG}/{{figure}}.{{ext}}", figure=FIGURES, ext=["pdf", "png"])
+    + GENERATED_TEX
+    + [t.removesuffix(".tex") + ".trace.json" for t in GENERATED_TEX]
+    + [f"{GEN}/tracing_report.txt", f"{GEN}/claims.json", f"{GEN}/claims.md", SETTINGS]
+    + ([f"{DATA}/traffic_model.csv"] if TRAFFIC_MODEL else [])
+    + interpreter_inputs()
+    + correctness_inputs()
+    + build_inputs()
+)
