@@ -37,20 +37,23 @@ class Layer:
 def make_layer(T: int, E: int, H: int, F: int, dtype=torch.float32, device="cpu", seed: int = 0,
                routing: str = "uniform") -> Layer:
     """Random layer inputs. `routing='zipf'` skews the router so that a few experts get most tokens:
-    every token shares a direction u, and expert e's router row leans on u by -2 log(rank_e + 1)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, H, generator=g, dtype=torch.float64)
-    router = torch.randn(E, H, generator=g, dtype=torch.float64) / H ** 0.5
+    every token shares a direction u, and expert e's router row leans on u by -2 log(rank_e + 1).
+    On a GPU the values are drawn there, in fp32 (GPU-sized weights would take seconds on the CPU)."""
+    on_gpu = torch.device(device).type == "cuda"
+    g = torch.Generator(device=device if on_gpu else "cpu").manual_seed(seed)
+    kw = {"generator": g, "dtype": torch.float32 if on_gpu else torch.float64, "device": device if on_gpu else "cpu"}
+    x = torch.randn(T, H, **kw)
+    router = torch.randn(E, H, **kw) / H ** 0.5
     if routing == "zipf":
-        u = torch.randn(H, generator=g, dtype=torch.float64)
+        u = torch.randn(H, **kw)
         u /= u.norm()
-        rank = torch.randperm(E, generator=g).double()
+        rank = torch.randperm(E, generator=g, device=kw["device"]).to(kw["dtype"])
         x += 4.0 * u
         router += (-0.5 * torch.log1p(rank))[:, None] * u[None, :]
     elif routing != "uniform":
         raise ValueError(f"routing: expected 'uniform' or 'zipf', got {routing!r}")
-    w_gate_up = torch.randn(E, 2 * F, H, generator=g, dtype=torch.float64) / H ** 0.5
-    w_down = torch.randn(E, H, F, generator=g, dtype=torch.float64) / F ** 0.5
+    w_gate_up = torch.randn(E, 2 * F, H, **kw) / H ** 0.5
+    w_down = torch.randn(E, H, F, **kw) / F ** 0.5
     return Layer(*(t.to(device=device, dtype=dtype) for t in (x, router, w_gate_up, w_down)))
 
 

@@ -1,0 +1,149 @@
+"""GPU-only tests: bf16 numerics, CUDA-graph capture and replay, and int64 addressing of large weights.
+
+Skipped without CUDA and while TRITON_INTERPRET is set (see conftest.py). Run on a GPU machine with
+
+    TRITON_INTERPRET=0 python -m pytest -q -m gpu tests/test_gpu.py
+
+The large-offset test needs ~23 GB of GPU memory and skips when less than 40 GB is free.
+"""
+import pytest
+import torch
+
+import tritonmoe
+from helpers import REL_TOL, assert_rel_close, layer_reference, make_layer, rel_err
+
+pytestmark = pytest.mark.gpu
+
+MID = dict(H=1024, F=1536)
+
+
+def gpu_layer(T, E, H, F, dtype, seed=0):
+    return make_layer(T, E, H, F, dtype, "cuda", seed=seed)
+
+
+@pytest.mark.parametrize("T,E,K", [(1, 8, 2), (7, 8, 2), (256, 8, 2), (1, 64, 8), (7, 64, 8), (256, 64, 8)])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_bf16_matches_reference(impl, T, E, K):
+    layer = gpu_layer(T, E, MID["H"], MID["F"], torch.bfloat16, seed=T + E)
+    y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl)
+    assert y.dtype == torch.bfloat16
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.bfloat16, f"{impl} T={T} E={E} K={K}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("T", [3, 200])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_fp32_fp16_at_gpu_sizes(impl, T, dtype):
+    """The tuned GPU tiles (BLOCK_K 64-128, split down projection) at mid sizes, in fp32 and fp16."""
+    layer = gpu_layer(T, 8, MID["H"], MID["F"], dtype, seed=T)
+    y = tritonmoe.moe(layer.x, *layer.weights, 2, impl=impl)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, 2), dtype, f"{impl} T={T}")
+
+
+@pytest.mark.parametrize("T", [1, 7, 256])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_bf16_repeated_calls_are_bit_identical(impl, T):
+    layer = gpu_layer(T, 64, MID["H"], MID["F"], torch.bfloat16, seed=T)
+    first = tritonmoe.moe(layer.x, *layer.weights, 8, impl=impl)
+    for _ in range(5):
+        assert torch.equal(tritonmoe.moe(layer.x, *layer.weights, 8, impl=impl), first)
+
+
+def capture(fn):
+    """Warms `fn` up on a side stream (Triton compiles there, not during capture), then captures it.
+    Capture fails if `fn` synchronises with the host (`.item()`, `.cpu()`, a data-dependent shape)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+@pytest.mark.parametrize("T,E,K", [(1, 8, 2), (7, 64, 8), (256, 8, 2)])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_cuda_graph_replays_match_eager(impl, T, E, K):
+    """The whole layer (routing included) captured once, replayed on new inputs copied into the static
+    input: bit-identical to eager each time, and identical across repeated replays."""
+    layer = gpu_layer(T, E, MID["H"], MID["F"], torch.bfloat16, seed=1)
+    static_x = layer.x.clone()
+    graph, static_y = capture(lambda: tritonmoe.moe(static_x, *layer.weights, K, impl=impl))
+    for seed in range(2, 5):
+        x = gpu_layer(T, E, MID["H"], 1, torch.bfloat16, seed=seed).x
+        static_x.copy_(x)
+        graph.replay()
+        replayed = static_y.clone()
+        graph.replay()
+        assert torch.equal(static_y, replayed), "two replays on the same input differ"
+        eager = tritonmoe.moe(x, *layer.weights, K, impl=impl)
+        assert torch.equal(replayed, eager), f"replay differs from eager (seed {seed})"
+        assert_rel_close(replayed, layer_reference(x, *layer.weights, K), torch.bfloat16, impl)
+
+
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_cuda_graph_fused_experts(impl):
+    """`fused_experts` skips its host-side id check while capturing, so it can be captured too."""
+    T, E, K = 16, 8, 2
+    layer = gpu_layer(T, E, MID["H"], MID["F"], torch.bfloat16, seed=2)
+    weights, ids = tritonmoe.route(layer.x, layer.router_weight, K)
+    graph, static_y = capture(lambda: tritonmoe.fused_experts(layer.x, weights, ids, layer.w_gate_up,
+                                                                layer.w_down, impl=impl))
+    new_weights, new_ids = tritonmoe.route(layer.x.flip(0), layer.router_weight, K)
+    weights.copy_(new_weights)
+    ids.copy_(new_ids)
+    graph.replay()
+    eager = tritonmoe.fused_experts(layer.x, new_weights, new_ids, layer.w_gate_up, layer.w_down, impl=impl)
+    assert torch.equal(static_y, eager)
+
+
+# deepseek-v3's routed experts: w_gate_up holds E*2F*H = 7.5e9 elements and w_down 3.8e9, both past
+# 2^31, so expert e's weights start past int32 range from e = 74 (gate_up) and e = 147 (down) on.
+DEEPSEEK = dict(E=256, H=7168, F=2048, K=8)
+INT32_MAX = 2**31 - 1
+
+
+@pytest.fixture(scope="module")
+def deepseek_weights():
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40e9:
+        pytest.skip(f"needs 40 GB of free GPU memory, {free / 1e9:.1f} GB free")
+    E, H, F = DEEPSEEK["E"], DEEPSEEK["H"], DEEPSEEK["F"]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    router = torch.randn(E, H, device="cuda", dtype=torch.bfloat16, generator=gen).mul_(H ** -0.5)
+    w_gate_up = torch.randn(E, 2 * F, H, device="cuda", dtype=torch.bfloat16, generator=gen).mul_(H ** -0.5)
+    w_down = torch.randn(E, H, F, device="cuda", dtype=torch.bfloat16, generator=gen).mul_(F ** -0.5)
+    yield router, w_gate_up, w_down
+    del router, w_gate_up, w_down
+    torch.cuda.empty_cache()
+
+
+def check_rows(y, x, weights, ids, w_gate_up, w_down, rows):
+    """Reference on a few token rows only (the float64 reference per expert is the costly part)."""
+    ref = tritonmoe.reference_experts(x[rows], weights[rows], ids[rows], w_gate_up, w_down)
+    err = rel_err(y[rows], ref)
+    assert err <= REL_TOL[torch.bfloat16], f"relative error {err:.3e} on rows {rows}"
+
+
+@pytest.mark.parametrize("T", [2, 16], ids=["decode-T2", "grouped-T16"])  # T*K <= 16 takes the one-kernel path
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_weight_offsets_past_int32(impl, T, deepseek_weights):
+    router, w_gate_up, w_down = deepseek_weights
+    E, H, K = DEEPSEEK["E"], DEEPSEEK["H"], DEEPSEEK["K"]
+    assert w_gate_up.numel() > INT32_MAX and w_down.numel() > INT32_MAX
+    x = torch.randn(T, H, device="cuda", dtype=torch.bfloat16, generator=torch.Generator(device="cuda").manual_seed(T))
+    # Given routing: every token uses the last experts, whose weights lie past 2^31 elements.
+    ids = torch.stack([torch.arange(E - 1, E - 1 - K, -1, device="cuda").roll(t) for t in range(T)])
+    ids[:, -1] = torch.arange(T, device="cuda")  # and some low experts beside them
+    weights = torch.rand(T, K, device="cuda") + 0.1
+    assert (E - K) * w_down.stride(0) > INT32_MAX and (E - K) * w_gate_up.stride(0) > INT32_MAX
+    y = tritonmoe.fused_experts(x, weights, ids, w_gate_up, w_down, impl=impl)
+    check_rows(y, x, weights, ids, w_gate_up, w_down, [0, T - 1])
+    # The layer's own routing over 256 experts reaches high experts too.
+    y = tritonmoe.moe(x, router, w_gate_up, w_down, K, impl=impl)
+    topk_weights, topk_ids = tritonmoe.route(x, router, K)
+    assert int(topk_ids.max()) * w_down.stride(0) > INT32_MAX, "routing did not reach past 2^31; pick another seed"
+    check_rows(y, x, topk_weights, topk_ids, w_gate_up, w_down, [0, T - 1])
