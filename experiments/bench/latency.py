@@ -157,7 +157,7 @@ def main(argv=None) -> int:
                 del x, ref, ref_p
                 if bar:
                     bar.update(1)
-            del built, w
+            del built, own_ids, w
             torch.cuda.empty_cache()
     if bar:
         bar.close()
