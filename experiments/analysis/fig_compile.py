@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     labels = sorted(set(per["label"]))
     plotting.setup()
     colours = plotting.sns.color_palette("colorblind", len(targets))
-    fig, axes = plotting.plt.subplots(1, 2, figsize=(max(7, 0.6 * len(labels) * 2), 3.6))
+    fig, axes = plotting.plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(labels)), 6.0), sharex=True)
     width = 0.8 / len(targets)
     for ax, (column, ylabel) in zip(axes, [("registers", "registers per thread"), ("shared_kib", "shared memory / LDS (KiB)")]):
         for j, target in enumerate(targets):
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             failed = here["compiled"].eq(False).to_numpy()
             ax.scatter(x[failed], np.zeros(failed.sum()), marker="x", color="black", zorder=3,
                        label="build failed" if j == 0 else None)
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right")
         ax.set_ylabel(ylabel)
     plotting.figure_legend(fig, list(axes), ncol=5)
     plotting.save(fig, args.out)

@@ -55,10 +55,12 @@ def main(argv=None) -> int:
                 ax.plot(line["tokens"], line["value"], label=impl, markersize=3, linewidth=1, **styles[impl])
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         plotting.log2_tokens_axis(ax)
-        ax.set_ylabel(f"speed-up over {baseline}" if args.metric == "speedup" else "floor / latency")
+        ax.set_ylabel("speed-up" if args.metric == "speedup" else "floor / latency")
         ax.set_title(model)
     for ax in list(axes.flat)[len(models):]:
         ax.set_visible(False)
+    if args.metric == "speedup":
+        fig.suptitle(f"speed-up over {baseline}: its median latency / each impl's", fontsize="medium")
     plotting.figure_legend(fig, list(axes.flat)[:len(models)])
     plotting.save(fig, args.out)
     return 0

@@ -51,4 +51,5 @@ def figure_legend(fig, axes, ncol: int = 4) -> None:
             seen.setdefault(label, handle)
     fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(ncol, len(seen)), frameon=False)
     rows = -(-len(seen) // ncol)
-    fig.tight_layout(rect=(0, 0.04 + 0.04 * rows, 1, 1))
+    legend_inches = 0.22 * rows + 0.15
+    fig.tight_layout(rect=(0, min(0.5, legend_inches / fig.get_figheight()), 1, 1))
