@@ -38,7 +38,9 @@ def resolve_config(x: torch.Tensor, num_routed: int, E: int, H: int, F: int, con
         return config
     from .tuned import lookup
     found = lookup(x.device, x.dtype, num_routed, E, H, F)
-    return found if found is not None else default_config(backend_of(x.device), num_routed, E, H, F)
+    if found is not None:
+        return found
+    return default_config(backend_of(x.device), num_routed, E, H, F, x.element_size())
 
 
 def _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg):

@@ -70,7 +70,32 @@ def _gpu_config(num_routed: int, E: int, H: int, F: int, backend: str) -> dict:
     return cfg
 
 
-def default_config(backend: str, num_routed: int, E: int, H: int, F: int) -> dict:
+# Shared memory the pipelined tiles may take (H100: 227 KB a block; MI300X: 64 KB LDS, where 2 stages fit).
+SMEM_BUDGET = 200 * 1024
+
+
+def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET) -> dict:
+    """Halves BLOCK_K, then drops pipeline stages, until each GEMM's staged tiles fit `budget` bytes
+    (the defaults are sized for 2-byte inputs; fp32 needs twice the room)."""
+    bm = cfg["BLOCK_M"]
+    out = {**cfg}
+    for stage, b_tiles in (("gate_up", 2), ("down", 1), ("expert", 2)):
+        if stage not in cfg:
+            continue
+        c = {**cfg[stage]}
+        bn = c.get("BLOCK_N", c.get("BLOCK_F"))
+
+        def need(c):
+            return c.get("num_stages", 2) * c["BLOCK_K"] * (bm + b_tiles * bn) * elem_bytes
+        while need(c) > budget and c["BLOCK_K"] > 32:
+            c["BLOCK_K"] //= 2
+        while need(c) > budget and c.get("num_stages", 2) > 1:
+            c["num_stages"] = c.get("num_stages", 2) - 1
+        out[stage] = c
+    return out
+
+
+def default_config(backend: str, num_routed: int, E: int, H: int, F: int, elem_bytes: int = 2) -> dict:
     if backend == "interpreter":
         return _interpreter_config(num_routed, E, H, F)
-    return _gpu_config(num_routed, E, H, F, backend)
+    return fit_shared_memory(_gpu_config(num_routed, E, H, F, backend), elem_bytes)

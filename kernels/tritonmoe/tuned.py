@@ -46,7 +46,10 @@ def lookup(device: torch.device, dtype: torch.dtype, num_routed: int, E: int, H:
     slug = device_slug(device)
     if slug is None:
         return None
+    # fp16 tiles have bf16's size: a card tuned in bf16 serves both.
     table = _load(config_path(slug, E, H, F, dtype))
+    if table is None and dtype == torch.float16:
+        table = _load(config_path(slug, E, H, F, torch.bfloat16))
     if not table:
         return None
     bucket = min(table, key=lambda b: (abs(math.log2(b) - math.log2(max(1, num_routed))), b))

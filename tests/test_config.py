@@ -1,0 +1,28 @@
+"""Launch configurations: the defaults fit the GPU's shared memory for every dtype; tuned tables are found."""
+import pytest
+
+from tritonmoe.config import SMEM_BUDGET, default_config, fit_shared_memory
+
+
+def _staged_bytes(cfg, stage, b_tiles, elem_bytes):
+    c = cfg[stage]
+    bn = c.get("BLOCK_N", c.get("BLOCK_F"))
+    return c.get("num_stages", 2) * c["BLOCK_K"] * (cfg["BLOCK_M"] + b_tiles * bn) * elem_bytes
+
+
+@pytest.mark.parametrize("elem_bytes", [2, 4])
+@pytest.mark.parametrize("backend", ["cuda", "hip"])
+@pytest.mark.parametrize("num_routed", [1, 16, 400, 4096, 65536])
+def test_default_config_fits_shared_memory(backend, num_routed, elem_bytes):
+    cfg = default_config(backend, num_routed, 64, 4096, 14336, elem_bytes)
+    assert _staged_bytes(cfg, "gate_up", 2, elem_bytes) <= SMEM_BUDGET
+    assert _staged_bytes(cfg, "down", 1, elem_bytes) <= SMEM_BUDGET
+
+
+def test_fit_shared_memory_shrinks_only_what_does_not_fit():
+    big = {"BLOCK_M": 128, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 128, "num_stages": 4},
+           "down": {"BLOCK_N": 16, "BLOCK_K": 64, "num_stages": 3}}
+    out = fit_shared_memory(big, 4)
+    assert _staged_bytes(out, "gate_up", 2, 4) <= SMEM_BUDGET
+    assert out["gate_up"]["BLOCK_K"] < 128
+    assert out["down"] == big["down"]
