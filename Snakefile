@@ -2,6 +2,7 @@
 #
 #   snakemake --cores 1 all                                   # CPU only: everything from results/raw
 #   snakemake --cores 1 measure --config measure=h100-sxm     # on a GPU: re-measure this device, then `all`
+#   snakemake --cores 1 tune --config measure=h100-sxm        # on a GPU: tune its launch configs first
 #   snakemake -n all                                          # the plan
 #
 # Rules by stage: experiments/rules/{build,measure,analyse,figures,tables,paper}.smk. Settings:
@@ -32,6 +33,7 @@ localrules:
     generated,
     settings,
     measure,
+    tune,
 
 
 rule all:

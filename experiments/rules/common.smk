@@ -97,8 +97,12 @@ if MEASURE and MEASURE not in config["devices"]:
 STAMP = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def measure_targets(wildcards):
-    if not MEASURE:
-        raise WorkflowError("measure: name the device to measure, e.g. --config measure=h100-sxm")
-    return [f"results/logs/{MEASURE}/{kind}-{STAMP}.done" for kind in ("latency", "traffic")]
+def measure_targets(kinds):
+    """An input function: the GPU jobs of `kinds` for the device named by --config measure=<device>."""
 
+    def targets(wildcards):
+        if not MEASURE:
+            raise WorkflowError("measure: name the device to measure, e.g. --config measure=h100-sxm")
+        return [f"results/logs/{MEASURE}/{kind}-{STAMP}.done" for kind in kinds]
+
+    return targets

@@ -2,7 +2,8 @@
 #
 #   snakemake --cores 1 measure --config measure=h100-sxm
 #
-# then `snakemake --cores 1 all` redraws everything. The scripts write results/raw/<device>/
+# then `snakemake --cores 1 all` redraws everything. `tune` (same flag) first tunes the launch
+# configs of this GPU (kernels/tritonmoe/configs/<device>/, to commit before measuring). The scripts write results/raw/<device>/
 # themselves (atomically); the raw files are not outputs of these rules, so `all` never schedules
 # a GPU job. Each run leaves a log under results/logs/<device>/ named by its start time, which also
 # makes every `measure` request run anew. On a cluster: --workflow-profile config/slurm.
@@ -57,6 +58,29 @@ rule measure_traffic:
         "{params.needs_gpu} && python {input.script} --out {params.device_dir} {params.git} > {log} 2>&1"
 
 
+rule tune_configs:
+    input:
+        script="experiments/bench/tune.py",
+    output:
+        touch("results/logs/{device}/tune-{stamp}.done"),
+    params:
+        needs_gpu=NEEDS_GPU,
+    log:
+        "results/logs/{device}/tune-{stamp}.log",
+    resources:
+        gpu=1,
+        runtime=240,
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.needs_gpu} && python {input.script} > {log} 2>&1"
+
+
 rule measure:
     input:
-        measure_targets,
+        measure_targets(("latency", "traffic")),
+
+
+rule tune:
+    input:
+        measure_targets(("tune",)),
