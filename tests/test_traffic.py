@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from tritonmoe.traffic import (  # noqa: E402
     KERNEL_STAGES, PEER_IMPLS, STAGES, TRITON_IMPLS, Blocks, LayerShape, fewest_bytes, fusion_saving, gpu_config,
-    launches, padding_bytes, stage_traffic,
+    down_splits, launches, padding_bytes, stage_traffic,
 )
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -88,17 +88,18 @@ def test_small_layers_take_both_paths_of_the_fused_variant():
 def test_small_layers_take_every_kernel_and_mask_path():
     """Every kernel the model knows runs in some small layer, and the layers cover H and F off the
     block sizes, an empty expert and an expert over several BLOCK_M blocks."""
-    seen, pads, empty, multi = set(), False, False, False
+    seen, pads, empty, multi, splits = set(), False, False, False, set()
     for i in LAYERS:
         for impl in TRITON_IMPLS:
             c = _count(i, impl)
             seen |= {k.kernel for k in c.counted}
             cfg = c.config
+            splits.add(min(2, down_splits(c.shape, cfg["down"])))  # 1: partial in the input dtype, 2+: fp32
             pads |= c.shape.hidden % cfg["gate_up"]["BLOCK_K"] != 0 and c.shape.ffn % cfg["gate_up"]["BLOCK_N"] != 0
             empty |= 0 in c.blocks.expert_counts
             multi |= max(c.blocks.expert_counts) > c.blocks.block_m
     assert seen == set(KERNEL_STAGES), f"kernels never run by a small layer: {set(KERNEL_STAGES) - seen}"
-    assert pads and empty and multi
+    assert pads and empty and multi and splits == {1, 2}
 
 
 @interpreted

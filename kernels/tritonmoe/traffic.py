@@ -331,9 +331,14 @@ def down_splits(s: LayerShape, cfg_down: dict) -> int:
     return _cdiv(s.ffn, k_per_split)
 
 
+def down_partial_bytes(s: LayerShape, splits: int) -> int:
+    """Bytes of a partial element: final rows (one split) in the input dtype, split sums in fp32."""
+    return s.elem_bytes if splits == 1 else _F32
+
+
 def down_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
     """`down._down_kernel`: every (M block, H block, F split) program reads all BLOCK_M rows of act
-    (padding included) over its split; partial rows are written for real slots only, in fp32."""
+    (padding included) over its split; partial rows are written for real slots only."""
     h_blocks = _cdiv(s.hidden, cfg_down["BLOCK_N"])
     splits = down_splits(s, cfg_down)
     e = s.elem_bytes
@@ -341,7 +346,7 @@ def down_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
         Access("a_ptr", False, read=b.padded_rows * s.ffn * e * h_blocks, unique_read=b.padded_rows * s.ffn * e),
         Access("w_ptr", True, read=b.used_blocks * s.hidden * s.ffn * e,
                unique_read=b.hit_experts * s.hidden * s.ffn * e),
-        _same("partial_ptr", write=splits * s.routed * s.hidden * _F32),
+        _same("partial_ptr", write=splits * s.routed * s.hidden * down_partial_bytes(s, splits)),
         Access("topk_weights_ptr", False, read=s.routed * h_blocks * splits * _F32, unique_read=s.routed * _F32),
         *_block_metadata(b, h_blocks * splits),
     ))
@@ -369,10 +374,10 @@ def fused_expert_chunks(s: LayerShape, cfg_expert: dict) -> int:
     return _cdiv(s.ffn, cfg_expert["BLOCK_F"])
 
 
-def combine_launch(s: LayerShape, splits: int) -> Launch:
+def combine_launch(s: LayerShape, splits: int, partial_bytes: int) -> Launch:
     """`down._combine_kernel`: sums the splits x K partial rows of each token into y."""
     return Launch("_combine_kernel", "combine", (
-        _same("partial_ptr", read=splits * s.routed * s.hidden * _F32),
+        _same("partial_ptr", read=splits * s.routed * s.hidden * partial_bytes),
         _same("y_ptr", write=s.tokens * s.hidden * s.elem_bytes),
     ))
 
@@ -408,14 +413,15 @@ def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict) -> l
         return [
             *routing_launches(shape, b),
             fused_expert_launch(shape, b, config["expert"]),
-            combine_launch(shape, fused_expert_chunks(shape, config["expert"])),
+            combine_launch(shape, fused_expert_chunks(shape, config["expert"]), _F32),
         ]
     down_cfg = config["down"]
+    splits = down_splits(shape, down_cfg)
     return [
         *routing_launches(shape, b),
         *_act_launches(impl, shape, b, config),
         down_launch(shape, b, down_cfg),
-        combine_launch(shape, down_splits(shape, down_cfg)),
+        combine_launch(shape, splits, down_partial_bytes(shape, splits)),
     ]
 
 
