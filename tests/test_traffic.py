@@ -370,6 +370,13 @@ def test_excess_over_fewest_and_measured_savings():
     assert (reach["first_tokens"] == 500).all()
 
 
+def test_sampled_counts_are_the_pipelines():
+    from experiments.analysis.traffic_model import uniform_counts
+    from experiments.traffic.compare import expert_counts
+    assert expert_counts(64, 256, 8) == uniform_counts(64, 256, 8)
+    assert sum(expert_counts(5, 8, 2, "balanced")) == 10 and max(expert_counts(5, 8, 2, "balanced")) == 2
+
+
 def test_fusion_savings_model_and_the_35_percent_question():
     from experiments.traffic.compare import fusion_savings_model, tokens_reaching_share
     # Token counts past the decode path (its fp32 partial sums per F chunk are another trade-off).

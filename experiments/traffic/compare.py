@@ -116,16 +116,18 @@ def excess_over_fewest(frame: pd.DataFrame) -> pd.DataFrame:
 
 # --- the fusion's savings -------------------------------------------------------------------------
 
-def expert_counts(tokens: int, experts: int, top_k: int, how: str = "sampled", seed: int = 0) -> list[int]:
-    """Slots per expert for a uniform routing: `sampled` draws K distinct experts per token
-    (seeded), `balanced` spreads the T*K slots as evenly as the experts allow."""
+def expert_counts(tokens: int, experts: int, top_k: int, how: str = "sampled", seed: int | None = None) -> list[int]:
+    """Slots per expert for a uniform routing: `sampled` takes the top-k of random logits per token
+    (seeded by the token count unless `seed` is given: the sample of
+    `experiments.analysis.traffic_model.uniform_counts`), `balanced` spreads the T*K slots as evenly
+    as the experts allow."""
     if how == "balanced":
         n = tokens * top_k
         return [n // experts + (1 if e < n % experts else 0) for e in range(experts)]
     if how != "sampled":
         raise ValueError(f"how: expected 'sampled' or 'balanced', got {how!r}")
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.rand(tokens, experts, generator=g).topk(top_k, dim=1).indices
+    g = torch.Generator().manual_seed(tokens if seed is None else seed)
+    ids = torch.randn(tokens, experts, generator=g).topk(top_k, dim=1).indices
     return torch.bincount(ids.flatten(), minlength=experts).tolist()
 
 

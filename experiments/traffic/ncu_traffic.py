@@ -173,7 +173,7 @@ def main(argv=None) -> int:
             continue
         rows += new
         for s in man["skipped"]:
-            print(f"# {m}: {s['impl']} skipped: {s['why']}", file=sys.stderr)
+            print(f"# {m}: {s['impl']} skipped (tokens {s.get('tokens', 'all')}): {s['why']}", file=sys.stderr)
         print(f"# {m}: {len(man['calls'])} calls profiled in {time.time() - t:.0f} s", flush=True)
     if rows:
         write_rows(args.out / "traffic.csv", rows)

@@ -65,9 +65,14 @@ def main(argv=None) -> int:
         _, _, align = route_and_align(x, w.router_weight, m.top_k, True, cfg["BLOCK_M"])
         counts = align.expert_counts.tolist()
         for impl, fn in fns.items():
-            for _ in range(args.warmup):
-                fn(x)
-            torch.cuda.synchronize()
+            try:  # a failure here, before the profiled range, leaves markers and manifest in step
+                for _ in range(max(1, args.warmup)):
+                    fn(x)
+                torch.cuda.synchronize()
+            except Exception as e:
+                skipped.append({"impl": impl, "tokens": tokens, "why": f"{type(e).__name__}: {e}"[:300]})
+                torch.cuda.empty_cache()
+                continue
             torch.cuda.profiler.start()
             _traffic_marker_kernel[(1,)](flag)
             fn(x)
