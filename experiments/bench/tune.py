@@ -64,9 +64,6 @@ def gate_up_candidates(bm: int, backend: str):
 
 
 def down_candidates(bm: int, backend: str, F: int, tiles_m: int, H: int):
-    if bm >= 256 and backend == "cuda":  # (128x256 at 16 warps runs out of registers in ptxas)
-        for s in (2, 3):
-            yield {"BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 16, "num_stages": s, "SPLIT_K": 1}
     stages = (2, 3) if backend == "hip" else (3, 4)
     bns = (16, 32, 64, 128) if bm <= 32 else (64, 128, 256) if bm <= 128 else (64, 128)
     bks = (128, 256) if bm <= 32 else (64, 128) if bm <= 128 else (64,)
