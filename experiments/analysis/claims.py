@@ -72,7 +72,7 @@ def check_traffic_saved(tr: Tracer, i: int, claim: dict, data: Inputs) -> Outcom
     """Share of DRAM bytes the fused impl saves against the unfused one, per ncu-measured device."""
     lo_ok, hi_ok = claim["claimed"] - claim["tolerance"], claim["claimed"] + claim["tolerance"]
     tokens_max = _claimed(tr, i, claim, "tokens_max", "int")
-    measured, verdicts = [], []
+    measured, verdicts, activations = [], [], []
     for device, rows in data.ncu.items():
         picked = _pair_rows(rows, claim, lambda r: (r["dtype"] == claim["dtype"]) & (r["stage"] == "total"))
         if picked.empty:
@@ -83,16 +83,23 @@ def check_traffic_saved(tr: Tracer, i: int, claim: dict, data: Inputs) -> Outcom
         verdicts.append(lo_ok <= lo and hi <= hi_ok)
         text = _range(tr, f"claim.{claim['id']}.ncu.{device}", "traffic_saved", picked, "pct", r"\%", **params)
         measured.append(f"{text} on {_device(tr, device)}")
+        if "model_weight_read_bytes" in picked and picked["model_weight_read_bytes"].notna().all():
+            acts = _range(tr, f"claim.{claim['id']}.ncu.{device}.activations", "traffic_saved", picked, "pct",
+                          r"\%", weights="model_weight_read_bytes", **params)
+            activations.append(f"{acts} on {_device(tr, device)}")
     if measured:
+        also = (f"; of activation bytes only (ncu bytes less the model's weight bytes): {'; '.join(activations)}"
+                if activations else "")
         return Outcome(REPRODUCED if all(verdicts) else NOT_REPRODUCED, "; ".join(measured),
-                       f"ncu DRAM bytes, {_model(tr, data, claim['model'])}, up to {tokens_max} tokens")
+                       f"ncu DRAM bytes with the weights counted, {_model(tr, data, claim['model'])}, up to "
+                       f"{tokens_max} tokens{also}")
     instead = []
     if data.model is not None:
         picked = _pair_rows(data.model, claim, lambda r: (r["dtype"] == claim["dtype"]) & (r["stage"] == "total"))
         params = dict(impl=claim["impl"], baseline=claim["baseline"], counter="model")
         weights = _range(tr, f"claim.{claim['id']}.model.weights", "traffic_saved", picked, "pct", r"\%", **params)
         acts = _range(tr, f"claim.{claim['id']}.model.activations", "traffic_saved", picked, "pct", r"\%",
-                      activations_only=True, **params)
+                      weights="weight_read_bytes", **params)
         instead.append(f"the analytic model gives {weights} with weights counted and {acts} of activation "
                        f"bytes only ({_model(tr, data, claim['model'])}, up to {tokens_max} tokens)")
     if data.interpreter is not None:
@@ -107,20 +114,22 @@ def check_traffic_saved(tr: Tracer, i: int, claim: dict, data: Inputs) -> Outcom
 
 def check_speed_range(tr: Tracer, i: int, claim: dict, data: Inputs) -> Outcome:
     """Speed-up of the impl over the baseline at every token count up to tokens_max."""
-    from .latency_rows import shown_rows
+    from .latency_rows import MODES, shown_rows
 
     tokens_max = _claimed(tr, i, claim, "tokens_max", "int")
     params = dict(impl=claim["impl"], baseline=claim["baseline"])
 
     def measure(device: str) -> tuple[str, float, float] | None:
-        picked = _pair_rows(shown_rows(data.latency[device], data.settings), claim)
+        rows = shown_rows(data.latency[device], data.settings, data.settings["compare_graph"])
+        picked = _pair_rows(rows, claim)
         if picked.empty:
             return None
         text = _range(tr, f"claim.{claim['id']}.{device}", "speedup_extreme", picked, "ratio", **params)
         return (text, tr.value("speedup_extreme", picked, extreme="min", **params),
                 tr.value("speedup_extreme", picked, extreme="max", **params))
 
-    where = f"{_model(tr, data, claim['model'])}, up to {tokens_max} tokens"
+    where = (f"{_model(tr, data, claim['model'])}, up to {tokens_max} tokens, "
+             f"{MODES[data.settings['compare_graph']]} launches")
     device = claim["device"]
     got = measure(device) if device in data.latency else None
     if got is not None:

@@ -74,21 +74,22 @@ def speedup_extreme(rows: pd.DataFrame, impl: str, baseline: str, extreme: str) 
     return float(getattr(ratio, extreme)())
 
 
-def _moved(rows: pd.DataFrame, counter: str, activations_only: bool) -> pd.Series:
+def _moved(rows: pd.DataFrame, counter: str, weights: str | None) -> pd.Series:
     moved = rows[f"{counter}_read_bytes"] + rows[f"{counter}_write_bytes"]
-    if activations_only:
-        if "weight_read_bytes" not in rows:
-            raise ValueError("activations_only: expected a weight_read_bytes column (the traffic model's)")
-        moved = moved - rows["weight_read_bytes"]
+    if weights is not None:
+        if weights not in rows:
+            raise ValueError(f"weights: expected a {weights!r} column to subtract, got columns {list(rows.columns)}")
+        moved = moved - rows[weights]
     return moved
 
 
 @derivation
 def traffic_saved(rows: pd.DataFrame, impl: str, baseline: str, counter: str, extreme: str,
-                  activations_only: bool = False) -> float:
+                  weights: str | None = None) -> float:
     """1 - bytes(impl) / bytes(baseline) over `stage == 'total'` rows, the smallest or largest across
-    token counts. `counter`: 'dram' (measured or counted) or 'model' (analytic)."""
-    total = rows[rows["stage"] == "total"].assign(moved=lambda r: _moved(r, counter, activations_only))
+    token counts. `counter`: 'dram' (measured or counted) or 'model' (analytic); `weights`: a column
+    of weight bytes to subtract (activations only), e.g. the model's `weight_read_bytes`."""
+    total = rows[rows["stage"] == "total"].assign(moved=lambda r: _moved(r, counter, weights))
     wide = _by_tokens(total, impl, baseline, "moved")
     saved = (1 - wide[impl] / wide[baseline]).dropna()
     if saved.empty:

@@ -1,5 +1,7 @@
 """Figure: latency of the whole MoE layer against token count, one panel per model, every impl,
 with the physical floor drawn (floor_ms of the rows: fewest bytes / copy rate or FLOPs / matrix rate).
+Impls are drawn in the config's launch mode; one that cannot run in it is drawn from its rows of
+the other mode, dashed and labelled.
 
     python -m experiments.analysis.fig_latency --latency results/raw/h100-sxm/latency.csv --out latency_h100-sxm.pdf
 """
@@ -10,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import plotting
-from .latency_rows import shown_rows
+from .latency_rows import MODES, drawn_rows
 from .settings import git_repo, load_settings
 from .sources import load_rows
 
@@ -22,10 +24,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="figure path, .pdf or .png")
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)
-    rows = shown_rows(load_rows(args.latency, git_repo(settings)), settings)
+    rows = drawn_rows(load_rows(args.latency, git_repo(settings)), settings)
     if rows.empty:
-        raise SystemExit(f"{args.latency}: no timed rows of dtype={settings['dtype']}, routing={settings['routing']}, "
-                         f"graph={settings['graph']}; expected at least one")
+        raise SystemExit(f"{args.latency}: no timed rows of dtype={settings['dtype']}, routing={settings['routing']}; "
+                         f"expected at least one")
+    other = MODES[1 - settings["graph"]]
     models = [m for m in settings["models"] if m in set(rows["model"])]
     impls = [i for i in settings["impls"] if i in set(rows["impl"])]
     styles = plotting.impl_styles(settings["impls"])
@@ -40,8 +43,9 @@ def main(argv=None) -> int:
             if line.empty:
                 continue
             err = [line["median_ms"] - line["p20_ms"], line["p80_ms"] - line["median_ms"]]
-            ax.errorbar(line["tokens"], line["median_ms"], yerr=err, label=impl, markersize=3, linewidth=1,
-                        capsize=0, **styles[impl])
+            fallback = bool(line["fallback"].iloc[0])
+            ax.errorbar(line["tokens"], line["median_ms"], yerr=err, label=f"{impl} ({other})" if fallback else impl,
+                        markersize=3, linewidth=1, capsize=0, linestyle="--" if fallback else "-", **styles[impl])
         floor = here.groupby("tokens")["floor_ms"].median()  # the same inputs give every impl the same floor
         ax.plot(floor.index, floor.values, color="black", linestyle="--", linewidth=1, label="floor")
         plotting.log2_tokens_axis(ax)

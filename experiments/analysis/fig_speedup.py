@@ -1,6 +1,8 @@
 """Figure: against token count, one panel per model, either the speed-up of every impl over the
 baseline impl (`--metric speedup`: baseline median_ms / impl median_ms; above 1 is faster) or the
 fraction of the physical floor each impl reaches (`--metric floor_fraction`: floor_ms / median_ms).
+Speed-ups compare rows of the `compare_graph` launch mode; the floor fraction uses the drawn mode
+(latency_rows.drawn_rows).
 
     python -m experiments.analysis.fig_speedup --metric speedup --latency results/raw/h100-sxm/latency.csv --out s.pdf
 """
@@ -11,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import plotting
-from .latency_rows import shown_rows
+from .latency_rows import MODES, drawn_rows, shown_rows
 from .settings import git_repo, load_settings
 from .sources import load_rows
 
@@ -36,7 +38,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     settings = load_settings(args.settings)
     baseline = settings["baseline_impl"]
-    rows = with_metric(shown_rows(load_rows(args.latency, git_repo(settings)), settings), args.metric, baseline)
+    raw = load_rows(args.latency, git_repo(settings))
+    # Compared with the baseline like for like, in compare_graph mode; the floor in the drawn mode.
+    picked = shown_rows(raw, settings, settings["compare_graph"]) if args.metric == "speedup" else drawn_rows(raw, settings)
+    rows = with_metric(picked, args.metric, baseline)
     if rows.empty:
         raise SystemExit(f"{args.latency}: no rows to plot for --metric {args.metric}"
                          + (f" (no timed {baseline} rows)" if args.metric == "speedup" else ""))
@@ -51,8 +56,11 @@ def main(argv=None) -> int:
         here = rows[rows["model"] == model]
         for impl in impls:
             line = here[here["impl"] == impl].sort_values("tokens")
-            if not line.empty:
-                ax.plot(line["tokens"], line["value"], label=impl, markersize=3, linewidth=1, **styles[impl])
+            if line.empty:
+                continue
+            fallback = bool(line["fallback"].iloc[0]) if "fallback" in line else False
+            ax.plot(line["tokens"], line["value"], label=f"{impl} ({MODES[1 - settings['graph']]})" if fallback else impl,
+                    markersize=3, linewidth=1, linestyle="--" if fallback else "-", **styles[impl])
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         plotting.log2_tokens_axis(ax)
         ax.set_ylabel("speed-up" if args.metric == "speedup" else "floor / latency")
@@ -60,7 +68,8 @@ def main(argv=None) -> int:
     for ax in list(axes.flat)[len(models):]:
         ax.set_visible(False)
     if args.metric == "speedup":
-        fig.suptitle(f"speed-up over {baseline}: its median latency / each impl's", fontsize="medium")
+        fig.suptitle(f"speed-up over {baseline}: its median latency / each impl's ({MODES[settings['compare_graph']]})",
+                     fontsize="medium")
     plotting.figure_legend(fig, list(axes.flat)[:len(models)])
     plotting.save(fig, args.out)
     return 0

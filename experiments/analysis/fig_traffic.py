@@ -5,8 +5,9 @@ headline model at `traffic_stage_tokens` tokens), Triton's interpreter counts su
 small layers (with the model's logical bytes as black ticks), and ncu's DRAM bytes per measured
 device (with the model's unique bytes as ticks).
 `--view saved`: the share of bytes the fused impl saves against the unfused one, against token
-count, per model: with the weights counted and for activations only, with the preprint's claimed
-share (config/claims.yaml) as a dashed line and ncu's measurements as points.
+count, per model: with the weights counted and for activations only (ncu: its bytes less the
+model's weight bytes), with the preprint's claimed share (config/claims.yaml) as a dashed line and
+ncu's measurements as points.
 
     python -m experiments.analysis.fig_traffic --view saved --model traffic_model.csv --out traffic_saved.pdf
 """
@@ -98,12 +99,16 @@ def view_saved(args, settings, impls, styles):
         rows = rows[rows["tool"] == "ncu"]
         if rows.empty:
             continue
-        saved = _saved(rows, "dram_read_bytes", "dram_write_bytes", fused, unfused)
-        for colour, name in zip(palette, settings["models"]):
-            pts = saved[saved["model"] == name]
-            if not pts.empty:
-                axes[0].scatter(pts["tokens"], pts["saved"] * 100, color=colour, marker="o", s=14, zorder=3,
-                                label=f"ncu on {path.parent.name}" if name == settings["models"][0] else None)
+        panels = [(axes[0], None)]
+        if "model_weight_read_bytes" in rows and rows["model_weight_read_bytes"].notna().all():
+            panels.append((axes[1], "model_weight_read_bytes"))  # measured bytes less the model's weights
+        for ax, minus in panels:
+            saved = _saved(rows, "dram_read_bytes", "dram_write_bytes", fused, unfused, minus)
+            for colour, name in zip(palette, settings["models"]):
+                pts = saved[saved["model"] == name]
+                if not pts.empty:
+                    ax.scatter(pts["tokens"], pts["saved"] * 100, color=colour, marker="o", s=14, zorder=3,
+                               label=f"ncu on {path.parent.name}" if name == settings["models"][0] else None)
     plotting.figure_legend(fig, list(axes), ncol=4)
     return fig
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .schema import LATENCY_COLUMNS, LATENCY_NOTE, PROVENANCE_KEYS, STAGES, TOOLS, TRAFFIC_COLUMNS
+from .schema import LATENCY_COLUMNS, LATENCY_NOTE, PROVENANCE_KEYS, STAGES, TOOLS, TRAFFIC_COLUMNS, TRAFFIC_OPTIONAL
 
 LATENCY_KEY = ["model", "dtype", "routing", "tokens", "impl", "graph"]
 TRAFFIC_KEY = ["model", "dtype", "tokens", "impl", "stage", "tool"]
@@ -140,10 +140,12 @@ def check_git_sha(sha: str, where: str, repo: str | Path = ".") -> None:
 
 
 def read_csv_checked(path: str | Path, columns: dict[str, str], *, optional_text: tuple[str, ...] = (),
-                     device: str | None = None, repo: str | Path | None = ".") -> pd.DataFrame:
+                     optional: dict[str, str] | None = None, device: str | None = None,
+                     repo: str | Path | None = ".") -> pd.DataFrame:
     """Reads `path`, checks every row against `columns` (name -> kind) and returns typed columns plus
-    `source_row`. `device`: the folder's slug, which the `device` column must equal. `repo`: where
-    `git_sha` values are looked up (None skips that check)."""
+    `source_row`. `optional`: columns checked (and kept) only where the file has them; `device`: the
+    folder's slug, which the `device` column must equal; `repo`: where `git_sha` values are looked
+    up (None skips that check)."""
     path = Path(path)
     if not path.is_file():
         raise RawDataError(f"{path}: file not found")
@@ -157,6 +159,7 @@ def read_csv_checked(path: str | Path, columns: dict[str, str], *, optional_text
                            f"expected at least: {', '.join(columns)}")
     if len(text) == 0:
         raise RawDataError(f"{path}: no data rows")
+    columns = {**columns, **{c: k for c, k in (optional or {}).items() if c in text.columns}}
     typed = {}
     notes = text[LATENCY_NOTE] if LATENCY_NOTE in text.columns else pd.Series([""] * len(text))
     for column, kind in columns.items():
@@ -222,7 +225,7 @@ def read_latency(path: str | Path, *, device: str | None = None, repo: str | Pat
 def read_traffic(path: str | Path, *, device: str | None = None, repo: str | Path | None = ".") -> pd.DataFrame:
     """`traffic.csv` of one device (ncu) or the interpreter's byte counts, checked."""
     path = Path(path)
-    frame = read_csv_checked(path, TRAFFIC_COLUMNS, device=device, repo=repo)
+    frame = read_csv_checked(path, TRAFFIC_COLUMNS, optional=TRAFFIC_OPTIONAL, device=device, repo=repo)
     _check_unique(frame, TRAFFIC_KEY, path)
     return frame
 

@@ -42,5 +42,9 @@ TRAFFIC_COLUMNS: dict[str, str] = {
     "tool": "tool",
 }
 
+# Extensions of traffic.csv (experiments/traffic/traffic_csv.py) read where present: the model's
+# weight bytes among model_read_bytes, to split measured traffic into weights and activations.
+TRAFFIC_OPTIONAL: dict[str, str] = {"model_weight_read_bytes": "bytes"}
+
 # provenance.json: the keys the paper's set-up section reads; more may be present.
 PROVENANCE_KEYS = ("device_name", "git_sha", "date", "command")

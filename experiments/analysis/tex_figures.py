@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .settings import CONFIG, load_settings
+from .latency_rows import MODES
 from .trace import Tracer, latex_escape
 
 SCRIPT = "experiments/analysis/tex_figures.py"
@@ -30,13 +31,15 @@ def kind_of(name: str) -> tuple[str, str | None]:
 def caption(tr: Tracer, name: str, settings: dict) -> str:
     kind, device = kind_of(name)
     on = tr.document(f"device.{device}", CONFIG, ["devices", device]) if device else ""
-    rows = (tr.document("dtype", CONFIG, ["dtype"]) + ", " + latex_escape(settings["routing"]) + " routing, "
-            + ("CUDA-graph replays" if settings["graph"] else "eager launches"))
+    dtype = tr.document("dtype", CONFIG, ["dtype"]) + ", " + latex_escape(settings["routing"]) + " routing"
+    mode, other = MODES[settings["graph"]], MODES[1 - settings["graph"]]
+    rows = f"{dtype}, {mode} launches; an impl that cannot run so is drawn from its {other} launches (dashed)"
+    compared = f"{dtype}, {MODES[settings['compare_graph']]} launches of both"
     baseline = latex_escape(settings["baseline_impl"])
     text = {
         "latency": f"Latency of the whole MoE layer against token count on {on}, every impl (median; bars: the spread "
                    f"of the repeats, see the set-up), and the physical floor (dashed); {rows}.",
-        "speedup": f"Speed-up over {baseline} (its median latency over each impl's) on {on}; {rows}. "
+        "speedup": f"Speed-up over {baseline} (its median latency over each impl's) on {on}; {compared}. "
                    f"Above the dashed line an impl is faster than {baseline}.",
         "floor_fraction": f"Fraction of the physical floor each impl reaches (floor over median latency) on {on}; {rows}.",
         "compile": "Ahead-of-time compile results per target: registers and shared memory (LDS on AMD) of every "

@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)
 
+from experiments.analysis.latency_rows import shown_rows, timed_rows  # noqa: E402
 from experiments.analysis.raw import RawDataError, device_folders, read_latency, read_provenance, read_traffic  # noqa: E402
 
 RAW = config["raw_dir"]
@@ -47,14 +48,12 @@ except RawDataError as e:
     raise WorkflowError(f"raw results do not match the contract: {e}") from None
 
 
-def _shown(frame):
-    """Timed rows of the dtype, routing and graph mode the figures show."""
-    return frame[(frame["dtype"] == config["dtype"]) & (frame["routing"] == config["routing"])
-                 & (frame["graph"] == config["graph"]) & frame["median_ms"].notna()]
-
-
-LATENCY_DEVICES = [d for d in DEVICES if d in LATENCY and len(_shown(LATENCY[d]))]
-SPEEDUP_DEVICES = [d for d in LATENCY_DEVICES if config["baseline_impl"] in set(_shown(LATENCY[d])["impl"])]
+LATENCY_DEVICES = [d for d in DEVICES if d in LATENCY and len(timed_rows(LATENCY[d], config))]
+SPEEDUP_DEVICES = [
+    d
+    for d in LATENCY_DEVICES
+    if config["baseline_impl"] in set(shown_rows(LATENCY[d], config, config["compare_graph"])["impl"])
+]
 NCU_DEVICES = [d for d in DEVICES if d in TRAFFIC and (TRAFFIC[d]["tool"] == "ncu").any()]
 
 
