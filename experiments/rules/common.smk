@@ -29,16 +29,26 @@ ANALYSIS_LIB = [f"experiments/analysis/{name}.py" for name in
 KERNEL_SOURCES = sorted(str(p) for p in Path("kernels/tritonmoe").glob("*.py"))
 
 
+# The GPU stage (measure.smk): the device this machine measures, and this run's start time.
+MEASURE = config["measure"]
+if MEASURE and MEASURE not in config["devices"]:
+    raise WorkflowError(f"measure: expected one of {', '.join(config['devices'])}, got {MEASURE!r}")
+STAMP = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
 def _read_raw():
     """Devices with data, and their checked latency and traffic frames."""
     devices = device_folders(RAW, list(config["devices"]))
+    # A measuring run may have no .git (a copy on a GPU machine) and reads no results; the
+    # analysis scripts check git_sha again whatever the run.
+    repo = None if MEASURE else REPO
     latency, traffic = {}, {}
     for device in devices:
-        read_provenance(f"{RAW}/{device}", repo=REPO)
+        read_provenance(f"{RAW}/{device}", repo=repo)
         if Path(f"{RAW}/{device}/latency.csv").exists():
-            latency[device] = read_latency(f"{RAW}/{device}/latency.csv", device=device, repo=REPO)
+            latency[device] = read_latency(f"{RAW}/{device}/latency.csv", device=device, repo=repo)
         if Path(f"{RAW}/{device}/traffic.csv").exists():
-            traffic[device] = read_traffic(f"{RAW}/{device}/traffic.csv", device=device, repo=REPO)
+            traffic[device] = read_traffic(f"{RAW}/{device}/traffic.csv", device=device, repo=repo)
     return devices, latency, traffic
 
 
@@ -87,13 +97,6 @@ TRAFFIC_MODEL = Path("kernels/tritonmoe/traffic.py").exists()
 
 def build_inputs():
     return [BUILD] if config["aot"] else []
-
-
-# The GPU stage (measure.smk): the device this machine measures, and this run's start time.
-MEASURE = config["measure"]
-if MEASURE and MEASURE not in config["devices"]:
-    raise WorkflowError(f"measure: expected one of {', '.join(config['devices'])}, got {MEASURE!r}")
-STAMP = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 def measure_targets(kinds):
