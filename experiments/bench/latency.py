@@ -9,6 +9,7 @@ others kept, so a sweep can run in parts. Run on a GPU:
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import math
 import sys
@@ -158,6 +159,7 @@ def main(argv=None) -> int:
                 if bar:
                     bar.update(1)
             del built, own_ids, w
+            gc.collect()  # Megablocks' modules hold reference cycles: free its weight copy before the next set
             torch.cuda.empty_cache()
     if bar:
         bar.close()
