@@ -128,3 +128,15 @@ def test_impls_agree_closely(device):
     ys = [tritonmoe.moe(layer.x, *layer.weights, K, impl=impl) for impl in IMPLS]
     for impl, y in zip(IMPLS[1:], ys[1:]):
         torch.testing.assert_close(y, ys[0], rtol=1e-5, atol=1e-6, msg=impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_broadcast_rows_of_x(impl, device):
+    """x = one row expanded to T rows (row stride 0, legal: the last dim is unit-stride)."""
+    T, E, K, H, F = 20, 8, 2, 40, 24
+    layer = make_layer(1, E, H, F, torch.float32, device, seed=13)
+    x = layer.x.expand(T, H)
+    assert x.stride() == (0, 1)
+    y = tritonmoe.moe(x, *layer.weights, K, impl=impl)
+    assert_rel_close(y, layer_reference(x.contiguous(), *layer.weights, K), torch.float32, impl)
+    assert torch.equal(y, y[:1].expand(T, H))
