@@ -13,7 +13,8 @@ from experiments.analysis.latency_rows import shown_rows, timed_rows  # noqa: E4
 from experiments.analysis.raw import RawDataError, device_folders, read_latency, read_provenance, read_traffic  # noqa: E402
 
 RAW = config["raw_dir"]
-BUILD = config["build_dir"]
+# The quick subset (aot_small) goes to a scratch folder: it must never replace the committed full build.
+BUILD = "build/aot_small" if config["aot_small"] else config["build_dir"]
 GEN = "paper/generated"
 DATA = f"{GEN}/data"
 LOGS = f"{GEN}/logs"
