@@ -41,6 +41,7 @@ rule all:
     input:
         PAPER_PDF,
         GENERATED,
+        f"{GEN}/readme_claims.done",
 
 
 # Everything but the PDF (no TeX needed): figures, generated TeX checked by check_tracing, claims.

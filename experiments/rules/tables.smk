@@ -111,3 +111,17 @@ rule tex_figures:
         "python -m experiments.analysis.tex_figures --figures {input.figures} "
         "--settings {input.settings} --out {output.tex}"
         + LOGGED
+
+
+# The README's claims section, from the same generated table (README.md is edited in place).
+rule readme_claims:
+    input:
+        md=f"{GEN}/claims.md",
+        script="experiments/analysis/readme_claims.py",
+    output:
+        done=f"{GEN}/readme_claims.done",
+    log:
+        f"{LOGS}/readme_claims.log",
+    shell:
+        "python -m experiments.analysis.readme_claims --claims {input.md} --readme README.md --done {output.done}"
+        + LOGGED
