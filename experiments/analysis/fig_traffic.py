@@ -109,6 +109,15 @@ def view_saved(args, settings, impls, styles):
                 if not pts.empty:
                     ax.scatter(pts["tokens"], pts["saved"] * 100, color=colour, marker="o", s=14, zorder=3,
                                label=f"ncu on {path.parent.name}" if name == settings["models"][0] else None)
+    # Where the activations are a few KB (decode), their share swings by hundreds of percent and would
+    # flatten the rest: the axis shows -50..100% and says how many points lie below it.
+    low = -50
+    for ax in axes:
+        hidden = sum(int((c.get_offsets()[:, 1] < low).sum()) for c in ax.collections)
+        hidden += sum(int((np.asarray(ln.get_ydata(), dtype=float) < low).sum()) for ln in ax.get_lines())
+        ax.set_ylim(low, 100)
+        if hidden:
+            ax.text(0.02, 0.03, f"{hidden} points below {low}% not shown", transform=ax.transAxes, fontsize=7)
     plotting.figure_legend(fig, list(axes), ncol=4)
     return fig
 
