@@ -96,6 +96,14 @@ for t in s.targets.values():
             for launch in layer_launches(impl, s.shape, dtype, n, config):
                 swept.setdefault(launch.name, set()).add(n)
                 assert list(launch.fn.arg_names) == [p.name for p in launch.fn.params]
+# Paths that only some tuned configs select (the scenarios' overrides) count as reached too.
+for t in s.targets.values():
+    for name, override in (s.overrides or {}).items():
+        n = s.scenarios[name]
+        config = {**layer_config(t, s.shape, dtype, n)[0], **override}
+        for impl in tritonmoe.IMPLS:
+            for launch in layer_launches(impl, s.shape, dtype, n, config):
+                swept.setdefault(launch.name, set()).add(n)
 jobs = build_all.plan(s, list(s.targets), list(tritonmoe.IMPLS), list(s.scenarios))
 built = sorted({j.launch.name for j in jobs})
 ids = {}

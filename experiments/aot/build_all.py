@@ -68,6 +68,9 @@ def plan(settings: Settings, targets: list[str], impls: list[str], scenarios: li
             for scenario in scenarios:
                 tokens = settings.scenarios[scenario]
                 config, source = layer_config(target, settings.shape, dtype, tokens)
+                if settings.overrides and scenario in settings.overrides:
+                    config = {**config, **settings.overrides[scenario]}
+                    source += f"+{','.join(settings.overrides[scenario])}"
                 for launch in layer_launches(impl, settings.shape, dtype, tokens, config):
                     if kernels is None or launch.name in kernels:
                         jobs.append(Job(target, impl, scenario, tokens, source, launch))

@@ -2,7 +2,6 @@
 package's per-backend default (`tritonmoe.config.default_config`)."""
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -15,11 +14,8 @@ from targets import ROOT, Shape, Target
 def layer_config(target: Target, shape: Shape, dtype: torch.dtype, tokens: int) -> tuple[dict, str]:
     """Returns (config, source); source says where the config came from, for the record."""
     num_routed = tokens * shape.top_k
-    path = tuned.config_path(target.device, shape.experts, shape.hidden, shape.ffn, dtype)
-    if path.exists():
-        table = {int(k): v for k, v in json.loads(path.read_text()).items()}
-        if table:
-            # The bucket rule of tritonmoe.tuned.lookup: nearest T*K, ties to the smaller bucket.
-            bucket = min(table, key=lambda b: (abs(b - num_routed), b))
-            return table[bucket], f"tuned:{os.path.relpath(path, ROOT)}[{bucket}]"
+    found = tuned.lookup_slug(target.device, dtype, num_routed, shape.experts, shape.hidden, shape.ffn)
+    if found is not None:
+        path = tuned.config_path(target.device, shape.experts, shape.hidden, shape.ffn, dtype)
+        return found, f"tuned:{os.path.relpath(path, ROOT)}"
     return default_config(target.backend, num_routed, shape.experts, shape.hidden, shape.ffn), f"default:{target.backend}"

@@ -44,6 +44,7 @@ class Settings:
     scenarios: dict[str, int]  # name -> tokens
     targets: dict[str, Target]
     small: dict
+    overrides: dict[str, dict] = None  # name -> layer-config entries the scenario sets (e.g. `expert`)
 
 
 def load_settings(path: Path = SETTINGS, models_path: Path = MODELS) -> Settings:
@@ -58,4 +59,11 @@ def load_settings(path: Path = SETTINGS, models_path: Path = MODELS) -> Settings
         if t["backend"] not in ("cuda", "hip"):
             raise ValueError(f"targets.{name}.backend: expected 'cuda' or 'hip', got {t['backend']!r}")
         targets[name] = Target(name, t["backend"], t["arch"], int(t["warp_size"]), t["device"], dict(t.get("options") or {}))
-    return Settings(shape, raw["dtype"], {k: int(v) for k, v in raw["scenarios"].items()}, targets, raw["small"])
+    scenarios, overrides = {}, {}
+    for name, v in raw["scenarios"].items():
+        if isinstance(v, dict):  # {tokens: N, <config entry>: ...}: a path only some tuned configs select
+            scenarios[name] = int(v["tokens"])
+            overrides[name] = {k: val for k, val in v.items() if k != "tokens"}
+        else:
+            scenarios[name] = int(v)
+    return Settings(shape, raw["dtype"], scenarios, targets, raw["small"], overrides)

@@ -42,10 +42,8 @@ def _load(path: Path) -> dict[int, dict] | None:
         return {int(k): v for k, v in json.load(f).items()}
 
 
-def lookup(device: torch.device, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
-    slug = device_slug(device)
-    if slug is None:
-        return None
+def lookup_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
+    """The tuned config of device `slug` for this shape and T*K, or None (no file)."""
     # fp16 tiles have bf16's size: a card tuned in bf16 serves both.
     table = _load(config_path(slug, E, H, F, dtype))
     if table is None and dtype == torch.float16:
@@ -54,3 +52,8 @@ def lookup(device: torch.device, dtype: torch.dtype, num_routed: int, E: int, H:
         return None
     bucket = min(table, key=lambda b: (abs(math.log2(b) - math.log2(max(1, num_routed))), b))
     return table[bucket]
+
+
+def lookup(device: torch.device, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
+    slug = device_slug(device)
+    return None if slug is None else lookup_slug(slug, dtype, num_routed, E, H, F)
