@@ -166,3 +166,86 @@ def max_of(rows: pd.DataFrame, column: str) -> float:
 @derivation
 def min_of(rows: pd.DataFrame, column: str) -> float:
     return float(rows[column].min())
+
+
+# --- memory traffic: the fusion's saving, and ncu against the model and the floor -----------------
+# Rows of traffic.csv (ncu: `dram_*` measured, `model_*` the unique-bytes model) or of the traffic
+# model's CSV (`model_*` only, with `weight_read_bytes`).
+
+@derivation
+def tokens_reaching_saved(rows: pd.DataFrame, impl: str, baseline: str, counter: str, share: float,
+                          weights: str | None = None) -> int:
+    """The smallest token count at which `impl` saves at least `share` of `baseline`'s bytes
+    (`stage == 'total'` rows; `counter` and `weights` as in `traffic_saved`); 0 when no token count
+    of the rows does."""
+    total = rows[rows["stage"] == "total"].assign(moved=lambda r: _moved(r, counter, weights))
+    wide = _by_tokens(total, impl, baseline, "moved")
+    saved = (1 - wide[impl] / wide[baseline]).dropna()
+    if saved.empty:
+        raise ValueError("tokens_reaching_saved: no token count with both impls")
+    reached = saved[saved >= share]
+    return int(reached.index.min()) if len(reached) else 0
+
+
+def _measured_and_model(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    total = rows[rows["stage"] == "total"]
+    if total.empty:
+        raise ValueError("rows: expected traffic rows of stage 'total', got none")
+    return (total["dram_read_bytes"] + total["dram_write_bytes"],
+            total["model_read_bytes"] + total["model_write_bytes"])
+
+
+@derivation
+def dram_over_model(rows: pd.DataFrame, extreme: str) -> float:
+    """Measured DRAM bytes / the model's bytes (read plus write) of `stage == 'total'` rows, the
+    smallest (`extreme='min'`) or largest over the rows: 1 means the model predicts ncu exactly."""
+    measured, model = _measured_and_model(rows)
+    ratio = (measured / model.where(model > 0)).dropna()
+    if ratio.empty:
+        raise ValueError("dram_over_model: every total row has zero model bytes")
+    return float(getattr(ratio, extreme)())
+
+
+@derivation
+def dram_over_fewest(rows: pd.DataFrame) -> float:
+    """Measured DRAM bytes / the floor's fewest bytes (hit experts' weights, x once, y once) of one
+    total row."""
+    row = _one(rows[rows["stage"] == "total"], "dram_over_fewest")
+    return _finite(float((row["dram_read_bytes"] + row["dram_write_bytes"]) / row["fewest_bytes"]),
+                   "dram_over_fewest")
+
+
+@derivation
+def weight_read_factor(rows: pd.DataFrame) -> float:
+    """(hit weights + DRAM reads beyond the model's unique reads) / hit weights of one total row: an
+    upper bound on how many times each weight byte came from DRAM (1: each read once)."""
+    row = _one(rows[rows["stage"] == "total"], "weight_read_factor")
+    rereads = max(row["dram_read_bytes"] - row["model_read_bytes"], 0)
+    return _finite(float((row["model_weight_read_bytes"] + rereads) / row["model_weight_read_bytes"]),
+                   "weight_read_factor")
+
+
+@derivation
+def megabytes_beyond_model(rows: pd.DataFrame, part: str) -> float:
+    """One total row, in MB (1e6 bytes): `part='total'` measured - model bytes; `'read'` DRAM reads
+    beyond the model's unique reads (tile re-reads that L2 did not keep); `'write'` the model's
+    unique writes that the DRAM counter had not seen when the kernels ended (held in L2). The
+    parts add up: total = read - write."""
+    row = _one(rows[rows["stage"] == "total"], "megabytes_beyond_model")
+    parts = {"read": row["dram_read_bytes"] - row["model_read_bytes"],
+             "write": row["model_write_bytes"] - row["dram_write_bytes"]}
+    parts["total"] = parts["read"] - parts["write"]
+    if part not in parts:
+        raise ValueError(f"part: expected one of {', '.join(parts)}, got {part!r}")
+    return float(parts[part] / 1e6)
+
+
+@derivation
+def reread_share(rows: pd.DataFrame) -> float:
+    """Of one total row's possible tile re-reads (logical reads beyond the unique reads), the share
+    that reached DRAM (reads beyond the unique reads); the rest stayed in L2."""
+    row = _one(rows[rows["stage"] == "total"], "reread_share")
+    possible = row["logical_read_bytes"] - row["unique_read_bytes"]
+    if possible <= 0:
+        raise ValueError(f"reread_share: expected logical reads beyond the unique reads, got {possible} bytes")
+    return float(max(row["dram_read_bytes"] - row["unique_read_bytes"], 0) / possible)

@@ -122,6 +122,30 @@ rule readme_claims:
         done=f"{GEN}/readme_claims.done",
     log:
         f"{LOGS}/readme_claims.log",
+    conda:
+        "../../environment.yml"
     shell:
         "python -m experiments.analysis.readme_claims --claims {input.md} --readme README.md --done {output.done}"
+        + LOGGED
+
+
+# The fusion's saving (analytic model), and ncu against the model and the floor, per measured device.
+rule tab_traffic:
+    input:
+        settings=SETTINGS,
+        claims="config/claims.yaml",
+        model=[f"{DATA}/traffic_model.csv"] if TRAFFIC_MODEL else [],
+        ncu=ncu_inputs(),
+        script="experiments/analysis/tab_traffic.py",
+        lib=ANALYSIS_LIB,
+    output:
+        tex=f"{GEN}/traffic.tex",
+        trace=f"{GEN}/traffic.trace.json",
+    log:
+        f"{LOGS}/tab_traffic.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m experiments.analysis.tab_traffic --model {input.model} --ncu {input.ncu} "
+        "--settings {input.settings} --out {output.tex}"
         + LOGGED
