@@ -341,7 +341,7 @@ def _frame(measured_over_model: float, write_share: float = 1.0) -> pd.DataFrame
 def test_model_vs_measured_names_rereads_and_l2_writes():
     from experiments.traffic.compare import model_vs_measured
     exact = model_vs_measured(_frame(1.0))
-    ran = exact["model"] > 0  # tritonmoe_fused runs no act kernel: no ratio there
+    ran = exact["model_bytes"] > 0  # tritonmoe_fused runs no act kernel: no ratio there
     assert (~ran).sum() == 1 and exact.loc[~ran, "ratio"].isna().all()
     assert (exact.loc[ran, "ratio"].round(6) == 1).all() and (exact["rereads_reached_dram"] == 0).all()
     assert (exact["why"].loc[ran] == "within 2% per cause").all()

@@ -44,7 +44,9 @@ TRAFFIC_COLUMNS: dict[str, str] = {
 
 # Extensions of traffic.csv (experiments/traffic/traffic_csv.py) read where present: the model's
 # weight bytes among model_read_bytes, to split measured traffic into weights and activations.
-TRAFFIC_OPTIONAL: dict[str, str] = {"model_weight_read_bytes": "bytes"}
+TRAFFIC_OPTIONAL: dict[str, str] = {c: "bytes" for c in (
+    "model_weight_read_bytes", "logical_read_bytes", "logical_write_bytes", "unique_read_bytes",
+    "unique_write_bytes", "padding_bytes", "fewest_bytes")}
 
 # provenance.json: the keys the paper's set-up section reads; more may be present.
 PROVENANCE_KEYS = ("device_name", "git_sha", "date", "command")

@@ -39,7 +39,8 @@ def load_traffic(path_or_frame) -> pd.DataFrame:
 
 
 def model_vs_measured(frame: pd.DataFrame, *, l2_bytes: int = H100_L2_BYTES) -> pd.DataFrame:
-    """Per row: `measured`, `model` (read + write), `ratio` = measured / model, and in bytes:
+    """Per row: `measured`, `model_bytes` (read + write; `model` stays the model's name), `ratio` =
+    measured / model_bytes, and in bytes:
     - `rereads_reached_dram`: measured reads beyond the unique reads, and `rereads_possible`, the
       logical reads beyond them (weight tiles re-read by every M block, x tiles by every N block);
     - `writes_held_in_l2`: unique writes the DRAM counter had not seen when the kernel ended
@@ -52,8 +53,8 @@ def model_vs_measured(frame: pd.DataFrame, *, l2_bytes: int = H100_L2_BYTES) -> 
     out["measured_read"], out["measured_write"] = f["dram_read_bytes"], f["dram_write_bytes"]
     out["model_read"], out["model_write"] = f["model_read_bytes"], f["model_write_bytes"]
     out["measured"] = out["measured_read"] + out["measured_write"]
-    out["model"] = out["model_read"] + out["model_write"]
-    out["ratio"] = out["measured"] / out["model"].where(out["model"] > 0)
+    out["model_bytes"] = out["model_read"] + out["model_write"]
+    out["ratio"] = out["measured"] / out["model_bytes"].where(out["model_bytes"] > 0)
     out["rereads_reached_dram"] = (f["dram_read_bytes"] - f["unique_read_bytes"]).clip(lower=0)
     out["rereads_possible"] = f["logical_read_bytes"] - f["unique_read_bytes"]
     out["unique_write"] = f["unique_write_bytes"]
@@ -65,10 +66,11 @@ def model_vs_measured(frame: pd.DataFrame, *, l2_bytes: int = H100_L2_BYTES) -> 
 
 def _why(r, l2_bytes: int) -> str:
     if r.tool == "interpreter":
-        return "exact" if r.measured == r.model else f"interpreter count differs from the model by {r.measured - r.model} B"
-    if not r.model:
+        return ("exact" if r.measured == r.model_bytes
+                else f"interpreter count differs from the model by {r.measured - r.model_bytes} B")
+    if not r.model_bytes:
         return ""
-    parts, small = [], 0.02 * r.model
+    parts, small = [], 0.02 * r.model_bytes
     rereads = min(r.rereads_reached_dram, r.rereads_possible)
     if rereads > small:
         parts.append(f"{_mb(rereads)} re-read from DRAM ({rereads / r.rereads_possible:.0%} of "
@@ -81,8 +83,8 @@ def _why(r, l2_bytes: int) -> str:
         parts.append(f"{_mb(r.writes_held_in_l2)} of {_mb(r.unique_write)} written still in L2 at kernel end "
                      f"(output {fits} the {_mb(l2_bytes)} L2)")
     if not parts:
-        return "within 2% per cause" if abs(r.measured - r.model) <= 0.1 * r.model else \
-            f"{_mb(r.measured - r.model)} unexplained"
+        return "within 2% per cause" if abs(r.measured - r.model_bytes) <= 0.1 * r.model_bytes else \
+            f"{_mb(r.measured - r.model_bytes)} unexplained"
     return "; ".join(parts)
 
 

@@ -1,4 +1,5 @@
-"""Pieces shared by the grouped-GEMM kernels: program ordering and the dot precision."""
+"""Pieces shared by the grouped-GEMM kernels: program ordering, an aligned block's rows, the gate/up
+accumulation from one load of x, and the dot precision."""
 import triton
 import triton.language as tl
 
@@ -13,6 +14,52 @@ def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     pid_m = first_m + (pid % width) % size_m
     pid_n = (pid % width) // size_m
     return pid_m, pid_n
+
+
+@triton.jit
+def block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M: tl.constexpr):
+    """Aligned block `pid_m`: its expert, row positions, routed slots and which rows hold a slot."""
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_ids_ptr + rows)
+    return expert, rows, slot, slot < num_routed
+
+
+@triton.jit
+def gate_up_accumulate(
+    x_ptr, w_ptr, token, row_ok, expert, cols, col_ok, gate_row0, up_row0, H,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
+    WITH_UP: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """`x[token] @ W[e, gate_row0 + cols]^T` in fp32 and, with WITH_UP, `x[token] @ W[e, up_row0 + cols]^T`
+    from the same load of each x tile (the fusion's one load of the tokens). Returns (acc_gate, acc_up)."""
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + token[:, None] * stride_xt + ks[None, :] * stride_xh
+    w_base = w_ptr + expert * stride_we + ks[:, None] * stride_wh
+    g_ptrs = w_base + (gate_row0 + cols)[None, :].to(tl.int64) * stride_wn
+    u_ptrs = w_base + (up_row0 + cols)[None, :].to(tl.int64) * stride_wn
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = ks < H - k0
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            g = tl.load(g_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
+        if WITH_UP:
+            if EVEN_K:
+                u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
+            else:
+                u = tl.load(u_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
+            u_ptrs += BLOCK_K * stride_wh
+        a_ptrs += BLOCK_K * stride_xh
+        g_ptrs += BLOCK_K * stride_wh
+    return acc_g, acc_u
 
 
 def dot_precision(dtype) -> str:

@@ -53,12 +53,7 @@ def _offsets_kernel(
         blk = tl.load(chunk_counts_ptr + r[:, None] * BLOCK_E + experts[None, :],
                       mask=r[:, None] < num_chunks, other=0)
         totals += tl.sum(blk, axis=0)
-    padded = (totals + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    ends = tl.cumsum(padded, axis=0)
-    starts = ends - padded
-    total = tl.sum(padded, axis=0)
-    tl.store(num_post_ptr, total)
-    tl.store(expert_counts_ptr + experts, totals, mask=experts < E)
+    starts, ends, total = expert_ranges(totals, num_post_ptr, expert_counts_ptr, E, BLOCK_M, BLOCK_E)
     # Per chunk and expert: where the chunk's first slot of that expert goes.
     running = starts
     for c0 in range(0, num_chunks, ROWS):
@@ -70,6 +65,18 @@ def _offsets_kernel(
         running += tl.sum(blk, axis=0)
     write_blocks(expert_ids_ptr, sorted_ids_ptr, starts, ends, totals, total, N, max_blocks,
                  BLOCK_M, BLOCK_E, BLOCK_B)
+
+
+@triton.jit
+def expert_ranges(totals, num_post_ptr, expert_counts_ptr, E, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Each expert's padded range [start, end) of aligned rows, from its slot count; stores the counts
+    and the number of used rows. Returns (starts, ends, total)."""
+    experts = tl.arange(0, BLOCK_E)
+    padded = (totals + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    tl.store(num_post_ptr, tl.sum(padded, axis=0))
+    tl.store(expert_counts_ptr + experts, totals, mask=experts < E)
+    return ends - padded, ends, tl.sum(padded, axis=0)
 
 
 @triton.jit
@@ -104,12 +111,7 @@ def align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, exper
     experts = tl.arange(0, BLOCK_E)
     onehot = ((ids[:, None] == experts[None, :]) & (experts[None, :] < E)).to(tl.int32)
     totals = tl.sum(onehot, axis=0)
-    padded = (totals + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    ends = tl.cumsum(padded, axis=0)
-    starts = ends - padded
-    total = tl.sum(padded, axis=0)
-    tl.store(num_post_ptr, total)
-    tl.store(expert_counts_ptr + experts, totals, mask=experts < E)
+    starts, ends, total = expert_ranges(totals, num_post_ptr, expert_counts_ptr, E, BLOCK_M, BLOCK_E)
     rank = tl.cumsum(onehot, axis=0) - onehot
     pos = tl.sum(onehot * (rank + starts[None, :]), axis=1)
     tl.store(sorted_ids_ptr + pos, offs, mask=ok & (ids >= 0) & (ids < E))

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import dot_precision, grouped_pid
+from ._gemm_common import block_rows, dot_precision, grouped_pid
 from .align import Alignment
 
 
@@ -32,10 +32,7 @@ def _down_kernel(
     pid_s = tl.program_id(1)
     if pid_m * BLOCK_M >= tl.load(num_post_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    slot = tl.load(sorted_ids_ptr + rows)
-    row_ok = slot < num_routed
+    expert, rows, slot, row_ok = block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < H
     k_start = pid_s * k_per_split

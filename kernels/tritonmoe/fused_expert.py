@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import dot_precision
+from ._gemm_common import block_rows, dot_precision, gate_up_accumulate
 from .align import Alignment
 
 
@@ -35,34 +35,14 @@ def _fused_expert_kernel(
     pid_f = pid % num_pid_f
     if pid_m * BLOCK_M >= tl.load(num_post_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    slot = tl.load(sorted_ids_ptr + rows)
-    row_ok = slot < num_routed
+    expert, rows, slot, row_ok = block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M)
     token = (slot // TOP_K).to(tl.int64)
     fs = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     f_ok = fs < F
-    ks = tl.arange(0, BLOCK_K)
-    a_ptrs = x_ptr + token[:, None] * stride_xt + ks[None, :] * stride_xh
-    g_ptrs = wgu_ptr + expert * stride_ge + fs[None, :].to(tl.int64) * stride_gn + ks[:, None] * stride_gh
-    u_ptrs = g_ptrs + F * stride_gn
-    acc_g = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            g = tl.load(g_ptrs, mask=f_ok[None, :], other=0.0)
-            u = tl.load(u_ptrs, mask=f_ok[None, :], other=0.0)
-        else:
-            k_ok = ks < H - k0
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            g = tl.load(g_ptrs, mask=f_ok[None, :] & k_ok[:, None], other=0.0)
-            u = tl.load(u_ptrs, mask=f_ok[None, :] & k_ok[:, None], other=0.0)
-        acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
-        acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
-        a_ptrs += BLOCK_K * stride_xh
-        g_ptrs += BLOCK_K * stride_gh
-        u_ptrs += BLOCK_K * stride_gh
+    acc_g, acc_u = gate_up_accumulate(
+        x_ptr, wgu_ptr, token, row_ok, expert, fs, f_ok, 0, F, H,
+        stride_xt, stride_xh, stride_ge, stride_gn, stride_gh,
+        True, EVEN_K, PRECISION, BLOCK_M, BLOCK_F, BLOCK_K)
     # Rounded to the input dtype, as the two-kernel path stores it, so both paths compute the same function.
     act = (acc_g * tl.sigmoid(acc_g) * acc_u).to(x_ptr.dtype.element_ty)
     route_w = tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import dot_precision, grouped_pid
+from ._gemm_common import block_rows, dot_precision, gate_up_accumulate, grouped_pid
 from .align import Alignment
 
 
@@ -35,38 +35,14 @@ def _gate_up_kernel(
     pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_post_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    slot = tl.load(sorted_ids_ptr + rows)
-    row_ok = slot < num_routed
+    expert, rows, slot, row_ok = block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M)
     token = (slot // TOP_K).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    ks = tl.arange(0, BLOCK_K)
-    a_ptrs = x_ptr + token[:, None] * stride_xt + ks[None, :] * stride_xh
-    w_base = w_ptr + expert * stride_we + ks[:, None] * stride_wh
-    g_ptrs = w_base + (row_offset + cols)[None, :].to(tl.int64) * stride_wn
-    u_ptrs = w_base + (up_offset + cols)[None, :].to(tl.int64) * stride_wn
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
-        else:
-            k_ok = ks < H - k0
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            g = tl.load(g_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-        acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
-        if FUSE_SWIGLU:
-            if EVEN_K:
-                u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
-            else:
-                u = tl.load(u_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-            acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
-            u_ptrs += BLOCK_K * stride_wh
-        a_ptrs += BLOCK_K * stride_xh
-        g_ptrs += BLOCK_K * stride_wh
+    acc_g, acc_u = gate_up_accumulate(
+        x_ptr, w_ptr, token, row_ok, expert, cols, col_ok, row_offset, up_offset, H,
+        stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
+        FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     if FUSE_SWIGLU:
         out = acc_g * tl.sigmoid(acc_g) * acc_u
     else:
