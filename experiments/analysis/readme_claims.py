@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", type=Path, required=True)
     ap.add_argument("--done", type=Path, required=True)
     args = ap.parse_args(argv)
+    if not args.readme.exists():  # a partial copy of the workflow (tests) has no README to update
+        write_text(args.done, f"no {args.readme}\n")
+        return 0
     old = args.readme.read_text()
     new = replace_block(old, args.claims.read_text())
     if new != old:
