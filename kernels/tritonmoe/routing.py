@@ -13,27 +13,37 @@ import triton.language as tl
 
 
 @triton.jit
-def route_tokens(
-    x_ptr, wr_ptr, weights_ptr, ids_ptr, t0,
-    T, H, E,
+def router_logits(
+    x_ptr, wr_ptr, rows, cols, T, E, h_start, h_end,
     stride_xt, stride_xh, stride_re, stride_rh,
-    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    """Routes tokens t0 .. t0+BLOCK_T-1 and stores their weights and ids (slot t*TOP_K + k)."""
-    rows = t0 + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_E)
+    """fp32 logits `x[rows, h_start:h_end] @ Wr[cols, h_start:h_end]^T` as a [BLOCK_T, BLOCK_E] tile."""
     row_ok = rows < T
     col_ok = cols < E
     logits = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
+    for h0 in range(h_start, h_end, BLOCK_H):
         hs = h0 + tl.arange(0, BLOCK_H)
-        h_ok = hs < H
+        h_ok = hs < h_end
         x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xt + hs[None, :] * stride_xh,
                     mask=row_ok[:, None] & h_ok[None, :], other=0.0)
         w = tl.load(wr_ptr + cols[None, :] * stride_re + hs[:, None] * stride_rh,
                     mask=col_ok[None, :] & h_ok[:, None], other=0.0)
         logits = tl.dot(x, w, logits, input_precision="ieee")
+    return logits
+
+
+@triton.jit
+def select_experts(
+    logits, weights_ptr, ids_ptr, rows, T, E,
+    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Softmax in fp32, top-k (ties to the lower id), optional renormalisation of the [BLOCK_T, BLOCK_E]
+    logits of tokens `rows` over all E experts; stores their weights and ids (slot t*TOP_K + k)."""
+    cols = tl.arange(0, BLOCK_E)
+    row_ok = rows < T
+    col_ok = cols < E
     logits = tl.where(col_ok[None, :], logits, float("-inf"))
     m = tl.max(logits, axis=1)
     p = tl.exp(logits - m[:, None])
@@ -62,6 +72,21 @@ def route_tokens(
     mask = row_ok[:, None] & (kcols[None, :] < TOP_K)
     tl.store(weights_ptr + offs, out_w, mask=mask)
     tl.store(ids_ptr + offs, out_i, mask=mask)
+
+
+@triton.jit
+def route_tokens(
+    x_ptr, wr_ptr, weights_ptr, ids_ptr, t0,
+    T, H, E,
+    stride_xt, stride_xh, stride_re, stride_rh,
+    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Routes tokens t0 .. t0+BLOCK_T-1 and stores their weights and ids (slot t*TOP_K + k)."""
+    rows = t0 + tl.arange(0, BLOCK_T)
+    logits = router_logits(x_ptr, wr_ptr, rows, tl.arange(0, BLOCK_E), T, E, 0, H,
+                           stride_xt, stride_xh, stride_re, stride_rh, BLOCK_T, BLOCK_H, BLOCK_E)
+    select_experts(logits, weights_ptr, ids_ptr, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
 
 
 @triton.jit

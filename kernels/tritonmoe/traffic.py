@@ -34,6 +34,7 @@ import triton
 from .align import align_meta, max_blocks
 from .config import default_config
 from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
+from .route_align import SPLIT_BLOCK_E, SPLIT_H
 from .routing import route
 
 STAGES = ("routing", "gate_up", "act", "down", "combine")
@@ -43,7 +44,8 @@ PEER_IMPLS = ("megablocks_grouped", "torch_grouped_mm")
 
 # Each Triton kernel of the package (by its function name) and the stage its bytes count under.
 KERNEL_STAGES = {
-    "_route_align_kernel": "routing",
+    "_router_partials_kernel": "routing",
+    "_route_align_partials_kernel": "routing",
     "_routing_kernel": "routing",
     "_align_small_kernel": "routing",
     "_count_kernel": "routing",
@@ -244,19 +246,33 @@ def _block_table_accesses(s: LayerShape, b: Blocks, *, sorted_ids_write: int) ->
 
 
 def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
-    """Routing and alignment as `route_align.route_and_align` dispatches them: one program for
-    both at small sizes, else `route` then `align_tokens` (itself one program when the N slots fit
+    """Routing and alignment as `route_align.route_and_align` dispatches them: split router logits then
+    one program for the rest at small sizes, else `route` then `align_tokens` (itself one program when the N slots fit
     one chunk, else per-chunk histograms, one program of offsets, and a stable scatter)."""
     n = s.routed
     meta = align_meta(n, s.experts, b.block_m)
     steps = _cdiv(s.tokens, _route_block_t())
     if s.tokens <= ROUTE_ALIGN_MAX_TOKENS and n <= meta["CHUNK"]:
-        return [Launch("_route_align_kernel", "routing", (
-            *_route_accesses(s, steps),
-            # The ids are stored, then read back by the same program (from cache: no unique read).
-            Access("ids_ptr", False, read=n * _I32, write=n * _I32, unique_write=n * _I32),
-            *_block_table_accesses(s, b, sorted_ids_write=b.padded_rows * _I32),
-        ))]
+        splits = _cdiv(s.hidden, SPLIT_H)
+        e_blocks = _cdiv(s.experts, SPLIT_BLOCK_E)
+        x = s.tokens * s.hidden * s.elem_bytes
+        wr = s.experts * s.hidden * s.elem_bytes
+        partial = splits * s.tokens * s.experts * _F32
+        return [
+            Launch("_router_partials_kernel", "routing", (
+                # Every expert block reads all of x over its H slice; the router once per token block.
+                Access("x_ptr", False, read=e_blocks * x, unique_read=x),
+                Access("wr_ptr", True, read=steps * wr, unique_read=wr),
+                _same("partial_ptr", write=partial),
+            )),
+            Launch("_route_align_partials_kernel", "routing", (
+                _same("partial_ptr", read=partial),
+                _same("weights_ptr", write=s.routed * _F32),
+                # The ids are stored, then read back by the same program (from cache: no unique read).
+                Access("ids_ptr", False, read=n * _I32, write=n * _I32, unique_write=n * _I32),
+                *_block_table_accesses(s, b, sorted_ids_write=b.padded_rows * _I32),
+            )),
+        ]
     out = [Launch("_routing_kernel", "routing", (*_route_accesses(s, steps), _same("ids_ptr", write=n * _I32)))]
     if n <= meta["CHUNK"]:
         return out + [Launch("_align_small_kernel", "routing", (
