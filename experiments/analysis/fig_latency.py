@@ -29,13 +29,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.latency}: no timed rows of dtype={settings['dtype']}, routing={settings['routing']}; "
                          f"expected at least one")
     other = MODES[1 - settings["graph"]]
-    models = [m for m in settings["models"] if m in set(rows["model"])]
-    impls = [i for i in settings["impls"] if i in set(rows["impl"])]
-    styles = plotting.impl_styles(settings["impls"])
-    plotting.setup()
-    cols = min(3, len(models))
-    nrows = -(-len(models) // cols)
-    fig, axes = plotting.plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    fig, axes, models, impls, styles = plotting.model_grid(rows, settings)
     for ax, model in zip(axes.flat, models):
         here = rows[rows["model"] == model]
         for impl in impls:

@@ -45,13 +45,7 @@ def main(argv=None) -> int:
     if rows.empty:
         raise SystemExit(f"{args.latency}: no rows to plot for --metric {args.metric}"
                          + (f" (no timed {baseline} rows)" if args.metric == "speedup" else ""))
-    models = [m for m in settings["models"] if m in set(rows["model"])]
-    impls = [i for i in settings["impls"] if i in set(rows["impl"])]
-    styles = plotting.impl_styles(settings["impls"])
-    plotting.setup()
-    cols = min(3, len(models))
-    nrows = -(-len(models) // cols)
-    fig, axes = plotting.plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False, sharey=True)
+    fig, axes, models, impls, styles = plotting.model_grid(rows, settings, sharey=True)
     for ax, model in zip(axes.flat, models):
         here = rows[rows["model"] == model]
         for impl in impls:

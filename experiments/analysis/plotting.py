@@ -53,3 +53,16 @@ def figure_legend(fig, axes, ncol: int = 4) -> None:
     rows = -(-len(seen) // ncol)
     legend_inches = 0.22 * rows + 0.15
     fig.tight_layout(rect=(0, min(0.5, legend_inches / fig.get_figheight()), 1, 1))
+
+
+def model_grid(rows, settings: dict, *, sharey: bool = False):
+    """One panel per model present in `rows` (in the config's order), up to three a row; also returns the
+    models, the impls present and every impl's style. Returns (fig, axes, models, impls, styles)."""
+    models = [m for m in settings["models"] if m in set(rows["model"])]
+    impls = [i for i in settings["impls"] if i in set(rows["impl"])]
+    styles = impl_styles(settings["impls"])
+    setup()
+    cols = min(3, len(models))
+    nrows = -(-len(models) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False, sharey=sharey)
+    return fig, axes, models, impls, styles
