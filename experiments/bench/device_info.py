@@ -6,12 +6,15 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import triton
+
+# The repository root, so that the one atomic-write helper (experiments/analysis/atomic.py) serves these scripts.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from experiments.analysis.atomic import write_text as atomic_write_text  # noqa: E402
 
 
 def measure_copy_gbps(nbytes: int = 2 << 30) -> float:
@@ -65,15 +68,6 @@ def provenance(git_sha: str, git_dirty: bool, copy_gbps: float, bf16_tflops: flo
         "bf16_tflops": round(bf16_tflops, 1),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: an interrupted run leaves the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def update_provenance(folder: Path, run: dict) -> None:

@@ -12,10 +12,9 @@ Contract columns first, then extensions that make each row explainable on its ow
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
+from experiments.analysis.atomic import atomic_write
 from tritonmoe.traffic import STAGES, TRITON_IMPLS, Blocks, LayerShape, Launch, fewest_bytes, padding_bytes, stage_traffic
 
 CONTRACT_COLUMNS = ("device", "model", "dtype", "tokens", "impl", "stage", "dram_read_bytes", "dram_write_bytes",
@@ -68,20 +67,12 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def write_rows(path: Path, rows: list[dict], *, merge: bool = True) -> None:
-    """Writes `rows` to `path` atomically (a temporary file, then `os.replace`). With `merge`, rows
+    """Writes `rows` to `path` atomically (`experiments.analysis.atomic`). With `merge`, rows
     already there whose run key (`RUN_KEY`) no new row has are kept."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     new_keys = {tuple(str(r[k]) for k in RUN_KEY) for r in rows}
     kept = [r for r in read_rows(path) if tuple(str(r.get(k, "")) for k in RUN_KEY) not in new_keys] if merge else []
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", restval="")
-            w.writeheader()
-            w.writerows(kept + rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", restval="")
+        w.writeheader()
+        w.writerows(kept + rows)

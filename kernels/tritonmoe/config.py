@@ -33,7 +33,8 @@ def _interpreter_config(num_routed: int, E: int, H: int, F: int) -> dict:
     return cfg
 
 
-# Routed slots (T*K) up to which the defaults take the one-kernel decode path of tritonmoe_fused.
+# Routed slots (T*K) up to which the interpreter defaults take the one-kernel decode path of tritonmoe_fused
+# (on GPUs only tuned files select it).
 DECODE_MAX_ROUTED = 16
 
 
