@@ -1,0 +1,395 @@
+"""GEMM lab (perf notes v6): candidate gate_up / down kernels timed beside the production ones.
+
+Not part of the sweep. One GPU call builds, checks and times, per (model, tokens):
+- `prod`: the package's kernels with the tuned (or given) configuration;
+- `tma_w`: weights through tensor descriptors (TMA on sm90), tokens gathered through pointers;
+- `tma`: tokens gathered once into expert order (`x_sorted`), then both operands through descriptors;
+- `pers`: `tma` on a persistent grid (one program per SM, tiles in a flattened loop so that the next
+  tile's loads overlap this tile's epilogue);
+- `ws`: `tma` with Triton's automatic warp specialisation of the K loop (may not compile on sm90);
+- `cublas`: torch.bmm on the same number of rows per expert (uniform split), the dense ceiling.
+Every candidate's output is compared with the production kernel's (itself checked against float64 by
+the tests); the table printed last gives kernel medians (triton.testing.do_bench) and TFLOP/s.
+
+    python experiments/bench/gemm_lab.py --cases mixtral-8x7b:1024 --out $OUT
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
+
+import tritonmoe  # noqa: E402
+from tritonmoe._gemm_common import grouped_pid  # noqa: E402
+from tritonmoe.down import down as prod_down  # noqa: E402
+from tritonmoe.gate_up import gate_up as prod_gate_up  # noqa: E402
+from tritonmoe.routing import route  # noqa: E402
+from tritonmoe.align import align_tokens  # noqa: E402
+
+
+@triton.jit
+def _gather_kernel(x_ptr, sorted_ids_ptr, num_post_ptr, out_ptr, H, num_routed, stride_x, stride_o,
+                   TOP_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    pid = tl.program_id(0)
+    if pid * BLOCK_R >= tl.load(num_post_ptr):
+        return
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    slot = tl.load(sorted_ids_ptr + rows)
+    ok = slot < num_routed
+    tok = (slot // TOP_K).to(tl.int64)
+    for h0 in range(0, H, BLOCK_H):
+        cols = h0 + tl.arange(0, BLOCK_H)
+        v = tl.load(x_ptr + tok[:, None] * stride_x + cols[None, :], mask=ok[:, None] & (cols < H)[None, :], other=0.0)
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_o + cols[None, :], v, mask=(cols < H)[None, :])
+
+
+def gather_sorted(x, align):
+    out = torch.empty((align.sorted_ids.shape[0], x.shape[1]), dtype=x.dtype, device=x.device)
+    br = 16
+    _gather_kernel[(triton.cdiv(out.shape[0], br),)](
+        x, align.sorted_ids, align.num_post_padded, out, x.shape[1], align.num_routed, x.stride(0), out.stride(0),
+        TOP_K=align.num_routed // x.shape[0], BLOCK_R=br, BLOCK_H=256, num_warps=4)
+    return out
+
+
+@triton.jit
+def _gu_tile(a_desc, x_ptr, w_desc, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, pid_n, F, H, num_routed,
+             stride_xt, stride_om, TOP_K: tl.constexpr, A_TMA: tl.constexpr, WS: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    expert = tl.load(expert_ids_ptr + pid_m)
+    row0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
+    g_row = expert * 2 * F + n0
+    u_row = g_row + F
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if not A_TMA:
+        rows = row0 + tl.arange(0, BLOCK_M)
+        slot = tl.load(sorted_ids_ptr + rows)
+        row_ok = slot < num_routed
+        token = (slot // TOP_K).to(tl.int64)
+        ks = tl.arange(0, BLOCK_K)
+        a_ptrs = x_ptr + token[:, None] * stride_xt + ks[None, :]
+    for k0 in tl.range(0, H, BLOCK_K, warp_specialize=WS):
+        if A_TMA:
+            a = a_desc.load([row0, k0])
+        else:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            a_ptrs += BLOCK_K
+        g = w_desc.load([g_row, k0])
+        u = w_desc.load([u_row, k0])
+        acc_g = tl.dot(a, g.T, acc_g)
+        acc_u = tl.dot(a, u.T, acc_u)
+    out = acc_g * tl.sigmoid(acc_g) * acc_u
+    rows_o = row0 + tl.arange(0, BLOCK_M)
+    cols = n0 + tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + rows_o[:, None].to(tl.int64) * stride_om + cols[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=(cols < F)[None, :])
+
+
+@triton.jit
+def _gu_kernel(a_desc, x_ptr, w_desc, out_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
+               F, H, num_routed, num_pid_m, stride_xt, stride_om,
+               TOP_K: tl.constexpr, A_TMA: tl.constexpr, WS: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    num_pid_n = tl.cdiv(F, BLOCK_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
+        return
+    _gu_tile(a_desc, x_ptr, w_desc, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, pid_n, F, H, num_routed,
+             stride_xt, stride_om, TOP_K, A_TMA, WS, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _gu_persistent_kernel(a_desc, w_desc, out_ptr, expert_ids_ptr, num_post_ptr,
+                          F, H, stride_om, NUM_SMS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          GROUP_M: tl.constexpr):
+    num_pid_m = tl.load(num_post_ptr) // BLOCK_M
+    num_pid_n = tl.cdiv(F, BLOCK_N)
+    k_tiles = tl.cdiv(H, BLOCK_K)
+    num_tiles = num_pid_m * num_pid_n
+    tile = tl.program_id(0) - NUM_SMS
+    ki = -1
+    pid_m = 0
+    pid_n = 0
+    g_row = 0
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    my_tiles = tl.cdiv(num_tiles - tl.program_id(0), NUM_SMS)
+    for _ in tl.range(0, k_tiles * my_tiles):
+        ki = tl.where(ki == k_tiles - 1, 0, ki + 1)
+        if ki == 0:
+            tile += NUM_SMS
+            pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
+            g_row = tl.load(expert_ids_ptr + pid_m) * 2 * F + pid_n * BLOCK_N
+        k0 = ki * BLOCK_K
+        a = a_desc.load([pid_m * BLOCK_M, k0])
+        g = w_desc.load([g_row, k0])
+        u = w_desc.load([g_row + F, k0])
+        acc_g = tl.dot(a, g.T, acc_g)
+        acc_u = tl.dot(a, u.T, acc_u)
+        if ki == k_tiles - 1:
+            out = acc_g * tl.sigmoid(acc_g) * acc_u
+            rows_o = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            tl.store(out_ptr + rows_o[:, None].to(tl.int64) * stride_om + cols[None, :],
+                     out.to(out_ptr.dtype.element_ty), mask=(cols < F)[None, :])
+            acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+
+def gu_candidate(kind, x, x_sorted, w, align, c):
+    E, F2, H = w.shape
+    F = F2 // 2
+    bm, bn, bk = align.block_m, c["BLOCK_N"], c["BLOCK_K"]
+    out = torch.empty((align.sorted_ids.shape[0], F), dtype=x.dtype, device=x.device)
+    w_desc = TensorDescriptor(w, [E * F2, H], [H, 1], [bn, bk])
+    a_src = x_sorted if x_sorted is not None else x
+    a_desc = TensorDescriptor(a_src, list(a_src.shape), [a_src.stride(0), 1], [bm, bk])
+    kw = dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
+    if kind == "pers":
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        _gu_persistent_kernel[(sms,)](a_desc, w_desc, out, align.expert_ids, align.num_post_padded, F, H,
+                                      out.stride(0), NUM_SMS=sms, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                      GROUP_M=c["GROUP_M"], **kw)
+        return out
+    grid = (align.max_blocks * triton.cdiv(F, bn),)
+    _gu_kernel[grid](a_desc, x, w_desc, out, align.sorted_ids, align.expert_ids, align.num_post_padded,
+                     F, H, align.num_routed, align.max_blocks, x.stride(0), out.stride(0),
+                     TOP_K=align.num_routed // x.shape[0], A_TMA=(kind != "tma_w"), WS=(kind == "ws"),
+                     BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=c["GROUP_M"], **kw)
+    return out
+
+
+@triton.jit
+def _dn_kernel(a_desc, w_desc, partial_ptr, topk_w_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
+               H, F, num_routed, num_pid_m, stride_pm, WS: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    num_pid_n = tl.cdiv(H, BLOCK_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
+        return
+    expert = tl.load(expert_ids_ptr + pid_m)
+    row0 = pid_m * BLOCK_M
+    w_row = expert * H + pid_n * BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in tl.range(0, F, BLOCK_K, warp_specialize=WS):
+        a = a_desc.load([row0, k0])
+        w = w_desc.load([w_row, k0])
+        acc = tl.dot(a, w.T, acc)
+    rows = row0 + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_ids_ptr + rows)
+    ok = slot < num_routed
+    acc = acc * tl.load(topk_w_ptr + slot, mask=ok, other=0.0)[:, None]
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    tl.store(partial_ptr + slot[:, None].to(tl.int64) * stride_pm + cols[None, :], acc.to(partial_ptr.dtype.element_ty),
+             mask=ok[:, None] & (cols < H)[None, :])
+
+
+@triton.jit
+def _dn_persistent_kernel(a_desc, w_desc, partial_ptr, topk_w_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
+                          H, F, num_routed, stride_pm, NUM_SMS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          GROUP_M: tl.constexpr):
+    num_pid_m = tl.load(num_post_ptr) // BLOCK_M
+    num_pid_n = tl.cdiv(H, BLOCK_N)
+    k_tiles = tl.cdiv(F, BLOCK_K)
+    num_tiles = num_pid_m * num_pid_n
+    tile = tl.program_id(0) - NUM_SMS
+    ki = -1
+    pid_m = 0
+    pid_n = 0
+    w_row = 0
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    my_tiles = tl.cdiv(num_tiles - tl.program_id(0), NUM_SMS)
+    for _ in tl.range(0, k_tiles * my_tiles):
+        ki = tl.where(ki == k_tiles - 1, 0, ki + 1)
+        if ki == 0:
+            tile += NUM_SMS
+            pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
+            w_row = tl.load(expert_ids_ptr + pid_m) * H + pid_n * BLOCK_N
+        k0 = ki * BLOCK_K
+        a = a_desc.load([pid_m * BLOCK_M, k0])
+        w = w_desc.load([w_row, k0])
+        acc = tl.dot(a, w.T, acc)
+        if ki == k_tiles - 1:
+            rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            slot = tl.load(sorted_ids_ptr + rows)
+            ok = slot < num_routed
+            acc = acc * tl.load(topk_w_ptr + slot, mask=ok, other=0.0)[:, None]
+            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            tl.store(partial_ptr + slot[:, None].to(tl.int64) * stride_pm + cols[None, :],
+                     acc.to(partial_ptr.dtype.element_ty), mask=ok[:, None] & (cols < H)[None, :])
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+
+def dn_candidate(kind, act, w_down, align, topk_weights, c):
+    E, H, F = w_down.shape
+    bm, bn, bk = align.block_m, c["BLOCK_N"], c["BLOCK_K"]
+    partial = torch.empty((1, align.num_routed, H), dtype=act.dtype, device=act.device)
+    a_desc = TensorDescriptor(act, list(act.shape), [act.stride(0), 1], [bm, bk])
+    w_desc = TensorDescriptor(w_down, [E * H, F], [F, 1], [bn, bk])
+    kw = dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
+    tw = topk_weights.reshape(-1)
+    if kind == "pers":
+        sms = torch.cuda.get_device_properties(act.device).multi_processor_count
+        _dn_persistent_kernel[(sms,)](a_desc, w_desc, partial, tw, align.sorted_ids, align.expert_ids,
+                                      align.num_post_padded, H, F, align.num_routed, partial.stride(1),
+                                      NUM_SMS=sms, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=c["GROUP_M"], **kw)
+        return partial
+    grid = (align.max_blocks * triton.cdiv(H, bn),)
+    _dn_kernel[grid](a_desc, w_desc, partial, tw, align.sorted_ids, align.expert_ids, align.num_post_padded,
+                     H, F, align.num_routed, align.max_blocks, partial.stride(1), WS=(kind == "ws"),
+                     BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=c["GROUP_M"], **kw)
+    return partial
+
+
+def rel(a, b):
+    a = a.double()
+    b = b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def bench(fn):
+    return triton.testing.do_bench(fn, warmup=20, rep=120, return_mode="median")
+
+
+GU_CANDS = [
+    # (kind, BLOCK_M, cfg)
+    ("tma_w", 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
+    ("tma", 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
+    ("tma", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)),
+    ("tma", 128, dict(BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=3)),
+    ("tma", 64, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
+    ("tma", 256, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=4, num_warps=8, num_stages=3)),
+    ("pers", 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
+    ("pers", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)),
+    ("ws", 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)),
+]
+DN_CANDS = [
+    ("tma", 128, dict(BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)),
+    ("tma", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
+    ("tma", 128, dict(BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3)),
+    ("tma", 256, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=4, num_warps=8, num_stages=3)),
+    ("pers", 128, dict(BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)),
+    ("pers", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
+    ("ws", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)),
+]
+
+
+def run_case(model, T, rows_out):
+    from problems import load_models, make_tokens, make_weights
+    m = load_models()[model]
+    w = make_weights(m, torch.bfloat16, "cuda", "uniform")
+    x = make_tokens(m, T, w, "uniform", torch.bfloat16, "cuda", seed=T)
+    E, F2, H = w.w_gate_up.shape
+    F = F2 // 2
+    K = m.top_k
+    cfg = tritonmoe.api.resolve_config(x, T * K, E, H, F, None)
+    topk_weights, topk_ids = route(x, w.router_weight, K, True)
+    flops_gu = 2 * T * K * H * F2
+    flops_dn = 2 * T * K * H * F
+
+    def record(stage, kind, bm, c, ms, err, note=""):
+        tf = (flops_gu if stage == "gate_up" else flops_dn) / ms / 1e9
+        rows_out.append(dict(model=model, tokens=T, stage=stage, kind=kind, BLOCK_M=bm, cfg=json.dumps(c), ms=ms,
+                             tflops=tf, rel_err=err, note=note))
+        print(f"{model:14s} T={T:5d} {stage:7s} {kind:6s} BM={bm:3d} {json.dumps(c):90s} {ms*1e3:9.1f} us "
+              f"{tf:6.0f} TF/s err={err:.1e} {note}", flush=True)
+
+    # cuBLAS ceiling: equal rows per expert, dense bmm.
+    me = max(1, T * K // E)
+    xa = torch.randn(E, me, H, dtype=torch.bfloat16, device="cuda")
+    wg = w.w_gate_up.transpose(1, 2)
+    ms = bench(lambda: torch.bmm(xa, wg))
+    record("gate_up", "cublas", me, {}, ms, 0.0, "bmm, gate|up unfused, uniform rows")
+    act_d = torch.randn(E, me, F, dtype=torch.bfloat16, device="cuda")
+    wd = w.w_down.transpose(1, 2)
+    ms = bench(lambda: torch.bmm(act_d, wd))
+    record("down", "cublas", me, {}, ms, 0.0, "bmm, uniform rows")
+
+    aligns = {}
+
+    def get_align(bm):
+        if bm not in aligns:
+            a = align_tokens(topk_ids, E, bm)
+            aligns[bm] = (a, gather_sorted(x, a))
+        return aligns[bm]
+
+    bm0 = cfg["BLOCK_M"]
+    a0, _ = get_align(bm0)
+    ref_act = prod_gate_up(x, w.w_gate_up, a0, cfg["gate_up"], fuse_swiglu=True)
+    ms = bench(lambda: prod_gate_up(x, w.w_gate_up, a0, cfg["gate_up"], fuse_swiglu=True))
+    record("gate_up", "prod", bm0, cfg["gate_up"], ms, 0.0)
+    ref_part = prod_down(ref_act, w.w_down, a0, topk_weights, cfg["down"])
+    ms = bench(lambda: prod_down(ref_act, w.w_down, a0, topk_weights, cfg["down"]))
+    record("down", "prod", bm0, cfg["down"], ms, 0.0)
+    ref_y = ref_part.float().sum(0).reshape(T, K, H).sum(1)
+    a128, xs128 = get_align(128)
+    ms = bench(lambda: gather_sorted(x, a128))
+    record("gate_up", "gather", 128, {}, ms, 0.0, "x -> x_sorted")
+
+    def slot_rows(act, a):
+        # act rows in aligned order -> rows per routed slot, so that different BLOCK_M compare
+        ids = a.sorted_ids[: act.shape[0]].long()
+        ok = ids < a.num_routed
+        out = torch.zeros((a.num_routed, act.shape[1]), dtype=torch.float64, device=act.device)
+        out[ids[ok]] = act[ok].double()
+        return out
+
+    ref_slots = slot_rows(ref_act, a0)
+    for kind, bm, c in GU_CANDS:
+        a, xs = get_align(bm)
+        try:
+            out = gu_candidate(kind, x, xs if kind != "tma_w" else None, w.w_gate_up, a, c)
+            err = rel(slot_rows(out, a), ref_slots)
+            ms = bench(lambda: gu_candidate(kind, x, xs if kind != "tma_w" else None, w.w_gate_up, a, c))
+            record("gate_up", kind, bm, c, ms, err)
+        except Exception as e:  # noqa: BLE001 - a candidate that fails to build is a result too
+            record("gate_up", kind, bm, c, float("nan"), float("nan"), f"FAILED {type(e).__name__}: {str(e)[:160]}")
+            traceback.print_exc(limit=2)
+    for kind, bm, c in DN_CANDS:
+        a, _ = get_align(bm)
+        try:
+            act = prod_gate_up(x, w.w_gate_up, a, cfg["gate_up"] | {}, fuse_swiglu=True)
+            part = dn_candidate(kind, act, w.w_down, a, topk_weights, c)
+            err = rel(part.float().sum(0).reshape(T, K, H).sum(1), ref_y)
+            ms = bench(lambda: dn_candidate(kind, act, w.w_down, a, topk_weights, c))
+            record("down", kind, bm, c, ms, err)
+        except Exception as e:  # noqa: BLE001
+            record("down", kind, bm, c, float("nan"), float("nan"), f"FAILED {type(e).__name__}: {str(e)[:160]}")
+            traceback.print_exc(limit=2)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", nargs="+", default=["mixtral-8x7b:1024"])
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    rows = []
+    for case in args.cases:
+        model, T = case.split(":")
+        run_case(model, int(T), rows)
+        torch.cuda.empty_cache()
+    if args.out:
+        import csv
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(args.out / "gemm_lab.csv", "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=[*rows[0], "device"])
+            wr.writeheader()
+            for r in rows:
+                wr.writerow(r | {"device": torch.cuda.get_device_name()})
+
+
+if __name__ == "__main__":
+    main()
