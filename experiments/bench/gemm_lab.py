@@ -341,8 +341,10 @@ def run_case(model, T, rows_out):
 
     def slot_rows(act, a):
         # act rows in aligned order -> rows per routed slot, so that different BLOCK_M compare
-        ids = a.sorted_ids[: act.shape[0]].long()
-        ok = ids < a.num_routed
+        n = int(a.num_post_padded)  # positions past it hold no slot (never written by the alignment)
+        ids = a.sorted_ids[:n].long()
+        act = act[:n]
+        ok = (ids >= 0) & (ids < a.num_routed)
         out = torch.zeros((a.num_routed, act.shape[1]), dtype=torch.float64, device=act.device)
         out[ids[ok]] = act[ok].double()
         return out
