@@ -152,7 +152,7 @@ def gu_candidate(kind, x, x_sorted, w, align, c):
     E, F2, H = w.shape
     F = F2 // 2
     bm, bn, bk = align.block_m, c["BLOCK_N"], c["BLOCK_K"]
-    out = torch.empty((align.sorted_ids.shape[0], F), dtype=x.dtype, device=x.device)
+    out = _alloc((align.sorted_ids.shape[0], F), x.dtype, x.device)
     w_desc = TensorDescriptor(w, [E * F2, H], [H, 1], [bn, bk])
     a_src = x_sorted if x_sorted is not None else x
     a_desc = TensorDescriptor(a_src, list(a_src.shape), [a_src.stride(0), 1], [bm, bk])
@@ -236,7 +236,7 @@ def _dn_persistent_kernel(a_desc, w_desc, partial_ptr, topk_w_ptr, sorted_ids_pt
 def dn_candidate(kind, act, w_down, align, topk_weights, c):
     E, H, F = w_down.shape
     bm, bn, bk = align.block_m, c["BLOCK_N"], c["BLOCK_K"]
-    partial = torch.empty((1, align.num_routed, H), dtype=act.dtype, device=act.device)
+    partial = _alloc((1, align.num_routed, H), act.dtype, act.device)
     a_desc = TensorDescriptor(act, list(act.shape), [act.stride(0), 1], [bm, bk])
     w_desc = TensorDescriptor(w_down, [E * H, F], [F, 1], [bn, bk])
     kw = dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
@@ -253,6 +253,147 @@ def dn_candidate(kind, act, w_down, align, topk_weights, c):
                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=c["GROUP_M"], **kw)
     return partial
 
+@triton.jit
+def _gu1_tile(a_desc, w_desc, out_ptr, expert, row0, n0, k_end, F, stride_om, row_limit, WS: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One dot: the gate and up tiles of the expert come as one [2, BLOCK_N, BLOCK_K] box of the weights
+    viewed as [2E, F, H], so the tensor cores see a single [BLOCK_M, 2*BLOCK_N] product."""
+    acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
+    for k0 in tl.range(0, k_end, BLOCK_K, warp_specialize=WS):
+        a = a_desc.load([row0, k0])
+        b = tl.reshape(w_desc.load([2 * expert, n0, k0]), (2 * BLOCK_N, BLOCK_K))
+        acc = tl.dot(a, b.T, acc)
+    g, u = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
+    out = g * tl.sigmoid(g) * u
+    rows_o = row0 + tl.arange(0, BLOCK_M)
+    cols = n0 + tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + rows_o[:, None].to(tl.int64) * stride_om + cols[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=(rows_o < row_limit)[:, None] & (cols < F)[None, :])
+
+
+@triton.jit
+def _gu1_kernel(a_desc, w_desc, out_ptr, expert_ids_ptr, num_post_ptr, F, H, num_pid_m, stride_om,
+                WS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_M: tl.constexpr):
+    num_pid_n = tl.cdiv(F, BLOCK_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    num_post = tl.load(num_post_ptr)
+    # No early return (the sm90 warp specialiser rejects the branch): an unused block runs no K step
+    # and stores nothing.
+    k_end = tl.where(pid_m * BLOCK_M < num_post, H, 0)
+    expert = tl.load(expert_ids_ptr + pid_m)
+    _gu1_tile(a_desc, w_desc, out_ptr, expert, pid_m * BLOCK_M, pid_n * BLOCK_N, k_end, F, stride_om, num_post,
+              WS, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _gu1_persistent_kernel(a_desc, w_desc, out_ptr, expert_ids_ptr, num_post_ptr, F, H, stride_om,
+                           NUM_SMS: tl.constexpr, WS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    num_post = tl.load(num_post_ptr)
+    num_pid_m = num_post // BLOCK_M
+    num_pid_n = tl.cdiv(F, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
+    for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+        pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
+        expert = tl.load(expert_ids_ptr + pid_m)
+        acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
+        for k0 in tl.range(0, H, BLOCK_K, warp_specialize=WS):
+            a = a_desc.load([pid_m * BLOCK_M, k0])
+            b = tl.reshape(w_desc.load([2 * expert, pid_n * BLOCK_N, k0]), (2 * BLOCK_N, BLOCK_K))
+            acc = tl.dot(a, b.T, acc)
+        g, u = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
+        out = g * tl.sigmoid(g) * u
+        rows_o = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(out_ptr + rows_o[:, None].to(tl.int64) * stride_om + cols[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=(cols < F)[None, :])
+
+
+def gu1_candidate(kind, x, x_sorted, w, align, c):
+    E, F2, H = w.shape
+    F = F2 // 2
+    bm, bn, bk = align.block_m, c["BLOCK_N"], c["BLOCK_K"]
+    out = _alloc((align.sorted_ids.shape[0], F), x.dtype, x.device)
+    w_desc = TensorDescriptor(w, [2 * E, F, H], [F * H, H, 1], [2, bn, bk])
+    a_desc = TensorDescriptor(x_sorted, list(x_sorted.shape), [x_sorted.stride(0), 1], [bm, bk])
+    kw = dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
+    ws = kind.endswith("ws")
+    if kind.startswith("pers1"):
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        _gu1_persistent_kernel[(sms,)](a_desc, w_desc, out, align.expert_ids, align.num_post_padded, F, H,
+                                       out.stride(0), NUM_SMS=sms, WS=ws, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                       GROUP_M=c["GROUP_M"], **kw)
+        return out
+    grid = (align.max_blocks * triton.cdiv(F, bn),)
+    _gu1_kernel[grid](a_desc, w_desc, out, align.expert_ids, align.num_post_padded, F, H, align.max_blocks,
+                      out.stride(0), WS=ws, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=c["GROUP_M"], **kw)
+    return out
+
+
+@triton.jit
+def _dn2_kernel(a_desc, w_desc, partial_ptr, topk_w_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
+                H, F, num_routed, num_pid_m, stride_pm, PERSISTENT: tl.constexpr, NUM_SMS: tl.constexpr,
+                WS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_M: tl.constexpr):
+    num_post = tl.load(num_post_ptr)
+    num_pid_n = tl.cdiv(H, BLOCK_N)
+    if PERSISTENT:
+        start = tl.program_id(0)
+        num_tiles = (num_post // BLOCK_M) * num_pid_n
+        step = NUM_SMS
+        m_blocks = num_post // BLOCK_M
+    else:
+        start = tl.program_id(0)
+        num_tiles = start + 1
+        step = 1
+        m_blocks = num_pid_m
+    for tile in tl.range(start, num_tiles, step, flatten=True):
+        pid_m, pid_n = grouped_pid(tile, m_blocks, num_pid_n, GROUP_M)
+        k_end = tl.where(pid_m * BLOCK_M < num_post, F, 0)
+        expert = tl.load(expert_ids_ptr + pid_m)
+        row0 = pid_m * BLOCK_M
+        w_row = expert * H + pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in tl.range(0, k_end, BLOCK_K, warp_specialize=WS):
+            a = a_desc.load([row0, k0])
+            w = w_desc.load([w_row, k0])
+            acc = tl.dot(a, w.T, acc)
+        rows = row0 + tl.arange(0, BLOCK_M)
+        slot = tl.load(sorted_ids_ptr + rows)
+        ok = (slot < num_routed) & (rows < num_post)
+        acc = acc * tl.load(topk_w_ptr + slot, mask=ok, other=0.0)[:, None]
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(partial_ptr + slot[:, None].to(tl.int64) * stride_pm + cols[None, :],
+                 acc.to(partial_ptr.dtype.element_ty), mask=ok[:, None] & (cols < H)[None, :])
+
+
+def dn2_candidate(kind, act, w_down, align, topk_weights, c):
+    E, H, F = w_down.shape
+    bm, bn, bk = align.block_m, c["BLOCK_N"], c["BLOCK_K"]
+    partial = _alloc((1, align.num_routed, H), act.dtype, act.device)
+    a_desc = TensorDescriptor(act, list(act.shape), [act.stride(0), 1], [bm, bk])
+    w_desc = TensorDescriptor(w_down, [E * H, F], [F, 1], [bn, bk])
+    sms = torch.cuda.get_device_properties(act.device).multi_processor_count
+    pers = kind.startswith("pers2")
+    grid = (sms,) if pers else (align.max_blocks * triton.cdiv(H, bn),)
+    _dn2_kernel[grid](a_desc, w_desc, partial, topk_weights.reshape(-1), align.sorted_ids, align.expert_ids,
+                      align.num_post_padded, H, F, align.num_routed, align.max_blocks, partial.stride(1),
+                      PERSISTENT=pers, NUM_SMS=sms, WS=kind.endswith("ws"), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                      GROUP_M=c["GROUP_M"], num_warps=c["num_warps"], num_stages=c["num_stages"])
+    return partial
+
+
+
+_POISON = [False]
+
+
+def _alloc(shape, dtype, device):
+    """NaN-filled while checking (an unwritten element fails the check), uninitialised while timing."""
+    if _POISON[0]:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
 
 def rel(a, b):
     a = a.double()
@@ -264,27 +405,44 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=20, rep=120, return_mode="median")
 
 
+B = dict(GROUP_M=8, BLOCK_K=64)
 GU_CANDS = [
     # (kind, BLOCK_M, cfg)
-    ("tma_w", 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
-    ("tma", 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
-    ("tma", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)),
-    ("tma", 128, dict(BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=3)),
-    ("tma", 64, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
-    ("tma", 256, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=4, num_warps=8, num_stages=3)),
-    ("pers", 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
-    ("pers", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)),
-    ("ws", 128, dict(BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)),
+    ("tma", 128, dict(B, BLOCK_N=128, num_warps=8, num_stages=3)),
+    ("tma1", 128, dict(B, BLOCK_N=128, num_warps=8, num_stages=3)),
+    ("tma1", 128, dict(B, BLOCK_N=128, num_warps=8, num_stages=4)),
+    ("tma1", 128, dict(B, BLOCK_N=64, num_warps=4, num_stages=4)),
+    ("tma1", 128, dict(B, BLOCK_N=64, num_warps=8, num_stages=4)),
+    ("tma1", 64, dict(B, BLOCK_N=128, num_warps=4, num_stages=4)),
+    ("tma1ws", 128, dict(B, BLOCK_N=128, num_warps=8, num_stages=3)),
+    ("tma1ws", 128, dict(B, BLOCK_N=64, num_warps=4, num_stages=4)),
+    ("pers1", 128, dict(B, BLOCK_N=128, num_warps=8, num_stages=3)),
+    ("pers1", 128, dict(B, BLOCK_N=64, num_warps=4, num_stages=4)),
+    ("pers1ws", 128, dict(B, BLOCK_N=128, num_warps=8, num_stages=3)),
+    ("pers1ws", 128, dict(B, BLOCK_N=64, num_warps=4, num_stages=4)),
 ]
 DN_CANDS = [
-    ("tma", 128, dict(BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)),
-    ("tma", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
-    ("tma", 128, dict(BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3)),
-    ("tma", 256, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=4, num_warps=8, num_stages=3)),
-    ("pers", 128, dict(BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)),
-    ("pers", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)),
-    ("ws", 128, dict(BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)),
+    ("tma", 128, dict(B, BLOCK_N=256, num_warps=8, num_stages=4)),
+    ("tma2", 128, dict(B, BLOCK_N=256, num_warps=8, num_stages=4)),
+    ("tma2ws", 128, dict(B, BLOCK_N=256, num_warps=8, num_stages=3)),
+    ("tma2ws", 128, dict(B, BLOCK_N=128, num_warps=4, num_stages=4)),
+    ("pers2", 128, dict(B, BLOCK_N=256, num_warps=8, num_stages=4)),
+    ("pers2", 128, dict(B, BLOCK_N=128, num_warps=4, num_stages=4)),
+    ("pers2ws", 128, dict(B, BLOCK_N=256, num_warps=8, num_stages=3)),
+    ("pers2ws", 128, dict(B, BLOCK_N=128, num_warps=4, num_stages=4)),
 ]
+
+
+def gu_any(kind, x, xs, w, a, c):
+    if kind.startswith(("tma1", "pers1")):
+        return gu1_candidate(kind, x, xs, w, a, c)
+    return gu_candidate(kind, x, xs if kind != "tma_w" else None, w, a, c)
+
+
+def dn_any(kind, act, w_down, a, tw, c):
+    if kind.startswith(("tma2", "pers2")):
+        return dn2_candidate(kind, act, w_down, a, tw, c)
+    return dn_candidate(kind, act, w_down, a, tw, c)
 
 
 def run_case(model, T, rows_out):
@@ -353,22 +511,28 @@ def run_case(model, T, rows_out):
     for kind, bm, c in GU_CANDS:
         a, xs = get_align(bm)
         try:
-            out = gu_candidate(kind, x, xs if kind != "tma_w" else None, w.w_gate_up, a, c)
+            _POISON[0] = True
+            out = gu_any(kind, x, xs, w.w_gate_up, a, c)
+            _POISON[0] = False
             err = rel(slot_rows(out, a), ref_slots)
-            ms = bench(lambda: gu_candidate(kind, x, xs if kind != "tma_w" else None, w.w_gate_up, a, c))
+            ms = bench(lambda: gu_any(kind, x, xs, w.w_gate_up, a, c))
             record("gate_up", kind, bm, c, ms, err)
         except Exception as e:  # noqa: BLE001 - a candidate that fails to build is a result too
+            _POISON[0] = False
             record("gate_up", kind, bm, c, float("nan"), float("nan"), f"FAILED {type(e).__name__}: {str(e)[:160]}")
             traceback.print_exc(limit=2)
     for kind, bm, c in DN_CANDS:
         a, _ = get_align(bm)
         try:
             act = prod_gate_up(x, w.w_gate_up, a, cfg["gate_up"] | {}, fuse_swiglu=True)
-            part = dn_candidate(kind, act, w.w_down, a, topk_weights, c)
+            _POISON[0] = True
+            part = dn_any(kind, act, w.w_down, a, topk_weights, c)
+            _POISON[0] = False
             err = rel(part.float().sum(0).reshape(T, K, H).sum(1), ref_y)
-            ms = bench(lambda: dn_candidate(kind, act, w.w_down, a, topk_weights, c))
+            ms = bench(lambda: dn_any(kind, act, w.w_down, a, topk_weights, c))
             record("down", kind, bm, c, ms, err)
         except Exception as e:  # noqa: BLE001
+            _POISON[0] = False
             record("down", kind, bm, c, float("nan"), float("nan"), f"FAILED {type(e).__name__}: {str(e)[:160]}")
             traceback.print_exc(limit=2)
 
