@@ -67,17 +67,28 @@ def _decode_config(block_m, bf, bk, bh):
     return {**_config(block_m, 16, 16, 1, 1), "expert": {"BLOCK_F": bf, "BLOCK_K": bk, "BLOCK_H": bh}}
 
 
+def _desc_config(block_m, bn, bk, group_m, split_k, gate_up=True, down=True):
+    cfg = _config(block_m, bn, bk, group_m, split_k)
+    return {**cfg, "gate_up": {**cfg["gate_up"], "DESC": gate_up}, "down": {**cfg["down"], "DESC": down}}
+
+
 @pytest.mark.parametrize("config", [
     _config(16, 16, 16, 1, 1),
     _config(32, 32, 16, 4, 3),
     _config(64, 16, 32, 8, 4),
     _decode_config(16, 16, 16, 16),
     _decode_config(32, 32, 16, 32),
-], ids=["bm16-split1", "bm32-split3", "bm64-split4", "expert-bm16", "expert-bm32"])
+    _desc_config(16, 16, 16, 1, 1),
+    _desc_config(32, 32, 16, 4, 3),
+    _desc_config(64, 16, 32, 8, 2, down=False),
+    _desc_config(16, 32, 16, 2, 1, gate_up=False),
+], ids=["bm16-split1", "bm32-split3", "bm64-split4", "expert-bm16", "expert-bm32", "desc-bm16", "desc-bm32-split3",
+        "desc-gate-up-only", "desc-down-only"])
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
 def test_moe_launch_configs(impl, config, device):
     """Any block sizes, program grouping and split of the down projection give the same layer; an
-    `expert` entry sends tritonmoe_fused down the one-kernel decode path (others ignore it) at any T."""
+    `expert` entry sends tritonmoe_fused down the one-kernel decode path (others ignore it) at any T;
+    `DESC` feeds the GEMMs through tensor descriptors (tokens gathered first), per GEMM."""
     T, E, K, H, F = 70, 8, 2, 40, 56
     layer = make_layer(T, E, H, F, torch.float32, device, seed=7)
     y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=config)
@@ -138,3 +149,32 @@ def test_module_from_gate_up(device):
     with torch.no_grad():
         y = module(layer.x)
     assert torch.equal(y, tritonmoe.moe(layer.x, *layer.weights, K))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_descriptor_path_taken_and_exact(impl, dtype, device, monkeypatch):
+    """With `DESC` the descriptor kernels (and the row gather) run, and only they: the pointer kernels are
+    made to fail. The result matches the reference, with experts left without tokens (E=8, T=5, K=1)."""
+    from tritonmoe import down as down_mod, gate_up as gate_up_mod
+    T, E, K, H, F = 5, 8, 1, 64, 48
+    layer = make_layer(T, E, H, F, dtype, device, seed=11)
+
+    def boom(*a, **k):
+        raise AssertionError("pointer kernel launched on the descriptor path")
+    monkeypatch.setattr(gate_up_mod, "_gate_up_kernel", type("K", (), {"__getitem__": lambda s, g: boom})())
+    monkeypatch.setattr(down_mod, "_down_kernel", type("K", (), {"__getitem__": lambda s, g: boom})())
+    assert gate_up_mod.uses_descriptors({"DESC": True}, layer.x, layer.w_gate_up)
+    y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=_desc_config(16, 16, 16, 1, 2))
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), dtype, impl)
+
+
+def test_descriptor_path_falls_back_on_unaligned_rows(device):
+    """Rows of x that are not a multiple of 16 bytes (H=33 in fp32) cannot be descriptor boxes: the pointer
+    kernels run instead and the layer is still right."""
+    from tritonmoe.gate_up import uses_descriptors
+    T, E, K, H, F = 9, 4, 2, 33, 17
+    layer = make_layer(T, E, H, F, torch.float32, device, seed=5)
+    assert not uses_descriptors({"DESC": True}, layer.x, layer.w_gate_up)
+    y = tritonmoe.moe(layer.x, *layer.weights, K, config=_desc_config(16, 16, 16, 1, 1))
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.float32, "tritonmoe_fused")

@@ -16,6 +16,7 @@ import triton.language as tl
 
 from ._gemm_common import block_rows, dot_precision, grouped_pid
 from .align import Alignment
+from .descriptors import descriptor, descriptor_ok
 
 
 @triton.jit
@@ -59,6 +60,45 @@ def _down_kernel(
 
 
 @triton.jit
+def _down_desc_kernel(
+    a_desc, w_desc, partial_ptr, topk_weights_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
+    H, F, num_routed, k_per_split, num_pid_m, stride_ps, stride_pm, stride_pn,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """`_down_kernel` with both operands as descriptor boxes: act `[max_padded, F]` and the weights viewed
+    as `[E*H, F]`. Boxes past F read zeros; splits start at multiples of BLOCK_K."""
+    num_pid_n = tl.cdiv(H, BLOCK_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    pid_s = tl.program_id(1)
+    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
+        return
+    expert, rows, slot, row_ok = block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M)
+    row0 = pid_m * BLOCK_M
+    w_row = expert.to(tl.int32) * H + pid_n * BLOCK_N
+    k_start = pid_s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, F)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        a = a_desc.load([row0, k0])
+        w = w_desc.load([w_row, k0])
+        acc = tl.dot(a, w.T, acc, input_precision=PRECISION)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    route_w = tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)
+    acc = acc * route_w[:, None]
+    p_ptrs = partial_ptr + pid_s * stride_ps + slot[:, None].to(tl.int64) * stride_pm + cols[None, :] * stride_pn
+    tl.store(p_ptrs, acc.to(partial_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < H)[None, :])
+
+
+def uses_descriptors(cfg: dict, act: torch.Tensor, w_down: torch.Tensor) -> bool:
+    """The config asks for descriptors and the tensors allow them (see `gate_up.uses_descriptors`)."""
+    E, H, F = w_down.shape
+    return (bool(cfg.get("DESC")) and w_down.is_contiguous() and descriptor_ok(w_down) and descriptor_ok(act)
+            and E * H < 2**31 and act.dtype == w_down.dtype)
+
+
+@triton.jit
 def _combine_kernel(
     partial_ptr, y_ptr, T, H, stride_ps, stride_pm, stride_yt,
     split_k, TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -89,6 +129,15 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
     partial = torch.empty((split_k, align.num_routed, H), dtype=partial_dtype, device=act.device)
     num_pid_m = align.max_blocks
     grid = (num_pid_m * triton.cdiv(H, bn), split_k)
+    if uses_descriptors(cfg, act, w_down):
+        _down_desc_kernel[grid](
+            descriptor(act, [bm, bk]), descriptor(w_down, [bn, bk], shape=[E * H, F]), partial,
+            topk_weights.reshape(-1), align.sorted_ids, align.expert_ids, align.num_post_padded,
+            H, F, align.num_routed, k_per_split, num_pid_m, partial.stride(0), partial.stride(1), partial.stride(2),
+            PRECISION=dot_precision(act.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+            num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
+        )
+        return partial
     _down_kernel[grid](
         act, w_down, partial, topk_weights.reshape(-1),
         align.sorted_ids, align.expert_ids, align.num_post_padded,

@@ -11,6 +11,15 @@ One kernel, two modes (`FUSE_SWIGLU`):
 Rows of the output are indexed by position in the aligned (expert-grouped, padded) order, so the
 down projection reads them contiguously; padding rows are written as zeros (their tokens load as 0).
 The weights are `w_gate_up [E, 2F, H]`: gate rows 0..F-1, up rows F..2F-1.
+
+Two ways to feed the tensor cores, chosen by the config's `DESC` flag (the tuner picks per shape):
+- pointers (default): each program gathers its tokens' rows of `x` and the weight tiles with masked loads;
+- tensor descriptors (`DESC`): the tokens are first gathered once into aligned order (`gather_rows`,
+  padding rows zero), so both operands are plain 2-D/3-D boxes that Hopper loads with TMA (other
+  targets lower descriptors to ordinary loads: the same source compiles everywhere). In fused mode the
+  weights are viewed as `[2E, F, H]` and one `[2, BLOCK_N, BLOCK_K]` box brings the gate and the up
+  tile together, so each K step is a single `[BLOCK_M, 2*BLOCK_N]` product whose two halves are split
+  in registers for `silu(gate) * up`.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import triton.language as tl
 
 from ._gemm_common import block_rows, dot_precision, gate_up_accumulate, grouped_pid
 from .align import Alignment
+from .descriptors import descriptor, descriptor_ok
 
 
 @triton.jit
@@ -51,13 +61,112 @@ def _gate_up_kernel(
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
 
 
+@triton.jit
+def _gather_rows_kernel(x_ptr, sorted_ids_ptr, num_post_ptr, out_ptr, H, num_routed, stride_xt, stride_xh,
+                        stride_om, TOP_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    """out[p] = x[slot_p // TOP_K] for the used aligned positions p; padding positions get zeros."""
+    pid = tl.program_id(0)
+    if pid * BLOCK_R >= tl.load(num_post_ptr):
+        return
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    slot = tl.load(sorted_ids_ptr + rows)
+    ok = slot < num_routed
+    token = (slot // TOP_K).to(tl.int64)
+    for h0 in range(0, H, BLOCK_H):
+        cols = h0 + tl.arange(0, BLOCK_H)
+        col_ok = cols < H
+        v = tl.load(x_ptr + token[:, None] * stride_xt + cols[None, :] * stride_xh, mask=ok[:, None] & col_ok[None, :],
+                    other=0.0)
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :], v, mask=col_ok[None, :])
+
+
+def gather_rows(x: torch.Tensor, align: Alignment) -> torch.Tensor:
+    """`x` gathered into aligned order: `[max_padded, H]`, row p = the token of slot p (zeros for padding);
+    rows past the used positions are left unwritten (no kernel reads them)."""
+    max_padded, H = align.sorted_ids.shape[0], x.shape[1]
+    out = torch.empty((max_padded, H), dtype=x.dtype, device=x.device)
+    block_r = 16
+    _gather_rows_kernel[(triton.cdiv(max_padded, block_r),)](
+        x, align.sorted_ids, align.num_post_padded, out, H, align.num_routed, x.stride(0), x.stride(1), out.stride(0),
+        TOP_K=align.num_routed // x.shape[0], BLOCK_R=block_r, BLOCK_H=min(256, triton.next_power_of_2(H)),
+        num_warps=4)
+    return out
+
+
+@triton.jit
+def _gate_up_desc_kernel(
+    a_desc, w_desc, out_ptr, expert_ids_ptr, num_post_ptr,
+    N, H, num_pid_m, w_rows_per_expert, row_offset, stride_om, stride_on,
+    FUSE_SWIGLU: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
+        return
+    expert = tl.load(expert_ids_ptr + pid_m)
+    row0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
+    if FUSE_SWIGLU:
+        # w_desc views the weights as [2E, F, H]: rows 2e and 2e+1 are expert e's gate and up matrices.
+        acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            a = a_desc.load([row0, k0])
+            b = tl.reshape(w_desc.load([2 * expert, n0, k0]), (2 * BLOCK_N, BLOCK_K))
+            acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+        gate, up = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
+        out = gate * tl.sigmoid(gate) * up
+    else:
+        # w_desc views the weights as [E*2F, H]; columns past N (the next matrix's rows) are not stored.
+        w_row = expert * w_rows_per_expert + row_offset + n0
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            a = a_desc.load([row0, k0])
+            b = w_desc.load([w_row, k0])
+            acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+        out = acc
+    rows = row0 + tl.arange(0, BLOCK_M)
+    cols = n0 + tl.arange(0, BLOCK_N)
+    o_ptrs = out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=(cols < N)[None, :])
+
+
+def uses_descriptors(cfg: dict, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
+    """The config asks for descriptors and the tensors allow them (contiguous 16-byte aligned weights,
+    rows of x a multiple of 16 bytes, box coordinates within int32); otherwise the pointer kernel runs."""
+    E, F2, H = w_gate_up.shape
+    return (bool(cfg.get("DESC")) and w_gate_up.is_contiguous() and descriptor_ok(w_gate_up)
+            and (H * x.element_size()) % 16 == 0 and E * F2 < 2**31 and x.dtype == w_gate_up.dtype)
+
+
+def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, out):
+    E, F2, H = w_gate_up.shape
+    F = F2 // 2
+    bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
+    a_desc = descriptor(x_sorted, [bm, bk])
+    if fuse_swiglu:
+        w_desc = descriptor(w_gate_up, [2, bn, bk], shape=[2 * E, F, H])
+    else:
+        w_desc = descriptor(w_gate_up, [bn, bk], shape=[E * F2, H])
+    grid = (align.max_blocks * triton.cdiv(n, bn),)
+    _gate_up_desc_kernel[grid](
+        a_desc, w_desc, out, align.expert_ids, align.num_post_padded,
+        n, H, align.max_blocks, F2, row_offset, out.stride(0), out.stride(1),
+        FUSE_SWIGLU=fuse_swiglu, PRECISION=dot_precision(x_sorted.dtype),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
+    )
+    return out
+
+
 def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dict, *,
             fuse_swiglu: bool, row_offset: int = 0, rows: int | None = None,
-            out: torch.Tensor | None = None) -> torch.Tensor:
+            out: torch.Tensor | None = None, x_sorted: torch.Tensor | None = None) -> torch.Tensor:
     """Grouped GEMM over the aligned slots.
 
     fused: returns `silu(x W_gate^T) * (x W_up^T)` as `[max_padded, F]`.
     plain: returns `x W[row_offset:row_offset+rows]^T` as `[max_padded, rows]`.
+    With `cfg["DESC"]`, `x_sorted` (from `gather_rows`) is used if given, else gathered here.
     """
     F = w_gate_up.shape[1] // 2
     H = x.shape[1]
@@ -65,6 +174,10 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
     max_padded = align.sorted_ids.shape[0]
     if out is None:
         out = torch.empty((max_padded, n), dtype=x.dtype, device=x.device)
+    if uses_descriptors(cfg, x, w_gate_up):
+        if x_sorted is None:
+            x_sorted = gather_rows(x, align)
+        return _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, out)
     bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
     num_pid_m = align.max_blocks
     grid = (num_pid_m * triton.cdiv(n, bn),)

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from .align import Alignment
-from .gate_up import gate_up
+from .gate_up import gate_up, gather_rows, uses_descriptors
 from .swiglu import swiglu
 
 ActFn = Callable[[torch.Tensor, torch.Tensor, Alignment, dict], torch.Tensor]
@@ -32,8 +32,10 @@ def act_w13(x, w_gate_up, align, cfg):
 def act_unfused(x, w_gate_up, align, cfg):
     """The preprint's unfused pipeline: gate GEMM, up GEMM, SwiGLU kernel."""
     F = w_gate_up.shape[1] // 2
-    g = gate_up(x, w_gate_up, align, cfg["gate_up"], fuse_swiglu=False, row_offset=0, rows=F)
-    u = gate_up(x, w_gate_up, align, cfg["gate_up"], fuse_swiglu=False, row_offset=F, rows=F)
+    # With descriptors the tokens are gathered once for both GEMMs.
+    xs = gather_rows(x, align) if uses_descriptors(cfg["gate_up"], x, w_gate_up) else None
+    g = gate_up(x, w_gate_up, align, cfg["gate_up"], fuse_swiglu=False, row_offset=0, rows=F, x_sorted=xs)
+    u = gate_up(x, w_gate_up, align, cfg["gate_up"], fuse_swiglu=False, row_offset=F, rows=F, x_sorted=xs)
     return swiglu(g, u, align)
 
 
