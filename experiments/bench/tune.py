@@ -45,7 +45,8 @@ def graph_time(fn, warmup_ms=5, rep_ms=25) -> float:
 
 def block_ms(num_routed: int, experts_hit: int) -> list[int]:
     per = num_routed / max(1, experts_hit)
-    return [bm for bm in (16, 32, 64, 128, 256) if bm <= max(16, 2 * per)]
+    # Blocks far smaller than an expert's rows only re-read its weights (never won in run 4's table).
+    return [bm for bm in (16, 32, 64, 128, 256) if bm <= max(16, 2 * per) and bm >= min(128, per / 8)]
 
 
 def _fits_smem(bm: int, b_rows: int, bk: int, stages: int, budget: int = 220 * 1024) -> bool:
