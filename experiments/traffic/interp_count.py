@@ -54,6 +54,8 @@ def count_layer(layer: SmallLayer, impl: str) -> LayerCount:
     E, H, F, K = layer.experts, layer.hidden, layer.ffn, layer.top_k
     shape = LayerShape.of(layer.tokens, H, F, E, K, layer.dtype)
     cfg = resolve_config(x, shape.routed, E, H, F, None)
+    if layer.desc:
+        cfg = {**cfg, "gate_up": {**cfg["gate_up"], "DESC": True}, "down": {**cfg["down"], "DESC": True}}
     _, _, align = route_and_align(x, wr, K, True, cfg["BLOCK_M"])
     blocks = Blocks.from_alignment(shape, align)
     with InterpreterCounter(weights=(wr, w_gate_up, w_down)) as counter:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from triton.runtime import interpreter as _interp
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from tritonmoe.traffic import KERNEL_STAGES, Traffic
 
@@ -111,8 +112,10 @@ class InterpreterCounter:
 
     # -- counting --
     def _begin(self, kernel: str, args: dict) -> None:
+        # A tensor descriptor's bytes are its base tensor's (the interpreter turns its boxes into masked loads).
+        tensors = {n: (t.base if isinstance(t, TensorDescriptor) else t) for n, t in args.items()}
         self._views = [_View.of(n, t, t.untyped_storage().data_ptr() in self._weight_storages)
-                       for n, t in args.items() if isinstance(t, torch.Tensor)]
+                       for n, t in tensors.items() if isinstance(t, torch.Tensor)]
         self.launches.append(LaunchCount(kernel, {v.name: [0, 0] for v in self._views}))
 
     def _record(self, ptrs, mask, *, write: bool) -> None:
@@ -121,7 +124,9 @@ class InterpreterCounter:
         launch = self.launches[-1]
         bits = ptrs.get_element_ty().primitive_bitwidth
         nbytes = max(1, bits // 8)
-        active = np.broadcast_to(mask.data.astype(bool), ptrs.data.shape)
+        # Descriptor boxes come with a plain numpy mask (`TensorDescHandle.materialize_pointers`).
+        mask_data = mask if isinstance(mask, np.ndarray) else mask.data
+        active = np.broadcast_to(mask_data.astype(bool), ptrs.data.shape)
         addrs = ptrs.data[active]
         left = np.ones(addrs.shape, dtype=bool)
         t = launch.traffic

@@ -24,11 +24,12 @@ class SmallLayer:
     dtype: torch.dtype = torch.float32
     routing: str = "uniform"
     seed: int = 0
+    desc: bool = False  # run with the config's DESC flag on both GEMMs (the tensor-descriptor kernels)
 
     @property
     def name(self) -> str:
         """The `model` column of its traffic.csv rows."""
-        return f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}"
+        return f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}" + ("-desc" if self.desc else "")
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, router_weight, w_gate_up, w_down) on the CPU."""
@@ -59,4 +60,9 @@ SMALL_LAYERS = (
     SmallLayer(tokens=1, hidden=48, ffn=20, experts=8, top_k=3, dtype=torch.float16, seed=3),
     SmallLayer(tokens=24, hidden=16, ffn=18, experts=300, top_k=3, seed=4),
     SmallLayer(tokens=40, hidden=24, ffn=16, experts=5, top_k=2, dtype=torch.float16, routing="skewed", seed=5),
+    # The descriptor kernels: boxes clipped at H and F (fp32); fp16 with F*2 bytes not a multiple of 16,
+    # so the down projection falls back to the pointer kernel while gate_up takes descriptors.
+    SmallLayer(tokens=20, hidden=40, ffn=24, experts=4, top_k=2, seed=6, desc=True),
+    SmallLayer(tokens=24, hidden=32, ffn=20, experts=4, top_k=2, dtype=torch.float16, routing="skewed", seed=7,
+               desc=True),
 )

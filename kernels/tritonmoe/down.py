@@ -67,8 +67,8 @@ def _down_desc_kernel(
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """`_down_kernel` with both operands as descriptor boxes: act `[max_padded, F]` and the weights viewed
-    as `[E*H, F]`. Boxes past F read zeros; splits start at multiples of BLOCK_K."""
+    """`_down_kernel` with both operands as descriptor boxes: act `[max_padded, F]` and the weights `[E, H, F]`
+    in `[1, BLOCK_N, BLOCK_K]` boxes. Boxes past F or H read zeros; splits start at multiples of BLOCK_K."""
     num_pid_n = tl.cdiv(H, BLOCK_N)
     pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
     pid_s = tl.program_id(1)
@@ -76,13 +76,13 @@ def _down_desc_kernel(
         return
     expert, rows, slot, row_ok = block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M)
     row0 = pid_m * BLOCK_M
-    w_row = expert.to(tl.int32) * H + pid_n * BLOCK_N
+    n0 = pid_n * BLOCK_N
     k_start = pid_s * k_per_split
     k_end = tl.minimum(k_start + k_per_split, F)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         a = a_desc.load([row0, k0])
-        w = w_desc.load([w_row, k0])
+        w = tl.reshape(w_desc.load([expert.to(tl.int32), n0, k0]), (BLOCK_N, BLOCK_K))
         acc = tl.dot(a, w.T, acc, input_precision=PRECISION)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     route_w = tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)
@@ -93,9 +93,8 @@ def _down_desc_kernel(
 
 def uses_descriptors(cfg: dict, act: torch.Tensor, w_down: torch.Tensor) -> bool:
     """The config asks for descriptors and the tensors allow them (see `gate_up.uses_descriptors`)."""
-    E, H, F = w_down.shape
     return (bool(cfg.get("DESC")) and w_down.is_contiguous() and descriptor_ok(w_down) and descriptor_ok(act)
-            and E * H < 2**31 and act.dtype == w_down.dtype)
+            and act.dtype == w_down.dtype)
 
 
 @triton.jit
@@ -131,7 +130,7 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
     grid = (num_pid_m * triton.cdiv(H, bn), split_k)
     if uses_descriptors(cfg, act, w_down):
         _down_desc_kernel[grid](
-            descriptor(act, [bm, bk]), descriptor(w_down, [bn, bk], shape=[E * H, F]), partial,
+            descriptor(act, [bm, bk]), descriptor(w_down, [1, bn, bk]), partial,
             topk_weights.reshape(-1), align.sorted_ids, align.expert_ids, align.num_post_padded,
             H, F, align.num_routed, k_per_split, num_pid_m, partial.stride(0), partial.stride(1), partial.stride(2),
             PRECISION=dot_precision(act.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),

@@ -96,7 +96,7 @@ def gather_rows(x: torch.Tensor, align: Alignment) -> torch.Tensor:
 @triton.jit
 def _gate_up_desc_kernel(
     a_desc, w_desc, out_ptr, expert_ids_ptr, num_post_ptr,
-    N, H, num_pid_m, w_rows_per_expert, row_offset, stride_om, stride_on,
+    N, H, num_pid_m, row_offset, stride_om, stride_on,
     FUSE_SWIGLU: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -117,12 +117,12 @@ def _gate_up_desc_kernel(
         gate, up = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
         out = gate * tl.sigmoid(gate) * up
     else:
-        # w_desc views the weights as [E*2F, H]; columns past N (the next matrix's rows) are not stored.
-        w_row = expert * w_rows_per_expert + row_offset + n0
+        # w_desc is [E, 2F, H] with a [1, BLOCK_N, BLOCK_K] box: rows past 2F read as zeros, never
+        # another expert's; columns past N are not stored.
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, H, BLOCK_K):
             a = a_desc.load([row0, k0])
-            b = w_desc.load([w_row, k0])
+            b = tl.reshape(w_desc.load([expert, row_offset + n0, k0]), (BLOCK_N, BLOCK_K))
             acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
         out = acc
     rows = row0 + tl.arange(0, BLOCK_M)
@@ -133,10 +133,10 @@ def _gate_up_desc_kernel(
 
 def uses_descriptors(cfg: dict, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
     """The config asks for descriptors and the tensors allow them (contiguous 16-byte aligned weights,
-    rows of x a multiple of 16 bytes, box coordinates within int32); otherwise the pointer kernel runs."""
-    E, F2, H = w_gate_up.shape
+    rows of x a multiple of 16 bytes); otherwise the pointer kernel runs."""
+    H = w_gate_up.shape[2]
     return (bool(cfg.get("DESC")) and w_gate_up.is_contiguous() and descriptor_ok(w_gate_up)
-            and (H * x.element_size()) % 16 == 0 and E * F2 < 2**31 and x.dtype == w_gate_up.dtype)
+            and (H * x.element_size()) % 16 == 0 and x.dtype == w_gate_up.dtype)
 
 
 def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, out):
@@ -147,11 +147,11 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
     if fuse_swiglu:
         w_desc = descriptor(w_gate_up, [2, bn, bk], shape=[2 * E, F, H])
     else:
-        w_desc = descriptor(w_gate_up, [bn, bk], shape=[E * F2, H])
+        w_desc = descriptor(w_gate_up, [1, bn, bk])
     grid = (align.max_blocks * triton.cdiv(n, bn),)
     _gate_up_desc_kernel[grid](
         a_desc, w_desc, out, align.expert_ids, align.num_post_padded,
-        n, H, align.max_blocks, F2, row_offset, out.stride(0), out.stride(1),
+        n, H, align.max_blocks, row_offset, out.stride(0), out.stride(1),
         FUSE_SWIGLU=fuse_swiglu, PRECISION=dot_precision(x_sorted.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),

@@ -52,6 +52,10 @@ KERNEL_STAGES = {
     "_offsets_kernel": "routing",
     "_scatter_kernel": "routing",
     "_gate_up_kernel": "gate_up",
+    # With the config's DESC flag: the tokens gathered into aligned order, then the descriptor GEMMs.
+    "_gather_rows_kernel": "gate_up",
+    "_gate_up_desc_kernel": "gate_up",
+    "_down_desc_kernel": "down",
     # The decode path's one kernel does gate+up, SwiGLU and down; a DRAM counter sees it whole, so
     # its bytes count under gate_up (that call's act and down stages are empty).
     "_fused_expert_kernel": "gate_up",
@@ -327,6 +331,50 @@ def gate_up_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool) 
     ))
 
 
+def gate_up_uses_descriptors(s: LayerShape, cfg: dict) -> bool:
+    """`gate_up.uses_descriptors` for contiguous weights: DESC set and rows of x 16-byte multiples."""
+    return bool(cfg.get("DESC")) and (s.hidden * s.elem_bytes) % 16 == 0
+
+
+def down_uses_descriptors(s: LayerShape, cfg_down: dict) -> bool:
+    """`down.uses_descriptors` for contiguous weights: DESC set and rows of act 16-byte multiples."""
+    return bool(cfg_down.get("DESC")) and (s.ffn * s.elem_bytes) % 16 == 0
+
+
+_GATHER_BLOCK_R = 16  # `gate_up.gather_rows`
+
+
+def gather_launch(s: LayerShape, b: Blocks) -> Launch:
+    """`gate_up._gather_rows_kernel`: every program reads the used-row count; the used ones copy their
+    real slots' token rows of x (padding rows written as zeros) into aligned order."""
+    e = s.elem_bytes
+    programs = _cdiv(b.max_blocks * b.block_m, _GATHER_BLOCK_R)
+    return Launch("_gather_rows_kernel", "gate_up", (
+        Access("x_ptr", False, read=s.routed * s.hidden * e, unique_read=s.tokens * s.hidden * e),
+        Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
+        _same("sorted_ids_ptr", read=b.padded_rows * _I32),
+        _same("out_ptr", write=b.padded_rows * s.hidden * e),
+    ))
+
+
+def gate_up_desc_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool, row_offset: int = 0) -> Launch:
+    """`gate_up._gate_up_desc_kernel`: every (used M block, N block) program reads its BLOCK_M rows of the
+    gathered tokens (padding included) over H and its weight boxes; boxes are clipped at H and at the
+    matrix ends (fused: F per matrix; plain: 2F), so a plain GEMM over the gate rows with F off BLOCK_N
+    also reads the first up rows of its last box."""
+    bn = cfg["BLOCK_N"]
+    n_blocks = _cdiv(n, bn)
+    rows = 2 * s.ffn if fused else min(n_blocks * bn, 2 * s.ffn - row_offset)
+    e = s.elem_bytes
+    return Launch("_gate_up_desc_kernel", "gate_up", (
+        Access("a_desc", False, read=b.padded_rows * s.hidden * e * n_blocks, unique_read=b.padded_rows * s.hidden * e),
+        Access("w_desc", True, read=b.used_blocks * rows * s.hidden * e, unique_read=b.hit_experts * rows * s.hidden * e),
+        _same("out_ptr", write=b.padded_rows * n * e),
+        Access("num_post_ptr", False, read=b.max_blocks * n_blocks * _I32, unique_read=_I32),
+        Access("expert_ids_ptr", False, read=b.used_blocks * n_blocks * _I32, unique_read=b.used_blocks * _I32),
+    ))
+
+
 def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
     """`swiglu._swiglu_kernel`: gate and up of the used rows in, act out."""
     block_f = max(16, min(256, 8192 // b.block_m, triton.next_power_of_2(s.ffn)))
@@ -354,13 +402,15 @@ def down_partial_bytes(s: LayerShape, splits: int) -> int:
 
 def down_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
     """`down._down_kernel`: every (M block, H block, F split) program reads all BLOCK_M rows of act
-    (padding included) over its split; partial rows are written for real slots only."""
+    (padding included) over its split; partial rows are written for real slots only. The descriptor
+    kernel (`_down_desc_kernel`) moves the same bytes (its boxes are clipped at F and H)."""
     h_blocks = _cdiv(s.hidden, cfg_down["BLOCK_N"])
     splits = down_splits(s, cfg_down)
     e = s.elem_bytes
-    return Launch("_down_kernel", "down", (
-        Access("a_ptr", False, read=b.padded_rows * s.ffn * e * h_blocks, unique_read=b.padded_rows * s.ffn * e),
-        Access("w_ptr", True, read=b.used_blocks * s.hidden * s.ffn * e,
+    desc = down_uses_descriptors(s, cfg_down)
+    return Launch("_down_desc_kernel" if desc else "_down_kernel", "down", (
+        Access("a_desc" if desc else "a_ptr", False, read=b.padded_rows * s.ffn * e * h_blocks, unique_read=b.padded_rows * s.ffn * e),
+        Access("w_desc" if desc else "w_ptr", True, read=b.used_blocks * s.hidden * s.ffn * e,
                unique_read=b.hit_experts * s.hidden * s.ffn * e),
         _same("partial_ptr", write=splits * s.routed * s.hidden * down_partial_bytes(s, splits)),
         Access("topk_weights_ptr", False, read=s.routed * h_blocks * splits * _F32, unique_read=s.routed * _F32),
@@ -401,6 +451,14 @@ def combine_launch(s: LayerShape, splits: int, partial_bytes: int) -> Launch:
 def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict) -> list[Launch]:
     """The variant-specific part (`tritonmoe.variants`)."""
     gu, F = cfg["gate_up"], s.ffn
+    if gate_up_uses_descriptors(s, gu):  # one gather of the tokens, shared by the GEMMs of the variant
+        if impl == "tritonmoe_fused":
+            return [gather_launch(s, b), gate_up_desc_launch(s, b, gu, n=F, fused=True)]
+        if impl == "tritonmoe_w13":
+            return [gather_launch(s, b), gate_up_desc_launch(s, b, gu, n=2 * F, fused=False), swiglu_launch(s, b)]
+        if impl == "tritonmoe_unfused":
+            return [gather_launch(s, b), gate_up_desc_launch(s, b, gu, n=F, fused=False),
+                    gate_up_desc_launch(s, b, gu, n=F, fused=False, row_offset=F), swiglu_launch(s, b)]
     if impl == "tritonmoe_fused":
         return [gate_up_launch(s, b, gu, n=F, fused=True)]
     if impl == "tritonmoe_w13":
