@@ -71,6 +71,10 @@ def gate_up_candidates(bm: int, backend: str):
         for bn, bk, w, s in itertools.product((64, 128), (64, 128), (4, 8), (2, 3, 4)):
             if _fits_smem(bm, 2 * bn, bk, s) and not (bm * 2 * bn > 128 * 128 and w < 8):
                 yield {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s, "DESC": True}
+        # Program order for L2 reuse around the winning tile (128 x 2*128, 8 warps).
+        for g, s in itertools.product((4, 16), (3, 4)):
+            if bm == 128:
+                yield {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": g, "num_warps": 8, "num_stages": s, "DESC": True}
 
 
 def down_candidates(bm: int, backend: str, F: int, tiles_m: int, H: int):
@@ -84,7 +88,8 @@ def down_candidates(bm: int, backend: str, F: int, tiles_m: int, H: int):
             continue
         tiles = tiles_m * triton.cdiv(H, bn)
         for split in (1, 2, 4, 8):
-            if split > 1 and (F // split < 2 * bk or tiles * split > 4 * 132):
+            # Splits that fill the last wave too (run 1: 300 tiles = 2.3 waves at mixtral T=1024).
+            if split > 1 and (F // split < 2 * bk or tiles * split > 8 * 132):
                 continue
             cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s, "SPLIT_K": split}
             yield {**cfg, "DESC": True} if d else cfg
@@ -185,9 +190,17 @@ def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
     if N <= EXPERT_MAX_ROUTED:
         ex = tune_expert(m, x, w, weights, ids, backend, [bm for bm in block_ms(N, hit) if bm <= 32])
         if ex is not None:
-            print(f"  T={tokens} one-kernel decode BM={ex[1]}: {ex[0]*1e3:.1f} us {ex[2]}", flush=True)
-            if ex[0] < best[1]:
-                cfg = {**cfg, "BLOCK_M": ex[1], "expert": ex[2]}
+            # Decided on the whole layer (routing, alignment, combine included), not on kernel sums: the
+            # one-kernel path won its kernel sum on qwen2 T=1 and then lost 5% to tritonmoe_w13 in the sweep.
+            cfg_ex = {**cfg, "BLOCK_M": ex[1], "expert": ex[2]}
+
+            def layer(c):
+                return lambda: tritonmoe.moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, config=c)
+            t_two, t_one = graph_time(layer(cfg)), graph_time(layer(cfg_ex))
+            print(f"  T={tokens} layer: two kernels {t_two*1e3:.1f} us, one-kernel decode BM={ex[1]} "
+                  f"{t_one*1e3:.1f} us {ex[2]}", flush=True)
+            if t_one < t_two:
+                cfg = cfg_ex
                 best = (cfg, ex[0])
     y = tritonmoe.moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, config=cfg)
     ref = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, topk_ids=ids)
