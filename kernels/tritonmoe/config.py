@@ -4,6 +4,13 @@
 `{"BLOCK_M": .., "gate_up": {BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages}, "down": {..., SPLIT_K}}`.
 BLOCK_M is shared by the alignment and both GEMMs. Tuned data files (`configs/`) take precedence
 over the per-backend defaults here; see `tritonmoe.tuned`.
+
+Optional keys: `"DESC": True` in `gate_up` or `down` feeds that GEMM through tensor descriptors (TMA boxes on
+Hopper; other backends lower them to loads): the tokens are gathered once into aligned order and, in the fused
+GEMM, the gate and up tiles come as one box (`tritonmoe.gate_up`). It applies where the tensors allow it
+(contiguous weights, 16-byte rows), else the pointer kernel runs. The defaults leave it off; the tuner turns it
+on per shape and token bucket where it wins (H100: the Mixtral shapes from ~512 tokens). An `"expert"` entry
+sends `tritonmoe_fused` down the one-kernel decode path (`tritonmoe.fused_expert`).
 """
 from __future__ import annotations
 
