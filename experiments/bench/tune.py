@@ -157,6 +157,16 @@ def tune_expert(m, x, w, weights, ids, backend, bms) -> tuple[float, int, dict] 
     return best
 
 
+def pick_block_m(per_bm: list[tuple[dict, float]]) -> tuple[dict, float]:
+    """The smallest BLOCK_M whose time is within 3% of the fastest. Larger blocks pad more, and a routing
+    less even than the tuning draw's costs them most (run 6: BM=256 won by 1% in tuning on mixtral-8x7b
+    T=512 and lost 9% in the sweep). `per_bm` holds (config, ms) pairs."""
+    if not per_bm:
+        raise ValueError("pick_block_m: no BLOCK_M had a working candidate")
+    fastest = min(t for _, t in per_bm)
+    return min(((c, t) for c, t in per_bm if t <= fastest / LARGER_BLOCK_MARGIN), key=lambda ct: ct[0]["BLOCK_M"])
+
+
 def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
     x = make_tokens(m, tokens, w, "uniform", torch.bfloat16, "cuda", seed=1000 + tokens)
     weights, ids = tritonmoe.route(x, w.router_weight, m.top_k)
@@ -181,11 +191,7 @@ def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
         print(f"  T={tokens} BM={bm}: gate_up {gu_best[0]*1e3:.1f} us {gu_best[1]}  down {dn_best[0]*1e3:.1f} us "
               f"{dn_best[1]}", flush=True)
         per_bm.append(({"BLOCK_M": bm, "gate_up": gu_best[1], "down": dn_best[1]}, total))
-    # The smallest BLOCK_M within 3% of the fastest: larger blocks pad more, and a routing less even than
-    # the tuning draw's costs them most (run 6: BM=256 won by 1% in tuning on mixtral-8x7b T=512 and lost
-    # 9% in the sweep).
-    fastest_total = min(t for _, t in per_bm)
-    best = next((c, t) for c, t in per_bm if t <= fastest_total / LARGER_BLOCK_MARGIN)
+    best = pick_block_m(per_bm)
     cfg = best[0]
     if N <= EXPERT_MAX_ROUTED:
         ex = tune_expert(m, x, w, weights, ids, backend, [bm for bm in block_ms(N, hit) if bm <= 32])
