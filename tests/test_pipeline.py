@@ -166,3 +166,20 @@ def test_paper_rule_says_how_to_install_tex(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 1
     assert "latexmk not found" in done.stderr and "apt-get install -y latexmk texlive-latex-recommended" in done.stderr
+
+
+def test_measure_runs_its_gpu_jobs_one_after_another(workflow):
+    """uniform sweep -> zipf sweep -> ncu: each GPU job waits for the one before (by its inputs), so that
+    with any --cores no two time or profile the GPU at once or merge rows into latency.csv at once."""
+    out = snakemake(workflow, "-n", "--cores", "4", "measure", "--config", "measure=h100-sxm").stdout
+    inputs = {}
+    rule = None
+    for line in out.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = m.group(1)
+        elif (m := re.match(r"^\s+input: (.*)$", line)) and rule:
+            inputs[rule] = m.group(1)
+    assert {"measure_latency", "measure_latency_zipf", "measure_traffic"} <= set(inputs)
+    assert re.search(r"results/logs/h100-sxm/latency-\w+\.done", inputs["measure_latency_zipf"])
+    assert re.search(r"results/logs/h100-sxm/latency_zipf-\w+\.done", inputs["measure_traffic"])
+    assert "latency-" not in inputs["measure_latency"].replace("latency.py", "")

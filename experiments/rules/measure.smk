@@ -38,9 +38,34 @@ rule measure_latency:
         "{params.needs_gpu} && python {input.script} --device-out {params.device_dir} {params.git} > {log} 2>&1"
 
 
+# The sweep in two GPU jobs of under ten minutes each (one per routing, ~6 min each on an H100).
+# GPU jobs run one after another (chained by their inputs), so that no two time or profile the same GPU at
+# once and no two merge rows into latency.csv at once, whatever --cores says.
+rule measure_latency_zipf:
+    input:
+        script="experiments/bench/latency.py",
+        after="results/logs/{device}/latency-{stamp}.done",
+    output:
+        touch("results/logs/{device}/latency_zipf-{stamp}.done"),
+    params:
+        device_dir=lambda wildcards: f"{RAW}/{wildcards.device}",
+        git=GIT_ARGS,
+        needs_gpu=NEEDS_GPU,
+    log:
+        "results/logs/{device}/latency_zipf-{stamp}.log",
+    resources:
+        gpu=1,
+        runtime=240,
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.needs_gpu} && python {input.script} --routings zipf --device-out {params.device_dir} {params.git} > {log} 2>&1"
+
+
 rule measure_traffic:
     input:
         script="experiments/traffic/ncu_traffic.py",
+        after="results/logs/{device}/latency_zipf-{stamp}.done",
     output:
         touch("results/logs/{device}/traffic-{stamp}.done"),
     params:
@@ -78,7 +103,7 @@ rule tune_configs:
 
 rule measure:
     input:
-        measure_targets(("latency", "traffic")),
+        measure_targets(("latency", "latency_zipf", "traffic")),
 
 
 rule tune:
