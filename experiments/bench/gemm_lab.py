@@ -445,11 +445,11 @@ def dn_any(kind, act, w_down, a, tw, c):
     return dn_candidate(kind, act, w_down, a, tw, c)
 
 
-def run_case(model, T, rows_out):
+def run_case(model, T, rows_out, routing="uniform"):
     from problems import load_models, make_tokens, make_weights
     m = load_models()[model]
-    w = make_weights(m, torch.bfloat16, "cuda", "uniform")
-    x = make_tokens(m, T, w, "uniform", torch.bfloat16, "cuda", seed=T)
+    w = make_weights(m, torch.bfloat16, "cuda", routing)
+    x = make_tokens(m, T, w, routing, torch.bfloat16, "cuda", seed=T)
     E, F2, H = w.w_gate_up.shape
     F = F2 // 2
     K = m.top_k
@@ -460,7 +460,7 @@ def run_case(model, T, rows_out):
 
     def record(stage, kind, bm, c, ms, err, note=""):
         tf = (flops_gu if stage == "gate_up" else flops_dn) / ms / 1e9
-        rows_out.append(dict(model=model, tokens=T, stage=stage, kind=kind, BLOCK_M=bm, cfg=json.dumps(c), ms=ms,
+        rows_out.append(dict(model=model, routing=routing, tokens=T, stage=stage, kind=kind, BLOCK_M=bm, cfg=json.dumps(c), ms=ms,
                              tflops=tf, rel_err=err, note=note))
         print(f"{model:14s} T={T:5d} {stage:7s} {kind:6s} BM={bm:3d} {json.dumps(c):90s} {ms*1e3:9.1f} us "
               f"{tf:6.0f} TF/s err={err:.1e} {note}", flush=True)
@@ -540,12 +540,14 @@ def run_case(model, T, rows_out):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="+", default=["mixtral-8x7b:1024"])
+    ap.add_argument("--routing", default="uniform", choices=["uniform", "zipf"],
+                    help="zipf: the skewed draw, to see what larger BLOCK_M gives hot experts (NOTES, zipf)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     rows = []
     for case in args.cases:
         model, T = case.split(":")
-        run_case(model, int(T), rows)
+        run_case(model, int(T), rows, args.routing)
         torch.cuda.empty_cache()
     if args.out:
         import csv
