@@ -460,8 +460,8 @@ def run_case(model, T, rows_out, routing="uniform"):
 
     def record(stage, kind, bm, c, ms, err, note=""):
         tf = (flops_gu if stage == "gate_up" else flops_dn) / ms / 1e9
-        rows_out.append(dict(model=model, routing=routing, tokens=T, stage=stage, kind=kind, BLOCK_M=bm, cfg=json.dumps(c), ms=ms,
-                             tflops=tf, rel_err=err, note=note))
+        rows_out.append(dict(model=model, routing=routing, tokens=T, stage=stage, kind=kind, BLOCK_M=bm,
+                             cfg=json.dumps(c), ms=ms, tflops=tf, rel_err=err, note=note))
         print(f"{model:14s} T={T:5d} {stage:7s} {kind:6s} BM={bm:3d} {json.dumps(c):90s} {ms*1e3:9.1f} us "
               f"{tf:6.0f} TF/s err={err:.1e} {note}", flush=True)
 
