@@ -150,7 +150,7 @@ def test_slurm_profile_asks_gpu_jobs_for_a_gpu(workflow):
                     "--config", "measure=a100-sxm4").stdout
     blocks = re.split(r"\n(?=\[)", out)
     gpu = [b for b in blocks if re.search(r"^rule measure_(latency|traffic):", b, re.M)]
-    assert len(gpu) == 2
+    assert len(gpu) == 3  # the uniform and the zipf sweep, and ncu
     assert all("gpu=1" in b and "gpu_model=a100" in b and "slurm_partition=gpu" in b for b in gpu)
 
 
@@ -172,14 +172,18 @@ def test_measure_runs_its_gpu_jobs_one_after_another(workflow):
     """uniform sweep -> zipf sweep -> ncu: each GPU job waits for the one before (by its inputs), so that
     with any --cores no two time or profile the GPU at once or merge rows into latency.csv at once."""
     out = snakemake(workflow, "-n", "--cores", "4", "measure", "--config", "measure=h100-sxm").stdout
-    inputs = {}
-    rule = None
+    jobs, rule, job_input = {}, None, None
     for line in out.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
-            rule = m.group(1)
+            rule, job_input = m.group(1), ""
         elif (m := re.match(r"^\s+input: (.*)$", line)) and rule:
-            inputs[rule] = m.group(1)
-    assert {"measure_latency", "measure_latency_zipf", "measure_traffic"} <= set(inputs)
-    assert re.search(r"results/logs/h100-sxm/latency-\w+\.done", inputs["measure_latency_zipf"])
-    assert re.search(r"results/logs/h100-sxm/latency_zipf-\w+\.done", inputs["measure_traffic"])
-    assert "latency-" not in inputs["measure_latency"].replace("latency.py", "")
+            job_input = m.group(1)
+        elif (m := re.match(r"^\s+output: ([^,\s]+)", line)) and rule:
+            jobs[m.group(1)] = (rule, job_input)
+            rule = None
+    by_name = {re.sub(r"-\w+\.done$", "", Path(out_file).name): job for out_file, job in jobs.items()}
+    assert {"latency-uniform", "latency-zipf", "traffic"} <= set(by_name)
+    assert by_name["latency-uniform"][0] == by_name["latency-zipf"][0] == "measure_latency"
+    assert re.search(r"results/logs/h100-sxm/latency-uniform-\w+\.done", by_name["latency-zipf"][1])
+    assert re.search(r"results/logs/h100-sxm/latency-zipf-\w+\.done", by_name["traffic"][1])
+    assert "latency-" not in by_name["latency-uniform"][1].replace("latency.py", "")

@@ -18,54 +18,40 @@ NEEDS_GPU = (
 )
 
 
+# The sweep in two GPU jobs of under ten minutes each, one per routing (~6 min each on an H100).
+# GPU jobs run one after another (chained by their inputs: uniform sweep -> zipf sweep -> ncu), so that no
+# two time or profile the same GPU at once and no two merge rows into latency.csv at once, whatever --cores says.
+LATENCY_AFTER = {"uniform": [], "zipf": ["results/logs/{device}/latency-uniform-{stamp}.done"]}
+
+
 rule measure_latency:
     input:
         script="experiments/bench/latency.py",
+        after=lambda wildcards: [p.format(**wildcards) for p in LATENCY_AFTER[wildcards.routing]],
     output:
-        touch("results/logs/{device}/latency-{stamp}.done"),
+        touch("results/logs/{device}/latency-{routing}-{stamp}.done"),
+    wildcard_constraints:
+        routing="uniform|zipf",
     params:
         device_dir=lambda wildcards: f"{RAW}/{wildcards.device}",
         git=GIT_ARGS,
         needs_gpu=NEEDS_GPU,
     log:
-        "results/logs/{device}/latency-{stamp}.log",
+        "results/logs/{device}/latency-{routing}-{stamp}.log",
     resources:
         gpu=1,
         runtime=240,
     conda:
         "../../environment.yml"
     shell:
-        "{params.needs_gpu} && python {input.script} --device-out {params.device_dir} {params.git} > {log} 2>&1"
-
-
-# The sweep in two GPU jobs of under ten minutes each (one per routing, ~6 min each on an H100).
-# GPU jobs run one after another (chained by their inputs), so that no two time or profile the same GPU at
-# once and no two merge rows into latency.csv at once, whatever --cores says.
-rule measure_latency_zipf:
-    input:
-        script="experiments/bench/latency.py",
-        after="results/logs/{device}/latency-{stamp}.done",
-    output:
-        touch("results/logs/{device}/latency_zipf-{stamp}.done"),
-    params:
-        device_dir=lambda wildcards: f"{RAW}/{wildcards.device}",
-        git=GIT_ARGS,
-        needs_gpu=NEEDS_GPU,
-    log:
-        "results/logs/{device}/latency_zipf-{stamp}.log",
-    resources:
-        gpu=1,
-        runtime=240,
-    conda:
-        "../../environment.yml"
-    shell:
-        "{params.needs_gpu} && python {input.script} --routings zipf --device-out {params.device_dir} {params.git} > {log} 2>&1"
+        "{params.needs_gpu} && python {input.script} --routings {wildcards.routing} --device-out {params.device_dir} "
+        "{params.git} > {log} 2>&1"
 
 
 rule measure_traffic:
     input:
         script="experiments/traffic/ncu_traffic.py",
-        after="results/logs/{device}/latency_zipf-{stamp}.done",
+        after="results/logs/{device}/latency-zipf-{stamp}.done",
     output:
         touch("results/logs/{device}/traffic-{stamp}.done"),
     params:
@@ -103,7 +89,7 @@ rule tune_configs:
 
 rule measure:
     input:
-        measure_targets(("latency", "latency_zipf", "traffic")),
+        measure_targets(("latency-uniform", "latency-zipf", "traffic")),
 
 
 rule tune:
