@@ -31,34 +31,9 @@ from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 import tritonmoe  # noqa: E402
 from tritonmoe._gemm_common import grouped_pid  # noqa: E402
 from tritonmoe.down import down as prod_down  # noqa: E402
-from tritonmoe.gate_up import gate_up as prod_gate_up  # noqa: E402
+from tritonmoe.gate_up import gate_up as prod_gate_up, gather_rows  # noqa: E402
 from tritonmoe.routing import route  # noqa: E402
 from tritonmoe.align import align_tokens  # noqa: E402
-
-
-@triton.jit
-def _gather_kernel(x_ptr, sorted_ids_ptr, num_post_ptr, out_ptr, H, num_routed, stride_x, stride_o,
-                   TOP_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
-    pid = tl.program_id(0)
-    if pid * BLOCK_R >= tl.load(num_post_ptr):
-        return
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    slot = tl.load(sorted_ids_ptr + rows)
-    ok = slot < num_routed
-    tok = (slot // TOP_K).to(tl.int64)
-    for h0 in range(0, H, BLOCK_H):
-        cols = h0 + tl.arange(0, BLOCK_H)
-        v = tl.load(x_ptr + tok[:, None] * stride_x + cols[None, :], mask=ok[:, None] & (cols < H)[None, :], other=0.0)
-        tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_o + cols[None, :], v, mask=(cols < H)[None, :])
-
-
-def gather_sorted(x, align):
-    out = torch.empty((align.sorted_ids.shape[0], x.shape[1]), dtype=x.dtype, device=x.device)
-    br = 16
-    _gather_kernel[(triton.cdiv(out.shape[0], br),)](
-        x, align.sorted_ids, align.num_post_padded, out, x.shape[1], align.num_routed, x.stride(0), out.stride(0),
-        TOP_K=align.num_routed // x.shape[0], BLOCK_R=br, BLOCK_H=256, num_warps=4)
-    return out
 
 
 @triton.jit
@@ -481,7 +456,7 @@ def run_case(model, T, rows_out, routing="uniform"):
     def get_align(bm):
         if bm not in aligns:
             a = align_tokens(topk_ids, E, bm)
-            aligns[bm] = (a, gather_sorted(x, a))
+            aligns[bm] = (a, gather_rows(x, a))
         return aligns[bm]
 
     bm0 = cfg["BLOCK_M"]
@@ -494,7 +469,7 @@ def run_case(model, T, rows_out, routing="uniform"):
     record("down", "prod", bm0, cfg["down"], ms, 0.0)
     ref_y = ref_part.float().sum(0).reshape(T, K, H).sum(1)
     a128, xs128 = get_align(128)
-    ms = bench(lambda: gather_sorted(x, a128))
+    ms = bench(lambda: gather_rows(x, a128))
     record("gate_up", "gather", 128, {}, ms, 0.0, "x -> x_sorted")
 
     def slot_rows(act, a):

@@ -10,6 +10,13 @@ import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 
+def wants_descriptors(cfg: dict, row_elems: int, elem_bytes: int) -> bool:
+    """A GEMM config asks for descriptors (`DESC`) and its activation rows (`row_elems` elements) are whole
+    16-byte multiples, as a descriptor box needs. The launchers add the checks on the tensors themselves;
+    the traffic model, which has shapes only, uses this alone."""
+    return bool(cfg.get("DESC")) and (row_elems * elem_bytes) % 16 == 0
+
+
 def descriptor_ok(t: torch.Tensor) -> bool:
     eb = t.element_size()
     return (t.stride(-1) == 1 and all((s * eb) % 16 == 0 for s in t.stride()[:-1])

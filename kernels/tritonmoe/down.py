@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ._gemm_common import block_rows, dot_precision, grouped_pid
 from .align import Alignment
-from .descriptors import descriptor, descriptor_ok
+from .descriptors import descriptor, descriptor_ok, wants_descriptors
 
 
 @triton.jit
@@ -93,8 +93,8 @@ def _down_desc_kernel(
 
 def uses_descriptors(cfg: dict, act: torch.Tensor, w_down: torch.Tensor) -> bool:
     """The config asks for descriptors and the tensors allow them (see `gate_up.uses_descriptors`)."""
-    return (bool(cfg.get("DESC")) and w_down.is_contiguous() and descriptor_ok(w_down) and descriptor_ok(act)
-            and act.dtype == w_down.dtype)
+    return (wants_descriptors(cfg, w_down.shape[2], act.element_size()) and w_down.is_contiguous()
+            and descriptor_ok(w_down) and descriptor_ok(act) and act.dtype == w_down.dtype)
 
 
 @triton.jit

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ._gemm_common import block_rows, dot_precision, gate_up_accumulate, grouped_pid
 from .align import Alignment
-from .descriptors import descriptor, descriptor_ok
+from .descriptors import descriptor, descriptor_ok, wants_descriptors
 
 
 @triton.jit
@@ -80,15 +80,17 @@ def _gather_rows_kernel(x_ptr, sorted_ids_ptr, num_post_ptr, out_ptr, H, num_rou
         tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :], v, mask=col_ok[None, :])
 
 
+GATHER_BLOCK_R = 16  # aligned rows a gather program copies (the traffic model counts its programs)
+
+
 def gather_rows(x: torch.Tensor, align: Alignment) -> torch.Tensor:
     """`x` gathered into aligned order: `[max_padded, H]`, row p = the token of slot p (zeros for padding);
     rows past the used positions are left unwritten (no kernel reads them)."""
     max_padded, H = align.sorted_ids.shape[0], x.shape[1]
     out = torch.empty((max_padded, H), dtype=x.dtype, device=x.device)
-    block_r = 16
-    _gather_rows_kernel[(triton.cdiv(max_padded, block_r),)](
+    _gather_rows_kernel[(triton.cdiv(max_padded, GATHER_BLOCK_R),)](
         x, align.sorted_ids, align.num_post_padded, out, H, align.num_routed, x.stride(0), x.stride(1), out.stride(0),
-        TOP_K=align.num_routed // x.shape[0], BLOCK_R=block_r, BLOCK_H=min(256, triton.next_power_of_2(H)),
+        TOP_K=align.num_routed // x.shape[0], BLOCK_R=GATHER_BLOCK_R, BLOCK_H=min(256, triton.next_power_of_2(H)),
         num_warps=4)
     return out
 
@@ -134,9 +136,8 @@ def _gate_up_desc_kernel(
 def uses_descriptors(cfg: dict, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
     """The config asks for descriptors and the tensors allow them (contiguous 16-byte aligned weights,
     rows of x a multiple of 16 bytes); otherwise the pointer kernel runs."""
-    H = w_gate_up.shape[2]
-    return (bool(cfg.get("DESC")) and w_gate_up.is_contiguous() and descriptor_ok(w_gate_up)
-            and (H * x.element_size()) % 16 == 0 and x.dtype == w_gate_up.dtype)
+    return (wants_descriptors(cfg, w_gate_up.shape[2], x.element_size()) and w_gate_up.is_contiguous()
+            and descriptor_ok(w_gate_up) and x.dtype == w_gate_up.dtype)
 
 
 def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, out):

@@ -33,6 +33,8 @@ import triton
 
 from .align import align_meta, max_blocks
 from .config import default_config
+from .descriptors import wants_descriptors
+from .gate_up import GATHER_BLOCK_R
 from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
 from .route_align import SPLIT_BLOCK_E, SPLIT_H
 from .routing import route
@@ -331,24 +333,11 @@ def gate_up_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool) 
     ))
 
 
-def gate_up_uses_descriptors(s: LayerShape, cfg: dict) -> bool:
-    """`gate_up.uses_descriptors` for contiguous weights: DESC set and rows of x 16-byte multiples."""
-    return bool(cfg.get("DESC")) and (s.hidden * s.elem_bytes) % 16 == 0
-
-
-def down_uses_descriptors(s: LayerShape, cfg_down: dict) -> bool:
-    """`down.uses_descriptors` for contiguous weights: DESC set and rows of act 16-byte multiples."""
-    return bool(cfg_down.get("DESC")) and (s.ffn * s.elem_bytes) % 16 == 0
-
-
-_GATHER_BLOCK_R = 16  # `gate_up.gather_rows`
-
-
 def gather_launch(s: LayerShape, b: Blocks) -> Launch:
     """`gate_up._gather_rows_kernel`: every program reads the used-row count; the used ones copy their
     real slots' token rows of x (padding rows written as zeros) into aligned order."""
     e = s.elem_bytes
-    programs = _cdiv(b.max_blocks * b.block_m, _GATHER_BLOCK_R)
+    programs = _cdiv(b.max_blocks * b.block_m, GATHER_BLOCK_R)
     return Launch("_gather_rows_kernel", "gate_up", (
         Access("x_ptr", False, read=s.routed * s.hidden * e, unique_read=s.tokens * s.hidden * e),
         Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
@@ -407,7 +396,7 @@ def down_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
     h_blocks = _cdiv(s.hidden, cfg_down["BLOCK_N"])
     splits = down_splits(s, cfg_down)
     e = s.elem_bytes
-    desc = down_uses_descriptors(s, cfg_down)
+    desc = wants_descriptors(cfg_down, s.ffn, s.elem_bytes)  # `down.uses_descriptors`, contiguous weights
     return Launch("_down_desc_kernel" if desc else "_down_kernel", "down", (
         Access("a_desc" if desc else "a_ptr", False, read=b.padded_rows * s.ffn * e * h_blocks, unique_read=b.padded_rows * s.ffn * e),
         Access("w_desc" if desc else "w_ptr", True, read=b.used_blocks * s.hidden * s.ffn * e,
@@ -451,7 +440,7 @@ def combine_launch(s: LayerShape, splits: int, partial_bytes: int) -> Launch:
 def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict) -> list[Launch]:
     """The variant-specific part (`tritonmoe.variants`)."""
     gu, F = cfg["gate_up"], s.ffn
-    if gate_up_uses_descriptors(s, gu):  # one gather of the tokens, shared by the GEMMs of the variant
+    if wants_descriptors(gu, s.hidden, s.elem_bytes):  # `gate_up.uses_descriptors`; one gather of the tokens, shared by the GEMMs of the variant
         if impl == "tritonmoe_fused":
             return [gather_launch(s, b), gate_up_desc_launch(s, b, gu, n=F, fused=True)]
         if impl == "tritonmoe_w13":
