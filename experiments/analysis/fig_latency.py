@@ -32,12 +32,8 @@ def main(argv=None) -> int:
     fig, axes, models, impls, styles = plotting.model_grid(rows, settings)
     for ax, model in zip(axes.flat, models):
         here = rows[rows["model"] == model]
-        for impl in impls:
-            line = here[here["impl"] == impl].sort_values("tokens")
-            if line.empty:
-                continue
+        for impl, line, fallback in plotting.impl_lines(here, impls):
             err = [line["median_ms"] - line["p20_ms"], line["p80_ms"] - line["median_ms"]]
-            fallback = bool(line["fallback"].iloc[0])
             ax.errorbar(line["tokens"], line["median_ms"], yerr=err, label=f"{impl} ({other})" if fallback else impl,
                         markersize=3, linewidth=1, capsize=0, linestyle="--" if fallback else "-", **styles[impl])
         floor = here.groupby("tokens")["floor_ms"].median()  # the same inputs give every impl the same floor
@@ -46,10 +42,7 @@ def main(argv=None) -> int:
         ax.set_yscale("log")
         ax.set_ylabel("latency (ms)")
         ax.set_title(model)
-    for ax in list(axes.flat)[len(models):]:
-        ax.set_visible(False)
-    plotting.figure_legend(fig, list(axes.flat)[:len(models)])
-    plotting.save(fig, args.out)
+    plotting.finish_grid(fig, axes, models, args.out)
     return 0
 
 

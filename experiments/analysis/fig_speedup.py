@@ -48,24 +48,17 @@ def main(argv=None) -> int:
     fig, axes, models, impls, styles = plotting.model_grid(rows, settings, sharey=True)
     for ax, model in zip(axes.flat, models):
         here = rows[rows["model"] == model]
-        for impl in impls:
-            line = here[here["impl"] == impl].sort_values("tokens")
-            if line.empty:
-                continue
-            fallback = bool(line["fallback"].iloc[0]) if "fallback" in line else False
+        for impl, line, fallback in plotting.impl_lines(here, impls):
             ax.plot(line["tokens"], line["value"], label=f"{impl} ({MODES[1 - settings['graph']]})" if fallback else impl,
                     markersize=3, linewidth=1, linestyle="--" if fallback else "-", **styles[impl])
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         plotting.log2_tokens_axis(ax)
         ax.set_ylabel("speed-up" if args.metric == "speedup" else "floor / latency")
         ax.set_title(model)
-    for ax in list(axes.flat)[len(models):]:
-        ax.set_visible(False)
     if args.metric == "speedup":
         fig.suptitle(f"speed-up over {baseline}: its median latency / each impl's ({MODES[settings['compare_graph']]})",
                      fontsize="medium")
-    plotting.figure_legend(fig, list(axes.flat)[:len(models)])
-    plotting.save(fig, args.out)
+    plotting.finish_grid(fig, axes, models, args.out)
     return 0
 
 

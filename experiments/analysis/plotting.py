@@ -66,3 +66,20 @@ def model_grid(rows, settings: dict, *, sharey: bool = False):
     nrows = -(-len(models) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False, sharey=sharey)
     return fig, axes, models, impls, styles
+
+
+def impl_lines(here, impls):
+    """Each impl's rows of one panel (`here`: one model's rows), by token count, skipping impls without rows.
+    Yields (impl, line, fallback): fallback when the rows were timed in the other launch mode."""
+    for impl in impls:
+        line = here[here["impl"] == impl].sort_values("tokens")
+        if not line.empty:
+            yield impl, line, bool(line["fallback"].iloc[0]) if "fallback" in line else False
+
+
+def finish_grid(fig, axes, models, out: str | Path) -> None:
+    """Hides the panels past the last model, adds the shared legend and saves the figure."""
+    for ax in list(axes.flat)[len(models):]:
+        ax.set_visible(False)
+    figure_legend(fig, list(axes.flat)[:len(models)])
+    save(fig, out)
