@@ -178,19 +178,15 @@ def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
         used = int(align.num_post_padded)  # rows past it are never written: not compared
         gu_cands = list(gate_up_candidates(bm, backend))
         warm(lambda cfg: gate_up(x, w.w_gate_up, align, cfg, fuse_swiglu=True), gu_cands)
-        gu_best, _ = fastest("gate_up", [(None, c) for c in gu_cands],
-                             lambda _, cfg: gate_up(x, w.w_gate_up, align, cfg, fuse_swiglu=True)[:used])
-        gu_best = (gu_best[0], gu_best[2])
-        act = gate_up(x, w.w_gate_up, align, gu_best[1], fuse_swiglu=True)
+        (gu_ms, _, gu_cfg), _ = fastest("gate_up", [(None, c) for c in gu_cands],
+                                        lambda _, cfg: gate_up(x, w.w_gate_up, align, cfg, fuse_swiglu=True)[:used])
+        act = gate_up(x, w.w_gate_up, align, gu_cfg, fuse_swiglu=True)
         dn_cands = list(down_candidates(bm, backend, m.ffn, tiles_m, m.hidden))
         warm(lambda cfg: down(act, w.w_down, align, weights, cfg), dn_cands)
-        dn_best, _ = fastest("down", [(None, c) for c in dn_cands],
-                             lambda _, cfg: combine(down(act, w.w_down, align, weights, cfg), tokens, m.top_k, x.dtype))
-        dn_best = (dn_best[0], dn_best[2])
-        total = gu_best[0] + dn_best[0]
-        print(f"  T={tokens} BM={bm}: gate_up {gu_best[0]*1e3:.1f} us {gu_best[1]}  down {dn_best[0]*1e3:.1f} us "
-              f"{dn_best[1]}", flush=True)
-        per_bm.append(({"BLOCK_M": bm, "gate_up": gu_best[1], "down": dn_best[1]}, total))
+        (dn_ms, _, dn_cfg), _ = fastest("down", [(None, c) for c in dn_cands],
+                                        lambda _, cfg: combine(down(act, w.w_down, align, weights, cfg), tokens, m.top_k, x.dtype))
+        print(f"  T={tokens} BM={bm}: gate_up {gu_ms*1e3:.1f} us {gu_cfg}  down {dn_ms*1e3:.1f} us {dn_cfg}", flush=True)
+        per_bm.append(({"BLOCK_M": bm, "gate_up": gu_cfg, "down": dn_cfg}, gu_ms + dn_ms))
     best = pick_block_m(per_bm)
     cfg = best[0]
     if N <= EXPERT_MAX_ROUTED:
