@@ -51,22 +51,29 @@ def _route_align_partials_kernel(
     sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr,
     T, E, num_splits, max_blocks,
     TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
-    """Sums the partial logits in a fixed order (deterministic), routes, then aligns, in one program."""
+    """Sums the partial logits in a fixed order (deterministic), routes, then aligns, in one program.
+    All splits of a token block are loaded as one [BLOCK_S, BLOCK_T, BLOCK_E] tile: a loop over the splits
+    waited for each load in turn (one global round trip per split, serial in this one program)."""
     cols = tl.arange(0, BLOCK_E)
+    splits = tl.arange(0, BLOCK_S)
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
-        mask = (rows[:, None] < T) & (cols[None, :] < E)
-        logits = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
-        for s in range(num_splits):
-            logits += tl.load(partial_ptr + (s * T + rows[:, None]).to(tl.int64) * E + cols[None, :], mask=mask,
-                              other=0.0)
+        mask = (splits[:, None, None] < num_splits) & (rows[None, :, None] < T) & (cols[None, None, :] < E)
+        offs = (splits[:, None, None] * T + rows[None, :, None]).to(tl.int64) * E + cols[None, None, :]
+        logits = tl.sum(tl.load(partial_ptr + offs, mask=mask, other=0.0), axis=0)
         select_experts(logits, weights_ptr, ids_ptr, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
     tl.debug_barrier()
     align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr,
                     T * TOP_K, E, max_blocks, BLOCK_M, BLOCK_E, CHUNK, BLOCK_B)
+
+
+# Elements of the largest register tile of the routing program per warp: a decode step (qwen3-30b-a3b,
+# T=1: [8, 1, 128] partials, a [16, 128] one-hot tile) fits one warp, whose reductions (top-k: three per
+# choice) are shuffles with no shared-memory round trip and barrier between warps.
+_ELEMS_PER_WARP = 2048
 
 
 def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool,
@@ -82,18 +89,24 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
     a = alloc_alignment(N, E, block_m, x.device)
-    rmeta = routing_meta(H, E, top_k, renormalize, block_t=16)
     splits = triton.cdiv(H, SPLIT_H)
+    block_s = triton.next_power_of_2(splits)
+    block_e = max(16, triton.next_power_of_2(E))
+    # Token block of the selection: no larger than T, and the [BLOCK_S, BLOCK_T, BLOCK_E] tile <= 8K elements.
+    block_t = max(1, min(16, triton.next_power_of_2(T), 8192 // (block_s * block_e)))
+    rmeta = routing_meta(H, E, top_k, renormalize, block_t=block_t)
     partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
     _router_partials_kernel[(triton.cdiv(E, SPLIT_BLOCK_E), splits)](
         x, router_weight, partial, T, H, E,
         x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
         BLOCK_T=16, BLOCK_H=min(128, SPLIT_H), BLOCK_E=SPLIT_BLOCK_E, SPLIT_H=SPLIT_H, num_warps=4,
     )
+    tile = max(block_s * block_t * block_e, meta["CHUNK"] * block_e, meta["BLOCK_B"] * max(block_e, block_m))
+    warps = max(1, min(4, triton.next_power_of_2(tile // _ELEMS_PER_WARP)))
     _route_align_partials_kernel[(1,)](
         partial, weights, ids, a.sorted_ids, a.expert_ids, a.num_post_padded, a.expert_counts,
         T, E, splits, a.max_blocks,
-        TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=16, BLOCK_E=rmeta["BLOCK_E"], BLOCK_K=rmeta["BLOCK_K"],
-        BLOCK_M=block_m, CHUNK=meta["CHUNK"], BLOCK_B=meta["BLOCK_B"], num_warps=4,
+        TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=block_t, BLOCK_E=rmeta["BLOCK_E"], BLOCK_K=rmeta["BLOCK_K"],
+        BLOCK_S=block_s, BLOCK_M=block_m, CHUNK=meta["CHUNK"], BLOCK_B=meta["BLOCK_B"], num_warps=warps,
     )
     return weights, ids, a
