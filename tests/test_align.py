@@ -10,38 +10,63 @@ import torch
 import tritonmoe
 
 
-def align_reference(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> dict:
-    """The alignment written out expert by expert. Ids outside [0, E) are left out (as documented)."""
+def align_reference(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m: int | None = None) -> dict:
+    """The alignment written out expert by expert. Ids outside [0, E) are left out (as documented). With
+    tails, an expert's rows are full blocks, then tail blocks for the rest unless the rest needs as many
+    rows as a full block."""
+    tail = tail_m or block_m
     ids = topk_ids.reshape(-1).long().cpu()
     N = ids.numel()
-    sorted_ids, expert_ids, counts = [], [], []
+    sorted_ids, expert_ids, block_rows, counts = [], [], [], []
     for e in range(num_experts):
         slots = torch.nonzero(ids == e).flatten().tolist()  # ascending: the stable order
-        padded = -(-len(slots) // block_m) * block_m
+        full, rest = divmod(len(slots), block_m)
+        tails = -(-rest // tail)
+        if tails * tail == block_m:
+            full, tails = full + 1, 0
+        row = len(sorted_ids)
+        for height in [block_m] * full + [tail] * tails:
+            block_rows.append(row)
+            expert_ids.append(e)
+            row += height
+        padded = full * block_m + tails * tail
         sorted_ids += slots + [N] * (padded - len(slots))
-        expert_ids += [e] * (padded // block_m)
         counts.append(len(slots))
-    max_blocks = N // block_m + min(num_experts, N)
+    max_blocks = tritonmoe.align.max_blocks(N, num_experts, block_m, tail_m)
+    if tail == block_m:
+        assert max_blocks == N // block_m + min(num_experts, N)
     assert len(expert_ids) <= max_blocks
+    block_rows += [len(sorted_ids)] * (max_blocks + 1 - len(block_rows))
     expert_ids += [-1] * (max_blocks - len(expert_ids))
+    max_padded = tritonmoe.align.max_rows(N, num_experts, block_m, tail_m)
+    if tail == block_m:
+        assert max_padded == max_blocks * block_m
+    assert len(sorted_ids) <= max_padded
     return {
         "sorted_ids": torch.tensor(sorted_ids, dtype=torch.int32),
         "expert_ids": torch.tensor(expert_ids, dtype=torch.int32),
+        "block_rows": torch.tensor(block_rows, dtype=torch.int32),
         "num_post_padded": len(sorted_ids),
         "expert_counts": torch.tensor(counts, dtype=torch.int32),
-        "max_padded": max_blocks * block_m,
+        "max_padded": max_padded,
     }
 
 
-def check_alignment(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> None:
-    got = tritonmoe.align_tokens(topk_ids, num_experts, block_m)
-    want = align_reference(topk_ids, num_experts, block_m)
+def check_alignment(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m: int | None = None) -> None:
+    got = tritonmoe.align_tokens(topk_ids, num_experts, block_m, tail_m)
+    check_against_reference(got, topk_ids, num_experts, block_m, tail_m)
+
+
+def check_against_reference(got, topk_ids, num_experts, block_m, tail_m=None) -> None:
+    want = align_reference(topk_ids, num_experts, block_m, tail_m)
     used = int(got.num_post_padded.item())
     assert used == want["num_post_padded"]
     assert got.block_m == block_m and got.num_routed == topk_ids.numel()
+    assert got.tail_m == (tail_m or block_m)
     assert got.sorted_ids.shape == (want["max_padded"],), "sorted_ids must have the static size"
     assert torch.equal(got.sorted_ids[:used].cpu(), want["sorted_ids"])
     assert torch.equal(got.expert_ids.cpu(), want["expert_ids"])
+    assert torch.equal(got.block_rows.cpu(), want["block_rows"])
     assert torch.equal(got.expert_counts.cpu(), want["expert_counts"])
 
 
@@ -121,20 +146,48 @@ def test_out_of_range_ids_are_left_out(device):
     check_alignment(ids.to(device), 8, 16)
 
 
-@pytest.mark.parametrize("block_m", [16, 64])
+@pytest.mark.parametrize("block_m,tail_m", [(16, None), (64, None), (64, 16)])
 @pytest.mark.parametrize("T,E,K", [(1, 1, 1), (5, 8, 2), (17, 64, 4), (32, 8, 8), (8, 256, 8), (33, 8, 2)])
-def test_route_and_align(T, E, K, block_m, device):
+def test_route_and_align(T, E, K, block_m, tail_m, device):
     """The decode path routes and aligns in one program: same routing as `route`, same alignment."""
     from tritonmoe.route_align import route_and_align
     from helpers import make_layer
     layer = make_layer(T, E, 40, 1, torch.float32, device, seed=T + E + K)
-    weights, ids, got = route_and_align(layer.x, layer.router_weight, K, True, block_m)
+    weights, ids, got = route_and_align(layer.x, layer.router_weight, K, True, block_m, tail_m)
     ref_weights, ref_ids = tritonmoe.route(layer.x, layer.router_weight, K)
     assert torch.equal(ids, ref_ids)
     torch.testing.assert_close(weights, ref_weights, rtol=1e-6, atol=1e-7)
-    want = align_reference(ids, E, block_m)
-    used = int(got.num_post_padded.item())
-    assert used == want["num_post_padded"]
-    assert torch.equal(got.sorted_ids[:used].cpu(), want["sorted_ids"])
-    assert torch.equal(got.expert_ids.cpu(), want["expert_ids"])
-    assert torch.equal(got.expert_counts.cpu(), want["expert_counts"])
+    check_against_reference(got, ids, E, block_m, tail_m)
+
+
+# Tail blocks: (BLOCK_M, TAIL_M) pairs with one, two and seven tails an expert at most.
+TAILS = [(32, 16), (64, 16), (128, 64), (128, 16)]
+
+
+@pytest.mark.parametrize("block_m,tail_m", TAILS)
+@pytest.mark.parametrize("N,E", [(1, 1), (5, 3), (100, 8), (1025, 8), (1000, 64), (3000, 256), (5000, 256)])
+def test_tails_uniform(N, E, block_m, tail_m, device):
+    """Both paths (one program, chunked) with tails, on counts that are and are not multiples of a block."""
+    check_alignment(uniform_ids(N, E, seed=N + E + block_m + tail_m).to(device), E, block_m, tail_m)
+
+
+@pytest.mark.parametrize("block_m,tail_m", TAILS)
+def test_tails_zipf_and_one_expert(block_m, tail_m, device):
+    check_alignment(zipf_ids(3000, 64, seed=7).to(device), 64, block_m, tail_m)
+    check_alignment(torch.full((2000,), 5, dtype=torch.int32, device=device), 8, block_m, tail_m)
+
+
+def test_tails_geometry(device):
+    """135 slots on one expert: one 128-row block and one 16-row tail (144 rows), not 256 rows; 250 slots
+    with 64-row tails: the rest (122) would need two tails, as many rows as a full block, so it takes one."""
+    a = tritonmoe.align_tokens(torch.zeros(135, dtype=torch.int32, device=device), 2, 128, 16)
+    assert int(a.num_post_padded) == 144
+    assert a.block_rows[:3].tolist() == [0, 128, 144] and a.expert_ids[:2].tolist() == [0, 0]
+    a = tritonmoe.align_tokens(torch.zeros(250, dtype=torch.int32, device=device), 2, 128, 64)
+    assert int(a.num_post_padded) == 256 and a.block_rows[:3].tolist() == [0, 128, 256]
+
+
+@pytest.mark.parametrize("tail_m", [8, 24, 256])
+def test_bad_tail_is_refused(tail_m, device):
+    with pytest.raises(ValueError, match="TAIL_M"):
+        tritonmoe.align_tokens(torch.zeros(4, dtype=torch.int32, device=device), 2, 128, tail_m)

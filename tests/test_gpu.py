@@ -149,10 +149,10 @@ def test_weight_offsets_past_int32(impl, T, deepseek_weights):
     check_rows(y, x, topk_weights, topk_ids, w_gate_up, w_down, [0, T - 1])
 
 
-def _desc_config(bm, split_k):
+def _desc_config(bm, split_k, desc=True):
     return {"BLOCK_M": bm,
-            "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "DESC": True},
-            "down": {"BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "DESC": True,
+            "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "DESC": desc},
+            "down": {"BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "DESC": desc,
                      "SPLIT_K": split_k}}
 
 
@@ -174,3 +174,25 @@ def test_descriptor_path_on_gpu(impl, T, bm, split_k, dtype):
     static_x.copy_(x)
     graph.replay()
     assert torch.equal(static_y, tritonmoe.moe(x, *layer.weights, 2, impl=impl, config=cfg))
+
+
+@pytest.mark.parametrize("desc", [False, True], ids=["pointers", "desc"])
+@pytest.mark.parametrize("bm,tail", [(128, 64), (128, 16), (64, 16)])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_tail_blocks_on_gpu(impl, bm, tail, desc):
+    """Tail blocks at GPU tiles in bf16 (both tile heights compiled into one kernel), pointer and descriptor
+    kernels, checked against float64 and replayed as a CUDA graph."""
+    T = 600  # ~150 slots an expert: one or two full blocks and a rest of ~22 rows
+    layer = gpu_layer(T, 8, MID["H"], MID["F"], torch.bfloat16, seed=T + bm + tail)
+    cfg = {**_desc_config(bm, 1, desc=desc), "TAIL_M": tail}
+    _, ids = tritonmoe.route(layer.x, layer.router_weight, 2)
+    a = tritonmoe.align_tokens(ids, 8, bm, tail)
+    heights = (a.block_rows[1:] - a.block_rows[:-1]).tolist()
+    assert bm in heights and tail in heights, heights
+    y = tritonmoe.moe(layer.x, *layer.weights, 2, impl=impl, config=cfg)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, 2), torch.bfloat16, f"{impl} tail {bm}/{tail}")
+    static_x = layer.x.clone()
+    graph, static_y = capture(lambda: tritonmoe.moe(static_x, *layer.weights, 2, impl=impl, config=cfg))
+    static_x.copy_(gpu_layer(T, 8, MID["H"], 1, torch.bfloat16, seed=T + 1).x)
+    graph.replay()
+    assert torch.equal(static_y, tritonmoe.moe(static_x, *layer.weights, 2, impl=impl, config=cfg))

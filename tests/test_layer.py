@@ -82,16 +82,38 @@ def _desc_config(block_m, bn, bk, group_m, split_k, gate_up=True, down=True):
     _desc_config(32, 32, 16, 4, 3),
     _desc_config(64, 16, 32, 8, 2, down=False),
     _desc_config(16, 32, 16, 2, 1, gate_up=False),
+    {**_config(64, 16, 32, 8, 4), "TAIL_M": 16},
+    {**_config(32, 32, 16, 1, 1), "TAIL_M": 16},
+    {**_desc_config(64, 16, 16, 2, 2), "TAIL_M": 32},
+    {**_decode_config(16, 16, 16, 16), "BLOCK_M": 32, "TAIL_M": 16},
 ], ids=["bm16-split1", "bm32-split3", "bm64-split4", "expert-bm16", "expert-bm32", "desc-bm16", "desc-bm32-split3",
-        "desc-gate-up-only", "desc-down-only"])
+        "desc-gate-up-only", "desc-down-only", "tail16-bm64-split4", "tail16-bm32", "desc-tail32-bm64",
+        "expert-ignores-tail"])
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
 def test_moe_launch_configs(impl, config, device):
     """Any block sizes, program grouping and split of the down projection give the same layer; an
     `expert` entry sends tritonmoe_fused down the one-kernel decode path (others ignore it) at any T;
-    `DESC` feeds the GEMMs through tensor descriptors (tokens gathered first), per GEMM."""
+    `DESC` feeds the GEMMs through tensor descriptors (tokens gathered first), per GEMM; `TAIL_M` gives each
+    expert's rest shorter tail blocks (the decode path ignores it)."""
     T, E, K, H, F = 70, 8, 2, 40, 56
     layer = make_layer(T, E, H, F, torch.float32, device, seed=7)
     y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=config)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.float32, impl)
+
+
+@pytest.mark.parametrize("desc", [False, True], ids=["pointers", "desc"])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_tail_blocks(impl, desc, device):
+    """Full blocks and tail blocks in the same launches (zipf routing: hot experts over several 64-row blocks,
+    cold ones in 16-row tails only), every variant, through the pointer and the descriptor kernels."""
+    T, E, K, H, F = 150, 8, 2, 64, 48
+    layer = make_layer(T, E, H, F, torch.float32, device, seed=5, routing="zipf")
+    _, ids = tritonmoe.route(layer.x, layer.router_weight, K)
+    a = tritonmoe.align_tokens(ids, E, 64, 16)
+    heights = (a.block_rows[1:] - a.block_rows[:-1]).tolist()
+    assert heights.count(64) >= 2 and heights.count(16) >= 2, heights
+    cfg = {**(_desc_config if desc else _config)(64, 16, 16, 2, 2), "TAIL_M": 16}
+    y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=cfg)
     assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.float32, impl)
 
 

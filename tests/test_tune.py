@@ -44,3 +44,30 @@ def test_descriptor_candidates_fit_and_only_on_cuda_from_bm64(bm):
         for c in gu:
             if c.get("DESC"):
                 assert c["num_stages"] * c["BLOCK_K"] * (bm + 2 * c["BLOCK_N"]) * 2 <= 220 * 1024
+
+
+def test_pick_robust_keeps_uniform_within_one_percent_and_then_the_skewed_draw():
+    base, t32, t64 = _cfg(128), {**_cfg(128), "TAIL_M": 32}, {**_cfg(128), "TAIL_M": 64}
+    # 0.5% slower on the uniform draw, 20% faster on the skewed one: the tail variant
+    assert tune.pick_robust([(base, 100.0, 300.0), (t64, 100.5, 240.0)])[0] is t64
+    # 3% slower on the uniform draw: not taken, whatever it saves on the skewed one
+    assert tune.pick_robust([(base, 100.0, 300.0), (t32, 103.0, 100.0)])[0] is base
+    # the uniform winner is always a candidate
+    assert tune.pick_robust([(t32, 120.0, 50.0), (base, 100.0, 300.0)])[0] is base
+    with pytest.raises(ValueError, match="pick_robust"):
+        tune.pick_robust([])
+
+
+def test_tail_variants():
+    assert [c.get("TAIL_M") for c in tune.tail_variants(_cfg(128))] == [None, 64, 32]
+    assert [c.get("TAIL_M") for c in tune.tail_variants(_cfg(64))] == [None, 32, 16]
+    # small blocks: taller blocks whose tails are the old blocks, shared memory refitted for the taller tile
+    cfg16 = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 256, "num_stages": 4},
+             "down": {"BLOCK_N": 64, "BLOCK_K": 256, "num_stages": 4, "SPLIT_K": 1}}
+    vs = tune.tail_variants(cfg16)
+    assert [(c["BLOCK_M"], c.get("TAIL_M")) for c in vs] == [(16, None), (64, 16), (128, 16)]
+    for c in vs[1:]:
+        g = c["gate_up"]
+        assert g["num_stages"] * g["BLOCK_K"] * (c["BLOCK_M"] + 2 * g["BLOCK_N"]) * 2 <= 200 * 1024
+    # the one-kernel decode path has no tails
+    assert tune.tail_variants({**cfg16, "expert": {"BLOCK_F": 16}}) == [{**cfg16, "expert": {"BLOCK_F": 16}}]

@@ -53,11 +53,17 @@ def make_weights(m: Model, dtype: torch.dtype, device, routing: str, seed: int =
     u = torch.randn((H,), generator=g, device=device)
     u = u / u.norm()
     if routing == "zipf":
-        log_p = -1.2 * torch.log(torch.arange(1, E + 1, device=device, dtype=torch.float32))
-        wr = wr + (log_p - log_p.mean())[:, None] * u[None, :]
+        wr = zipf_router(wr, u)
     elif routing != "uniform":
         raise ValueError(f"routing: expected one of {ROUTINGS}, got {routing!r}")
     return Weights(wr.to(dtype), wgu, wd, u)
+
+
+def zipf_router(wr: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The zipf draw's router: row e of `wr` plus a multiple of `u` proportional to log((e+1)^-1.2)."""
+    E = wr.shape[0]
+    log_p = -1.2 * torch.log(torch.arange(1, E + 1, device=wr.device, dtype=torch.float32))
+    return wr + (log_p - log_p.mean())[:, None] * u[None, :]
 
 
 def make_tokens(m: Model, tokens: int, w: Weights, routing: str, dtype, device, seed: int) -> torch.Tensor:

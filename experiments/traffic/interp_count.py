@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from tritonmoe.api import resolve_config  # noqa: E402
+from tritonmoe.config import tail_of  # noqa: E402
 from tritonmoe.route_align import route_and_align  # noqa: E402
 from tritonmoe.traffic import TRITON_IMPLS, Blocks, LayerShape, Launch, launches  # noqa: E402
 
@@ -53,10 +54,8 @@ def count_layer(layer: SmallLayer, impl: str) -> LayerCount:
     x, wr, w_gate_up, w_down = layer.inputs()
     E, H, F, K = layer.experts, layer.hidden, layer.ffn, layer.top_k
     shape = LayerShape.of(layer.tokens, H, F, E, K, layer.dtype)
-    cfg = resolve_config(x, shape.routed, E, H, F, None)
-    if layer.desc:
-        cfg = {**cfg, "gate_up": {**cfg["gate_up"], "DESC": True}, "down": {**cfg["down"], "DESC": True}}
-    _, _, align = route_and_align(x, wr, K, True, cfg["BLOCK_M"])
+    cfg = layer.config(resolve_config(x, shape.routed, E, H, F, None))
+    _, _, align = route_and_align(x, wr, K, True, cfg["BLOCK_M"], tail_of(cfg))
     blocks = Blocks.from_alignment(shape, align)
     with InterpreterCounter(weights=(wr, w_gate_up, w_down)) as counter:
         tritonmoe.moe(x, wr, w_gate_up, w_down, K, impl=impl, config=cfg)

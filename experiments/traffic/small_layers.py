@@ -25,11 +25,21 @@ class SmallLayer:
     routing: str = "uniform"
     seed: int = 0
     desc: bool = False  # run with the config's DESC flag on both GEMMs (the tensor-descriptor kernels)
+    tail: tuple[int, int] | None = None  # (BLOCK_M, TAIL_M): run with tail blocks
+
+    def config(self, cfg: dict) -> dict:
+        """The layer config the count runs: `cfg` (the resolved default) with this layer's overrides."""
+        if self.desc:
+            cfg = {**cfg, "gate_up": {**cfg["gate_up"], "DESC": True}, "down": {**cfg["down"], "DESC": True}}
+        if self.tail:
+            cfg = {**cfg, "BLOCK_M": self.tail[0], "TAIL_M": self.tail[1]}
+        return cfg
 
     @property
     def name(self) -> str:
         """The `model` column of its traffic.csv rows."""
-        return f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}" + ("-desc" if self.desc else "")
+        return (f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}"
+                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else ""))
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, router_weight, w_gate_up, w_down) on the CPU."""
@@ -65,4 +75,8 @@ SMALL_LAYERS = (
     SmallLayer(tokens=20, hidden=40, ffn=24, experts=4, top_k=2, seed=6, desc=True),
     SmallLayer(tokens=24, hidden=32, ffn=20, experts=4, top_k=2, dtype=torch.float16, routing="skewed", seed=7,
                desc=True),
+    # Tail blocks (see `tritonmoe.align`): up to three 16-row tails after 64-row blocks, pointer kernels; and
+    # 32-row blocks with 16-row tails through the descriptor kernels.
+    SmallLayer(tokens=60, hidden=40, ffn=24, experts=4, top_k=2, routing="skewed", seed=8, tail=(64, 16)),
+    SmallLayer(tokens=44, hidden=32, ffn=24, experts=3, top_k=2, seed=9, desc=True, tail=(32, 16)),
 )

@@ -1,5 +1,5 @@
-"""Pieces shared by the grouped-GEMM kernels: program ordering, an aligned block's rows, the gate/up
-accumulation from one load of x, and the dot precision."""
+"""Pieces shared by the grouped-GEMM kernels: program ordering, an aligned block's extent and rows, the
+gate/up accumulation from one load of x, and the dot precision."""
 import triton
 import triton.language as tl
 
@@ -17,10 +17,25 @@ def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M: tl.constexpr):
-    """Aligned block `pid_m`: its expert, row positions, routed slots and which rows hold a slot."""
+def block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr):
+    """First aligned row and height of block `pid_m`: BLOCK_M, TAIL_M (a tail block) or 0 (unused).
+    Without tails (TAIL_M == BLOCK_M) the rows follow from the block's index and only the used-row count is
+    read; with tails from `block_rows` (see `tritonmoe.align`)."""
+    if TAIL_M == BLOCK_M:
+        row0 = pid_m * BLOCK_M
+        height = tl.where(row0 < tl.load(num_post_ptr), BLOCK_M, 0)
+    else:
+        row0 = tl.load(block_rows_ptr + pid_m)
+        height = tl.load(block_rows_ptr + pid_m + 1) - row0
+    return row0, height
+
+
+@triton.jit
+def block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M: tl.constexpr):
+    """Block `pid_m` of BLOCK_M rows from aligned row `row0`: its expert, row positions, routed slots and which
+    rows hold a slot."""
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = row0 + tl.arange(0, BLOCK_M)
     slot = tl.load(sorted_ids_ptr + rows)
     return expert, rows, slot, slot < num_routed
 

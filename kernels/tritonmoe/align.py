@@ -11,9 +11,19 @@ Outputs (`Alignment`):
 - `num_post_padded [1]`: the number of used rows (a multiple of BLOCK_M), read by the GEMMs on
   the device so that their grids can be sized on the host without knowing it.
 - `expert_counts [E]`: slots routed to each expert.
+- `block_rows [max_blocks + 1]`: the first aligned row of each block; from the first unused block on,
+  `num_post_padded`. A block's height is the difference of two neighbours.
 
-Sizes are static: sum_e ceil(c_e / BM) <= floor(N / BM) + min(E, N) blocks, so the host never
-waits for the counts. Slot ids outside [0, E) are ignored (the public API checks them first).
+Tail blocks (`tail_m < block_m`): an expert's rows are BLOCK_M blocks and then, for the rest that does
+not fill one, TAIL_M blocks (a rest needing BLOCK_M / TAIL_M of them takes one full block instead). An
+expert with 135 slots is one 128-row block and one 16-row tail (144 rows), not two 128-row blocks (256
+rows): the GEMMs then run the tall tiles that share weight tiles best without padding every expert to
+them. Without tails (`tail_m == block_m`, the default) every block is BLOCK_M rows and starts at
+`b * BLOCK_M`.
+
+Sizes are static: at most `max_blocks(N, E, BM, TAIL)` blocks (floor(N / BM) + min(E, N) without tails)
+and `max_rows(...)` aligned rows, so the host never waits for the counts. Slot ids outside [0, E) are
+ignored (the public API checks them first).
 
 Three kernels: per-chunk histograms, one program that turns them into offsets (and writes the
 block-to-expert map and the padding), and a stable scatter.
@@ -42,9 +52,9 @@ def _count_kernel(ids_ptr, chunk_counts_ptr, N, E, CHUNK: tl.constexpr, BLOCK_E:
 
 @triton.jit
 def _offsets_kernel(
-    chunk_counts_ptr, chunk_base_ptr, expert_ids_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
+    chunk_counts_ptr, chunk_base_ptr, expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
     N, E, num_chunks, max_blocks,
-    BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, ROWS: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, ROWS: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     experts = tl.arange(0, BLOCK_E)
     totals = tl.zeros((BLOCK_E,), dtype=tl.int32)
@@ -53,7 +63,8 @@ def _offsets_kernel(
         blk = tl.load(chunk_counts_ptr + r[:, None] * BLOCK_E + experts[None, :],
                       mask=r[:, None] < num_chunks, other=0)
         totals += tl.sum(blk, axis=0)
-    starts, ends, total = expert_ranges(totals, num_post_ptr, expert_counts_ptr, E, BLOCK_M, BLOCK_E)
+    starts = write_blocks(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
+                          totals, E, N, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, BLOCK_B)
     # Per chunk and expert: where the chunk's first slot of that expert goes.
     running = starts
     for c0 in range(0, num_chunks, ROWS):
@@ -63,47 +74,58 @@ def _offsets_kernel(
         base = running[None, :] + tl.cumsum(blk, axis=0) - blk
         tl.store(chunk_base_ptr + r[:, None] * BLOCK_E + experts[None, :], base, mask=r[:, None] < num_chunks)
         running += tl.sum(blk, axis=0)
-    write_blocks(expert_ids_ptr, sorted_ids_ptr, starts, ends, totals, total, N, max_blocks,
-                 BLOCK_M, BLOCK_E, BLOCK_B)
 
 
 @triton.jit
-def expert_ranges(totals, num_post_ptr, expert_counts_ptr, E, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
-    """Each expert's padded range [start, end) of aligned rows, from its slot count; stores the counts
-    and the number of used rows. Returns (starts, ends, total)."""
+def write_blocks(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
+                 totals, E, N, max_blocks,
+                 BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+    """From the slot count of each expert: its padded range of aligned rows and its blocks (BLOCK_M blocks,
+    then TAIL_M blocks for the rest). Stores the counts, the number of used rows, the expert and first row of
+    every block (-1 and the used-row count past the used blocks) and the sentinel N in every padding row.
+    Returns each expert's first aligned row."""
     experts = tl.arange(0, BLOCK_E)
-    padded = (totals + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    ends = tl.cumsum(padded, axis=0)
-    tl.store(num_post_ptr, tl.sum(padded, axis=0))
+    full = totals // BLOCK_M
+    tails = (totals - full * BLOCK_M + TAIL_M - 1) // TAIL_M
+    whole = tails * TAIL_M == BLOCK_M  # the rest needs as many rows as one full block: take one
+    full = tl.where(whole, full + 1, full)
+    tails = tl.where(whole, 0, tails)
+    padded = full * BLOCK_M + tails * TAIL_M
+    starts = tl.cumsum(padded, axis=0) - padded
+    total = tl.sum(padded, axis=0)
+    blocks = full + tails
+    block_ends = tl.cumsum(blocks, axis=0)
+    block_starts = block_ends - blocks
+    total_blocks = tl.sum(blocks, axis=0)
+    tl.store(num_post_ptr, total)
     tl.store(expert_counts_ptr + experts, totals, mask=experts < E)
-    return ends - padded, ends, tl.sum(padded, axis=0)
-
-
-@triton.jit
-def write_blocks(expert_ids_ptr, sorted_ids_ptr, starts, ends, totals, total, N, max_blocks,
-                 BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
-    """Writes the expert of each block (-1 past `total`) and the sentinel N in every padding row."""
-    experts = tl.arange(0, BLOCK_E)
     rows_in_block = tl.arange(0, BLOCK_M)
-    for b0 in range(0, max_blocks, BLOCK_B):
+    for b0 in range(0, max_blocks + 1, BLOCK_B):
         b = b0 + tl.arange(0, BLOCK_B)
-        pos = b * BLOCK_M
-        # The owner of a used block is the first expert whose padded range ends after it.
-        owner = tl.sum((ends[None, :] <= pos[:, None]).to(tl.int32), axis=1)
-        used = pos < total
-        tl.store(expert_ids_ptr + b, tl.where(used, owner, -1), mask=b < max_blocks)
+        # The owner of a used block is the first expert whose blocks end after it.
+        owner = tl.sum((block_ends[None, :] <= b[:, None]).to(tl.int32), axis=1)
+        used = b < total_blocks
         is_owner = experts[None, :] == owner[:, None]
         own_start = tl.sum(tl.where(is_owner, starts[None, :], 0), axis=1)
         own_count = tl.sum(tl.where(is_owner, totals[None, :], 0), axis=1)
-        p = pos[:, None] + rows_in_block[None, :]
-        is_pad = (p - own_start[:, None]) >= own_count[:, None]
+        own_full = tl.sum(tl.where(is_owner, full[None, :], 0), axis=1)
+        j = b - tl.sum(tl.where(is_owner, block_starts[None, :], 0), axis=1)  # the block's rank in its expert
+        n_full = tl.minimum(j, own_full)
+        row0 = tl.where(used, own_start + n_full * BLOCK_M + (j - n_full) * TAIL_M, total)
+        height = tl.where(j < own_full, BLOCK_M, TAIL_M)
+        tl.store(expert_ids_ptr + b, tl.where(used, owner, -1), mask=b < max_blocks)
+        tl.store(block_rows_ptr + b, row0, mask=b <= max_blocks)
+        p = row0[:, None] + rows_in_block[None, :]
+        is_pad = (rows_in_block[None, :] < height[:, None]) & ((p - own_start[:, None]) >= own_count[:, None])
         tl.store(sorted_ids_ptr + p, tl.full(p.shape, 0, tl.int32) + N, mask=is_pad & used[:, None])
+    return starts
 
 
 @triton.jit
-def align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr,
+def align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
                     N, E, max_blocks,
-                    BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr, BLOCK_B: tl.constexpr):
+                    BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
+                    BLOCK_B: tl.constexpr):
     """The whole alignment in one program when all N <= CHUNK slots fit one tile."""
     offs = tl.arange(0, CHUNK)
     ok = offs < N
@@ -111,20 +133,20 @@ def align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, exper
     experts = tl.arange(0, BLOCK_E)
     onehot = ((ids[:, None] == experts[None, :]) & (experts[None, :] < E)).to(tl.int32)
     totals = tl.sum(onehot, axis=0)
-    starts, ends, total = expert_ranges(totals, num_post_ptr, expert_counts_ptr, E, BLOCK_M, BLOCK_E)
+    starts = write_blocks(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
+                          totals, E, N, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, BLOCK_B)
     rank = tl.cumsum(onehot, axis=0) - onehot
     pos = tl.sum(onehot * (rank + starts[None, :]), axis=1)
     tl.store(sorted_ids_ptr + pos, offs, mask=ok & (ids >= 0) & (ids < E))
-    write_blocks(expert_ids_ptr, sorted_ids_ptr, starts, ends, totals, total, N, max_blocks,
-                 BLOCK_M, BLOCK_E, BLOCK_B)
 
 
 @triton.jit
-def _align_small_kernel(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr,
+def _align_small_kernel(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
                         N, E, max_blocks,
-                        BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr, BLOCK_B: tl.constexpr):
-    align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr, N, E, max_blocks,
-                    BLOCK_M, BLOCK_E, CHUNK, BLOCK_B)
+                        BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
+                        BLOCK_B: tl.constexpr):
+    align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
+                    N, E, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, CHUNK, BLOCK_B)
 
 
 @triton.jit
@@ -145,52 +167,89 @@ def _scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, N, E, CHUNK: tl.con
 class Alignment:
     sorted_ids: torch.Tensor
     expert_ids: torch.Tensor
+    block_rows: torch.Tensor
     num_post_padded: torch.Tensor
     expert_counts: torch.Tensor
     block_m: int
     num_routed: int  # N = T * K, also the padding sentinel
+    tail_m: int = 0  # height of the tail blocks; 0 means none (set to block_m)
+
+    def __post_init__(self):
+        if not self.tail_m:
+            object.__setattr__(self, "tail_m", self.block_m)
 
     @property
     def max_blocks(self) -> int:
         return self.expert_ids.shape[0]
 
+    @property
+    def has_tails(self) -> bool:
+        return self.tail_m < self.block_m
 
-def max_blocks(num_routed: int, num_experts: int, block_m: int) -> int:
-    """Upper bound on the used BLOCK_M blocks: floor(N / BM) + min(E, N)."""
-    return num_routed // block_m + min(num_experts, num_routed)
+
+def check_tail(block_m: int, tail_m: int | None) -> int:
+    """The tail height to use (`block_m` for none); raises unless it is a power of two in [16, block_m]."""
+    if tail_m is None:
+        return block_m
+    if not (16 <= tail_m <= block_m and tail_m & (tail_m - 1) == 0 and block_m % tail_m == 0):
+        raise ValueError(f"TAIL_M: expected a power of two in [16, BLOCK_M={block_m}], got {tail_m}")
+    return tail_m
 
 
-def align_meta(N: int, num_experts: int, block_m: int) -> dict:
+def max_blocks(num_routed: int, num_experts: int, block_m: int, tail_m: int | None = None) -> int:
+    """Upper bound on the used blocks: floor(N / BM) + min(E, N) without tails. With tails an expert has at
+    most floor(c / BM) full blocks and BM/TAIL - 1 tails, and never more blocks than ceil(c / TAIL)."""
+    tail = check_tail(block_m, tail_m)
+    hit = min(num_experts, num_routed)
+    return min(num_routed // block_m + hit * max(1, block_m // tail - 1), num_routed // tail + hit)
+
+
+def max_rows(num_routed: int, num_experts: int, block_m: int, tail_m: int | None = None) -> int:
+    """Upper bound on the aligned rows (the size of `sorted_ids` and of the GEMMs' row buffers): every block is
+    at most BLOCK_M rows and, with tails, every expert pads by fewer than BLOCK_M rows."""
+    tail = check_tail(block_m, tail_m)
+    rows = max_blocks(num_routed, num_experts, block_m, tail) * block_m
+    if tail < block_m:
+        hit = min(num_experts, num_routed)
+        rows = min(rows, triton.cdiv(num_routed + hit * (block_m - 1), block_m) * block_m)
+    return rows
+
+
+def align_meta(N: int, num_experts: int, block_m: int, tail_m: int | None = None) -> dict:
     """Tile sizes of the alignment kernels for N slots."""
+    tail = check_tail(block_m, tail_m)
     block_e = max(16, triton.next_power_of_2(num_experts))
     # No larger than N needs: a 1024-row one-hot tile for 8 slots only costs registers.
     chunk = max(16, min(1024, _TILE_ELEMS // block_e, triton.next_power_of_2(max(1, N))))
-    nb = max_blocks(N, num_experts, block_m)
-    block_b = max(16, min(256, _TILE_ELEMS // max(block_e, block_m), triton.next_power_of_2(max(1, nb))))
-    return dict(BLOCK_M=block_m, BLOCK_E=block_e, CHUNK=chunk, BLOCK_B=block_b)
+    nb = max_blocks(N, num_experts, block_m, tail) + 1  # the blocks and the end of the last one
+    block_b = max(16, min(256, _TILE_ELEMS // max(block_e, block_m), triton.next_power_of_2(nb)))
+    return dict(BLOCK_M=block_m, TAIL_M=tail, BLOCK_E=block_e, CHUNK=chunk, BLOCK_B=block_b)
 
 
-def alloc_alignment(N: int, num_experts: int, block_m: int, device) -> Alignment:
-    nb = max_blocks(N, num_experts, block_m)
+def alloc_alignment(N: int, num_experts: int, block_m: int, device, tail_m: int | None = None) -> Alignment:
+    tail = check_tail(block_m, tail_m)
+    nb = max_blocks(N, num_experts, block_m, tail)
     return Alignment(
-        sorted_ids=torch.empty((nb * block_m,), dtype=torch.int32, device=device),
+        sorted_ids=torch.empty((max_rows(N, num_experts, block_m, tail),), dtype=torch.int32, device=device),
         expert_ids=torch.empty((nb,), dtype=torch.int32, device=device),
+        block_rows=torch.empty((nb + 1,), dtype=torch.int32, device=device),
         num_post_padded=torch.empty((1,), dtype=torch.int32, device=device),
         expert_counts=torch.empty((num_experts,), dtype=torch.int32, device=device),
-        block_m=block_m, num_routed=N,
+        block_m=block_m, num_routed=N, tail_m=tail,
     )
 
 
-def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alignment:
-    """Groups the routed slots of `topk_ids [T, K]` by expert, padded to `block_m`."""
+def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m: int | None = None) -> Alignment:
+    """Groups the routed slots of `topk_ids [T, K]` by expert, padded to `block_m` (with tail blocks of
+    `tail_m` rows for each expert's rest when given)."""
     ids = topk_ids.reshape(-1)
     if ids.dtype != torch.int32:
         ids = ids.to(torch.int32)
     N = ids.numel()
-    a = alloc_alignment(N, num_experts, block_m, ids.device)
-    meta = align_meta(N, num_experts, block_m)
+    a = alloc_alignment(N, num_experts, block_m, ids.device, tail_m)
+    meta = align_meta(N, num_experts, block_m, tail_m)
     if N <= meta["CHUNK"]:
-        _align_small_kernel[(1,)](ids, a.sorted_ids, a.expert_ids, a.num_post_padded, a.expert_counts,
+        _align_small_kernel[(1,)](ids, a.sorted_ids, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
                                   N, num_experts, a.max_blocks, **meta)
         return a
     chunk, block_e = meta["CHUNK"], meta["BLOCK_E"]
@@ -200,9 +259,9 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alig
     _count_kernel[(num_chunks,)](ids, chunk_counts, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
     rows = max(1, min(64, triton.next_power_of_2(num_chunks), _TILE_ELEMS // block_e))
     _offsets_kernel[(1,)](
-        chunk_counts, chunk_base, a.expert_ids, a.sorted_ids, a.num_post_padded, a.expert_counts,
+        chunk_counts, chunk_base, a.expert_ids, a.block_rows, a.sorted_ids, a.num_post_padded, a.expert_counts,
         N, num_experts, num_chunks, a.max_blocks,
-        BLOCK_M=block_m, BLOCK_E=block_e, ROWS=rows, BLOCK_B=meta["BLOCK_B"],
+        BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], BLOCK_E=block_e, ROWS=rows, BLOCK_B=meta["BLOCK_B"],
     )
     _scatter_kernel[(num_chunks,)](ids, chunk_base, a.sorted_ids, N, num_experts, CHUNK=chunk, BLOCK_E=block_e,
                                    num_warps=8)

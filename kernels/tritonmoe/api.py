@@ -19,7 +19,7 @@ import torch
 
 from ._validate import check_kernel_device, check_layer_inputs, check_routing, check_expert_weights, check_tensor
 from .align import align_tokens
-from .config import backend_of, default_config
+from .config import backend_of, default_config, tail_of
 from .down import combine, down
 from .fused_expert import fused_expert
 from .route_align import route_and_align
@@ -63,7 +63,7 @@ def moe(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.Tensor, w
     if x.shape[0] == 0:
         return x.new_empty((0, H))
     cfg = resolve_config(x, x.shape[0] * top_k, E, H, F, config)
-    topk_weights, _, align = route_and_align(x, router_weight, top_k, renormalize, cfg["BLOCK_M"])
+    topk_weights, _, align = route_and_align(x, router_weight, top_k, renormalize, cfg["BLOCK_M"], tail_of(cfg))
     return _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg)
 
 
@@ -89,5 +89,5 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     topk_weights = topk_weights.to(torch.float32).contiguous()
     topk_ids = topk_ids.to(torch.int32).contiguous()
     cfg = resolve_config(x, topk_ids.numel(), E, H, F, config)
-    align = align_tokens(topk_ids, E, cfg["BLOCK_M"])
+    align = align_tokens(topk_ids, E, cfg["BLOCK_M"], tail_of(cfg))
     return _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg)

@@ -10,7 +10,9 @@ Hopper; other backends lower them to loads): the tokens are gathered once into a
 GEMM, the gate and up tiles come as one box (`tritonmoe.gate_up`). It applies where the tensors allow it
 (contiguous weights, 16-byte rows), else the pointer kernel runs. The defaults leave it off; the tuner turns it
 on per shape and token bucket where it wins (H100: the Mixtral shapes from ~512 tokens). An `"expert"` entry
-sends `tritonmoe_fused` down the one-kernel decode path (`tritonmoe.fused_expert`).
+sends `tritonmoe_fused` down the one-kernel decode path (`tritonmoe.fused_expert`). A top-level `"TAIL_M"`
+(a power of two, 16 <= TAIL_M < BLOCK_M) gives each expert's rest tail blocks of TAIL_M rows instead of one more
+BLOCK_M block (`tritonmoe.align`); both GEMMs then run their tile at both heights. The tuner sets it where it wins.
 """
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ import torch
 import triton
 
 from ._validate import interpreter_active
+
+
+def tail_of(cfg: dict) -> int | None:
+    """The config's tail-block height (`TAIL_M`), or None: no tails (also on the one-kernel decode path)."""
+    return None if cfg.get("expert") else cfg.get("TAIL_M")
 
 
 def backend_of(device: torch.device) -> str:

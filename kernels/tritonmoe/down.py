@@ -14,26 +14,21 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import block_rows, dot_precision, grouped_pid
+from ._gemm_common import block_extent, block_slots, dot_precision, grouped_pid
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
 
 
 @triton.jit
-def _down_kernel(
-    a_ptr, w_ptr, partial_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
-    H, F, num_routed, k_per_split, num_pid_m,
+def _down_tile(
+    a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n, pid_s,
+    H, F, num_routed, k_per_split,
     stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
     EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    num_pid_n = tl.cdiv(H, BLOCK_N)
-    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
-    pid_s = tl.program_id(1)
-    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
-        return
-    expert, rows, slot, row_ok = block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M)
+    """One [BLOCK_M, BLOCK_N] tile of block `pid_m` (aligned rows from `row0`) over F split `pid_s`."""
+    expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < H
     k_start = pid_s * k_per_split
@@ -60,22 +55,39 @@ def _down_kernel(
 
 
 @triton.jit
-def _down_desc_kernel(
-    a_desc, w_desc, partial_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
-    H, F, num_routed, k_per_split, num_pid_m, stride_ps, stride_pm, stride_pn,
-    PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+def _down_kernel(
+    a_ptr, w_ptr, partial_ptr, topk_weights_ptr,
+    sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
+    H, F, num_routed, k_per_split, num_pid_m,
+    stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
+    EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """`_down_kernel` with both operands as descriptor boxes: act `[max_padded, F]` and the weights `[E, H, F]`
-    in `[1, BLOCK_N, BLOCK_K]` boxes. Boxes past F or H read zeros; splits start at multiples of BLOCK_K."""
     num_pid_n = tl.cdiv(H, BLOCK_N)
     pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
     pid_s = tl.program_id(1)
-    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
-        return
-    expert, rows, slot, row_ok = block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M)
-    row0 = pid_m * BLOCK_M
+    row0, height = block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M, TAIL_M)
+    if height == BLOCK_M:
+        _down_tile(a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
+                   pid_s, H, F, num_routed, k_per_split,
+                   stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
+                   EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if TAIL_M < BLOCK_M:
+        if height == TAIL_M:  # a tail block: the same tile code at TAIL_M rows
+            _down_tile(a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0,
+                       pid_n, pid_s, H, F, num_routed, k_per_split,
+                       stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
+                       EVEN_K, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _down_desc_tile(
+    a_desc, w_desc, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n, pid_s,
+    H, F, num_routed, k_per_split, stride_ps, stride_pm, stride_pn,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """`_down_tile` from descriptor boxes; `a_desc`'s box is [BLOCK_M, BLOCK_K]."""
+    expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
     n0 = pid_n * BLOCK_N
     k_start = pid_s * k_per_split
     k_end = tl.minimum(k_start + k_per_split, F)
@@ -84,11 +96,37 @@ def _down_desc_kernel(
         a = a_desc.load([row0, k0])
         w = tl.reshape(w_desc.load([expert.to(tl.int32), n0, k0]), (BLOCK_N, BLOCK_K))
         acc = tl.dot(a, w.T, acc, input_precision=PRECISION)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = n0 + tl.arange(0, BLOCK_N)
     route_w = tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)
     acc = acc * route_w[:, None]
     p_ptrs = partial_ptr + pid_s * stride_ps + slot[:, None].to(tl.int64) * stride_pm + cols[None, :] * stride_pn
     tl.store(p_ptrs, acc.to(partial_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < H)[None, :])
+
+
+@triton.jit
+def _down_desc_kernel(
+    a_desc, a_tail_desc, w_desc, partial_ptr, topk_weights_ptr,
+    sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
+    H, F, num_routed, k_per_split, num_pid_m, stride_ps, stride_pm, stride_pn,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """`_down_kernel` with both operands as descriptor boxes: act `[max_padded, F]` (BLOCK_M-row boxes, TAIL_M-row
+    boxes for tail blocks) and the weights `[E, H, F]` in `[1, BLOCK_N, BLOCK_K]` boxes. Boxes past F or H read
+    zeros; splits start at multiples of BLOCK_K."""
+    num_pid_n = tl.cdiv(H, BLOCK_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    pid_s = tl.program_id(1)
+    row0, height = block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M, TAIL_M)
+    if height == BLOCK_M:
+        _down_desc_tile(a_desc, w_desc, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0,
+                        pid_n, pid_s, H, F, num_routed, k_per_split, stride_ps, stride_pm, stride_pn,
+                        PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if TAIL_M < BLOCK_M:
+        if height == TAIL_M:
+            _down_desc_tile(a_tail_desc, w_desc, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m,
+                            row0, pid_n, pid_s, H, F, num_routed, k_per_split, stride_ps, stride_pm, stride_pn,
+                            PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
 
 
 def uses_descriptors(cfg: dict, act: torch.Tensor, w_down: torch.Tensor) -> bool:
@@ -129,22 +167,25 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
     num_pid_m = align.max_blocks
     grid = (num_pid_m * triton.cdiv(H, bn), split_k)
     if uses_descriptors(cfg, act, w_down):
+        a_desc = descriptor(act, [bm, bk])
         _down_desc_kernel[grid](
-            descriptor(act, [bm, bk]), descriptor(w_down, [1, bn, bk]), partial,
-            topk_weights.reshape(-1), align.sorted_ids, align.expert_ids, align.num_post_padded,
+            a_desc, descriptor(act, [align.tail_m, bk]) if align.has_tails else a_desc,
+            descriptor(w_down, [1, bn, bk]), partial,
+            topk_weights.reshape(-1), align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
             H, F, align.num_routed, k_per_split, num_pid_m, partial.stride(0), partial.stride(1), partial.stride(2),
-            PRECISION=dot_precision(act.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+            PRECISION=dot_precision(act.dtype), BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk,
+            GROUP_M=cfg.get("GROUP_M", 1),
             num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
         )
         return partial
     _down_kernel[grid](
         act, w_down, partial, topk_weights.reshape(-1),
-        align.sorted_ids, align.expert_ids, align.num_post_padded,
+        align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
         H, F, align.num_routed, k_per_split, num_pid_m,
         act.stride(0), act.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2),
         partial.stride(0), partial.stride(1), partial.stride(2),
         EVEN_K=(F % k_per_split == 0 and k_per_split % bk == 0), PRECISION=dot_precision(act.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+        BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return partial

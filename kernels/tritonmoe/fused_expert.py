@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import block_rows, dot_precision, gate_up_accumulate
+from ._gemm_common import block_slots, dot_precision, gate_up_accumulate
 from .align import Alignment
 
 
@@ -35,7 +35,7 @@ def _fused_expert_kernel(
     pid_f = pid % num_pid_f
     if pid_m * BLOCK_M >= tl.load(num_post_ptr):
         return
-    expert, rows, slot, row_ok = block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M)
+    expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, pid_m * BLOCK_M, num_routed, BLOCK_M)
     token = (slot // TOP_K).to(tl.int64)
     fs = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     f_ok = fs < F
@@ -61,6 +61,8 @@ def _fused_expert_kernel(
 def fused_expert(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, align: Alignment,
                  topk_weights: torch.Tensor, cfg: dict) -> torch.Tensor:
     """Returns `partial [cdiv(F, BLOCK_F), T*K, H]` (fp32), to be summed by `down.combine`."""
+    if align.has_tails:
+        raise ValueError("fused_expert: the one-kernel decode path takes an alignment without tail blocks (TAIL_M)")
     E, H, F = w_down.shape
     bf, bk, bh = cfg["BLOCK_F"], cfg["BLOCK_K"], cfg["BLOCK_H"]
     chunks = triton.cdiv(F, bf)

@@ -27,25 +27,21 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import block_rows, dot_precision, gate_up_accumulate, grouped_pid
+from ._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, grouped_pid
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
 
 
 @triton.jit
-def _gate_up_kernel(
-    x_ptr, w_ptr, out_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
-    N, H, num_routed, row_offset, up_offset, num_pid_m,
+def _gate_up_tile(
+    x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
+    N, H, num_routed, row_offset, up_offset,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
     TOP_K: tl.constexpr, FUSE_SWIGLU: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
-        return
-    expert, rows, slot, row_ok = block_rows(sorted_ids_ptr, expert_ids_ptr, pid_m, num_routed, BLOCK_M)
+    """One [BLOCK_M, BLOCK_N] output tile of block `pid_m` (aligned rows from `row0`)."""
+    expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
     token = (slot // TOP_K).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -59,6 +55,32 @@ def _gate_up_kernel(
         out = acc_g
     o_ptrs = out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr, w_ptr, out_ptr,
+    sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
+    N, H, num_routed, row_offset, up_offset, num_pid_m,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
+    TOP_K: tl.constexpr, FUSE_SWIGLU: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    row0, height = block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M, TAIL_M)
+    if height == BLOCK_M:
+        _gate_up_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
+                      N, H, num_routed, row_offset, up_offset,
+                      stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
+                      TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if TAIL_M < BLOCK_M:
+        if height == TAIL_M:  # a tail block: the same tile code at TAIL_M rows
+            _gate_up_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
+                          N, H, num_routed, row_offset, up_offset,
+                          stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
+                          TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -96,19 +118,12 @@ def gather_rows(x: torch.Tensor, align: Alignment) -> torch.Tensor:
 
 
 @triton.jit
-def _gate_up_desc_kernel(
-    a_desc, w_desc, out_ptr, expert_ids_ptr, num_post_ptr,
-    N, H, num_pid_m, row_offset, stride_om, stride_on,
+def _gate_up_desc_tile(
+    a_desc, w_desc, out_ptr, expert, row0, n0, N, H, row_offset, stride_om, stride_on,
     FUSE_SWIGLU: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
-        return
-    expert = tl.load(expert_ids_ptr + pid_m)
-    row0 = pid_m * BLOCK_M
-    n0 = pid_n * BLOCK_N
+    """One output tile from descriptor boxes; `a_desc`'s box is [BLOCK_M, BLOCK_K]."""
     if FUSE_SWIGLU:
         # w_desc views the weights as [2E, F, H]: rows 2e and 2e+1 are expert e's gate and up matrices.
         acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
@@ -133,6 +148,28 @@ def _gate_up_desc_kernel(
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=(cols < N)[None, :])
 
 
+@triton.jit
+def _gate_up_desc_kernel(
+    a_desc, a_tail_desc, w_desc, out_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
+    N, H, num_pid_m, row_offset, stride_om, stride_on,
+    FUSE_SWIGLU: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """`a_desc` boxes BLOCK_M rows of the gathered tokens, `a_tail_desc` TAIL_M rows (for tail blocks)."""
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    row0, height = block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M, TAIL_M)
+    if height > 0:
+        expert = tl.load(expert_ids_ptr + pid_m)
+        if height == BLOCK_M:
+            _gate_up_desc_tile(a_desc, w_desc, out_ptr, expert, row0, pid_n * BLOCK_N, N, H, row_offset,
+                               stride_om, stride_on, FUSE_SWIGLU, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        if TAIL_M < BLOCK_M:
+            if height == TAIL_M:
+                _gate_up_desc_tile(a_tail_desc, w_desc, out_ptr, expert, row0, pid_n * BLOCK_N, N, H, row_offset,
+                                   stride_om, stride_on, FUSE_SWIGLU, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+
+
 def uses_descriptors(cfg: dict, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
     """The config asks for descriptors and the tensors allow them (contiguous 16-byte aligned weights,
     rows of x a multiple of 16 bytes); otherwise the pointer kernel runs."""
@@ -145,16 +182,17 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
     F = F2 // 2
     bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
     a_desc = descriptor(x_sorted, [bm, bk])
+    a_tail_desc = descriptor(x_sorted, [align.tail_m, bk]) if align.has_tails else a_desc
     if fuse_swiglu:
         w_desc = descriptor(w_gate_up, [2, bn, bk], shape=[2 * E, F, H])
     else:
         w_desc = descriptor(w_gate_up, [1, bn, bk])
     grid = (align.max_blocks * triton.cdiv(n, bn),)
     _gate_up_desc_kernel[grid](
-        a_desc, w_desc, out, align.expert_ids, align.num_post_padded,
+        a_desc, a_tail_desc, w_desc, out, align.expert_ids, align.block_rows, align.num_post_padded,
         n, H, align.max_blocks, row_offset, out.stride(0), out.stride(1),
         FUSE_SWIGLU=fuse_swiglu, PRECISION=dot_precision(x_sorted.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+        BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return out
@@ -184,13 +222,13 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
     grid = (num_pid_m * triton.cdiv(n, bn),)
     _gate_up_kernel[grid](
         x, w_gate_up, out,
-        align.sorted_ids, align.expert_ids, align.num_post_padded,
+        align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
         n, H, align.num_routed, row_offset, row_offset + F, num_pid_m,
         x.stride(0), x.stride(1), w_gate_up.stride(0), w_gate_up.stride(1), w_gate_up.stride(2),
         out.stride(0), out.stride(1),
         TOP_K=align.num_routed // x.shape[0], FUSE_SWIGLU=fuse_swiglu, EVEN_K=(H % bk == 0),
         PRECISION=dot_precision(x.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+        BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return out

@@ -48,11 +48,11 @@ def _router_partials_kernel(
 @triton.jit
 def _route_align_partials_kernel(
     partial_ptr, weights_ptr, ids_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr,
+    sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
     T, E, num_splits, max_blocks,
     TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     """Sums the partial logits in a fixed order (deterministic), routes, then aligns, in one program.
     All splits of a token block are loaded as one [BLOCK_S, BLOCK_T, BLOCK_E] tile: a loop over the splits
@@ -66,8 +66,8 @@ def _route_align_partials_kernel(
         logits = tl.sum(tl.load(partial_ptr + offs, mask=mask, other=0.0), axis=0)
         select_experts(logits, weights_ptr, ids_ptr, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
     tl.debug_barrier()
-    align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr, expert_counts_ptr,
-                    T * TOP_K, E, max_blocks, BLOCK_M, BLOCK_E, CHUNK, BLOCK_B)
+    align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
+                    T * TOP_K, E, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, CHUNK, BLOCK_B)
 
 
 # Elements of the largest register tile of the routing program per warp: a decode step (qwen3-30b-a3b,
@@ -77,18 +77,18 @@ _ELEMS_PER_WARP = 2048
 
 
 def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool,
-                    block_m: int) -> tuple[torch.Tensor, torch.Tensor, Alignment]:
-    """Returns (topk_weights [T, K] fp32, topk_ids [T, K] int32, alignment)."""
+                    block_m: int, tail_m: int | None = None) -> tuple[torch.Tensor, torch.Tensor, Alignment]:
+    """Returns (topk_weights [T, K] fp32, topk_ids [T, K] int32, alignment); `tail_m` as in `align_tokens`."""
     T, H = x.shape
     E = router_weight.shape[0]
     N = T * top_k
-    meta = align_meta(N, E, block_m)
+    meta = align_meta(N, E, block_m, tail_m)
     if T > MAX_TOKENS or N > meta["CHUNK"]:
         weights, ids = route(x, router_weight, top_k, renormalize)
-        return weights, ids, align_tokens(ids, E, block_m)
+        return weights, ids, align_tokens(ids, E, block_m, tail_m)
     weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
-    a = alloc_alignment(N, E, block_m, x.device)
+    a = alloc_alignment(N, E, block_m, x.device, tail_m)
     splits = triton.cdiv(H, SPLIT_H)
     block_s = triton.next_power_of_2(splits)
     block_e = max(16, triton.next_power_of_2(E))
@@ -104,9 +104,10 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     tile = max(block_s * block_t * block_e, meta["CHUNK"] * block_e, meta["BLOCK_B"] * max(block_e, block_m))
     warps = max(1, min(4, triton.next_power_of_2(tile // _ELEMS_PER_WARP)))
     _route_align_partials_kernel[(1,)](
-        partial, weights, ids, a.sorted_ids, a.expert_ids, a.num_post_padded, a.expert_counts,
+        partial, weights, ids, a.sorted_ids, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
         T, E, splits, a.max_blocks,
         TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=block_t, BLOCK_E=rmeta["BLOCK_E"], BLOCK_K=rmeta["BLOCK_K"],
-        BLOCK_S=block_s, BLOCK_M=block_m, CHUNK=meta["CHUNK"], BLOCK_B=meta["BLOCK_B"], num_warps=warps,
+        BLOCK_S=block_s, BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], CHUNK=meta["CHUNK"], BLOCK_B=meta["BLOCK_B"],
+        num_warps=warps,
     )
     return weights, ids, a

@@ -16,11 +16,13 @@ from .align import Alignment
 def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, num_post_ptr, F, stride_gm, stride_um, stride_om,
                    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     pid_m = tl.program_id(0)
-    if pid_m * BLOCK_M >= tl.load(num_post_ptr):
+    num_post = tl.load(num_post_ptr)
+    if pid_m * BLOCK_M >= num_post:
         return
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask = cols[None, :] < F
+    # The used rows end inside a block when tail blocks are shorter than BLOCK_M (`tritonmoe.align`).
+    mask = (rows[:, None] < num_post) & (cols[None, :] < F)
     g = tl.load(gate_ptr + rows[:, None] * stride_gm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     u = tl.load(up_ptr + rows[:, None] * stride_um + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], (g * tl.sigmoid(g) * u).to(out_ptr.dtype.element_ty),

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from .align import align_meta, max_blocks
-from .config import default_config
+from .align import align_meta, check_tail, max_blocks, max_rows
+from .config import default_config, tail_of
 from .descriptors import wants_descriptors
 from .gate_up import GATHER_BLOCK_R
 from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
@@ -178,34 +178,53 @@ def elem_bytes(dtype) -> int:
 
 @dataclass(frozen=True)
 class Blocks:
-    """The alignment's geometry: tokens grouped by expert, each group padded to BLOCK_M rows."""
+    """The alignment's geometry: tokens grouped by expert, each group padded to BLOCK_M rows (or, with tail
+    blocks, to full BLOCK_M blocks then TAIL_M blocks for the rest; see `tritonmoe.align`)."""
     block_m: int
     expert_counts: tuple[int, ...]
     max_blocks: int  # grid rows of the grouped GEMMs (an upper bound known on the host)
+    tail_m: int = 0  # 0: no tails (set to block_m)
     padded_rows: int = field(init=False)  # num_post_padded
     used_blocks: int = field(init=False)
     hit_experts: int = field(init=False)
+    max_rows: int = field(init=False)  # rows allocated for the aligned order (host bound)
 
     def __post_init__(self):
         bm = self.block_m
-        object.__setattr__(self, "padded_rows", sum(-(-c // bm) * bm for c in self.expert_counts))
-        object.__setattr__(self, "used_blocks", self.padded_rows // bm)
+        tail = self.tail_m or bm
+        object.__setattr__(self, "tail_m", tail)
+        rows = blocks = 0
+        for c in self.expert_counts:
+            full, rest = divmod(c, bm)
+            tails = -(-rest // tail)
+            if tails * tail == bm:
+                full, tails = full + 1, 0
+            rows += full * bm + tails * tail
+            blocks += full + tails
+        object.__setattr__(self, "padded_rows", rows)
+        object.__setattr__(self, "used_blocks", blocks)
         object.__setattr__(self, "hit_experts", sum(1 for c in self.expert_counts if c > 0))
+        object.__setattr__(self, "max_rows", max_rows(sum(self.expert_counts), len(self.expert_counts), bm, tail))
+
+    @property
+    def has_tails(self) -> bool:
+        return self.tail_m < self.block_m
 
     @classmethod
-    def from_counts(cls, shape: LayerShape, expert_counts, block_m: int) -> "Blocks":
+    def from_counts(cls, shape: LayerShape, expert_counts, block_m: int, tail_m: int | None = None) -> "Blocks":
         counts = tuple(int(c) for c in expert_counts)
         if len(counts) != shape.experts:
             raise ValueError(f"expert_counts: expected {shape.experts} counts (one per expert), got {len(counts)}")
         if any(c < 0 for c in counts) or sum(counts) != shape.routed:
             raise ValueError(f"expert_counts: expected non-negative counts summing to T*K = {shape.routed}, "
                              f"got {sum(counts)} ({counts if len(counts) <= 16 else '...'})")
-        return cls(int(block_m), counts, max_blocks(shape.routed, shape.experts, int(block_m)))
+        tail = check_tail(int(block_m), tail_m)
+        return cls(int(block_m), counts, max_blocks(shape.routed, shape.experts, int(block_m), tail), tail)
 
     @classmethod
     def from_alignment(cls, shape: LayerShape, align) -> "Blocks":
         """From a `tritonmoe.align.Alignment`; checks its padded-row count against the counts."""
-        blocks = cls.from_counts(shape, align.expert_counts.tolist(), align.block_m)
+        blocks = cls.from_counts(shape, align.expert_counts.tolist(), align.block_m, align.tail_m)
         got = int(align.num_post_padded.item())
         if got != blocks.padded_rows:
             raise ValueError(f"align: expected num_post_padded = {blocks.padded_rows} from its expert counts, got {got}")
@@ -246,6 +265,7 @@ def _block_table_accesses(s: LayerShape, b: Blocks, *, sorted_ids_write: int) ->
     return (
         _same("sorted_ids_ptr", write=sorted_ids_write),
         _same("expert_ids_ptr", write=b.max_blocks * _I32),
+        _same("block_rows_ptr", write=(b.max_blocks + 1) * _I32),
         _same("num_post_ptr", write=_I32),
         _same("expert_counts_ptr", write=s.experts * _I32),
     )
@@ -256,7 +276,7 @@ def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
     one program for the rest at small sizes, else `route` then `align_tokens` (itself one program when the N slots fit
     one chunk, else per-chunk histograms, one program of offsets, and a stable scatter)."""
     n = s.routed
-    meta = align_meta(n, s.experts, b.block_m)
+    meta = align_meta(n, s.experts, b.block_m, b.tail_m)
     steps = _cdiv(s.tokens, _route_block_t())
     if s.tokens <= ROUTE_ALIGN_MAX_TOKENS and n <= meta["CHUNK"]:
         splits = _cdiv(s.hidden, SPLIT_H)
@@ -304,11 +324,20 @@ def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
     ]
 
 
+def _block_extent(b: Blocks, programs_per_block: int) -> Access:
+    """`_gemm_common.block_extent`, read by every program (even those past the used blocks): the used-row count
+    without tails, else the block's first row and the next block's (every entry of `block_rows`)."""
+    programs = b.max_blocks * programs_per_block
+    if b.has_tails:
+        return Access("block_rows_ptr", False, read=2 * programs * _I32, unique_read=(b.max_blocks + 1) * _I32)
+    return Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32)
+
+
 def _block_metadata(b: Blocks, programs_per_block: int) -> tuple[Access, ...]:
-    """What every program of a grouped GEMM reads before its tiles: the used-row count (all
-    programs, even those past the used blocks), then its block's expert and slot ids."""
+    """What every program of a grouped GEMM reads before its tiles: its block's extent (all programs),
+    then the used blocks' expert and slot ids."""
     return (
-        Access("num_post_ptr", False, read=b.max_blocks * programs_per_block * _I32, unique_read=_I32),
+        _block_extent(b, programs_per_block),
         Access("expert_ids_ptr", False, read=b.used_blocks * programs_per_block * _I32,
                unique_read=b.used_blocks * _I32),
         Access("sorted_ids_ptr", False, read=b.padded_rows * programs_per_block * _I32,
@@ -337,7 +366,7 @@ def gather_launch(s: LayerShape, b: Blocks) -> Launch:
     """`gate_up._gather_rows_kernel`: every program reads the used-row count; the used ones copy their
     real slots' token rows of x (padding rows written as zeros) into aligned order."""
     e = s.elem_bytes
-    programs = _cdiv(b.max_blocks * b.block_m, GATHER_BLOCK_R)
+    programs = _cdiv(b.max_rows, GATHER_BLOCK_R)
     return Launch("_gather_rows_kernel", "gate_up", (
         Access("x_ptr", False, read=s.routed * s.hidden * e, unique_read=s.tokens * s.hidden * e),
         Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
@@ -359,7 +388,7 @@ def gate_up_desc_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: b
         Access("a_desc", False, read=b.padded_rows * s.hidden * e * n_blocks, unique_read=b.padded_rows * s.hidden * e),
         Access("w_desc", True, read=b.used_blocks * rows * s.hidden * e, unique_read=b.hit_experts * rows * s.hidden * e),
         _same("out_ptr", write=b.padded_rows * n * e),
-        Access("num_post_ptr", False, read=b.max_blocks * n_blocks * _I32, unique_read=_I32),
+        _block_extent(b, n_blocks),
         Access("expert_ids_ptr", False, read=b.used_blocks * n_blocks * _I32, unique_read=b.used_blocks * _I32),
     ))
 
@@ -367,7 +396,7 @@ def gate_up_desc_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: b
 def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
     """`swiglu._swiglu_kernel`: gate and up of the used rows in, act out."""
     block_f = max(16, min(256, 8192 // b.block_m, triton.next_power_of_2(s.ffn)))
-    programs = b.max_blocks * _cdiv(s.ffn, block_f)
+    programs = _cdiv(b.max_rows, b.block_m) * _cdiv(s.ffn, block_f)
     rows = b.padded_rows * s.ffn * s.elem_bytes
     return Launch("_swiglu_kernel", "act", (
         _same("gate_ptr", read=rows),
@@ -468,7 +497,8 @@ def launches(impl: str, shape: LayerShape, expert_counts, config: dict) -> list[
         return peer_launches(impl, shape, expert_counts)
     if impl not in TRITON_IMPLS:
         raise ValueError(f"impl: expected one of {TRITON_IMPLS + PEER_IMPLS}, got {impl!r}")
-    return _triton_launches(impl, shape, Blocks.from_counts(shape, expert_counts, config["BLOCK_M"]), config)
+    blocks = Blocks.from_counts(shape, expert_counts, config["BLOCK_M"], tail_of(config))
+    return _triton_launches(impl, shape, blocks, config)
 
 
 def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict) -> list[Launch]:
@@ -554,7 +584,7 @@ def padding_bytes(impl: str, shape: LayerShape, expert_counts, config: dict, fla
     the same model with num_post_padded = T*K (same blocks, no padding rows); 0 for peers."""
     if impl not in TRITON_IMPLS:
         return {stage: 0 for stage in (*STAGES, "total")}
-    b = Blocks.from_counts(shape, expert_counts, config["BLOCK_M"])
+    b = Blocks.from_counts(shape, expert_counts, config["BLOCK_M"], tail_of(config))
     unpadded = copy.copy(b)
     object.__setattr__(unpadded, "padded_rows", shape.routed)
     padded = stage_traffic(_triton_launches(impl, shape, b, config), flavour)
