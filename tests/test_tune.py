@@ -46,10 +46,12 @@ def test_descriptor_candidates_fit_and_only_on_cuda_from_bm64(bm):
                 assert c["num_stages"] * c["BLOCK_K"] * (bm + 2 * c["BLOCK_N"]) * 2 <= 220 * 1024
 
 
-def test_pick_robust_keeps_uniform_within_one_percent_and_then_the_skewed_draw():
+def test_pick_robust_keeps_uniform_within_one_percent_then_the_smaller_worst_slowdown():
     base, t32, t64 = _cfg(128), {**_cfg(128), "TAIL_M": 32}, {**_cfg(128), "TAIL_M": 64}
     # 0.5% slower on the uniform draw, 20% faster on the skewed one: the tail variant
     assert tune.pick_robust([(base, 100.0, 300.0), (t64, 100.5, 240.0)])[0] is t64
+    # 0.9% slower on the uniform draw for 0.3% on the skewed one (run 1, mixtral-8x22b T=16): not worth it
+    assert tune.pick_robust([(base, 1616.5, 651.2), (t64, 1631.3, 649.4)])[0] is base
     # 3% slower on the uniform draw: not taken, whatever it saves on the skewed one
     assert tune.pick_robust([(base, 100.0, 300.0), (t32, 103.0, 100.0)])[0] is base
     # the uniform winner is always a candidate
