@@ -46,14 +46,18 @@ def test_descriptor_candidates_fit_and_only_on_cuda_from_bm64(bm):
                 assert c["num_stages"] * c["BLOCK_K"] * (bm + 2 * c["BLOCK_N"]) * 2 <= 220 * 1024
 
 
-def test_pick_robust_keeps_uniform_within_one_percent_then_the_smaller_worst_slowdown():
+def test_pick_robust_keeps_uniform_within_five_percent_then_the_smaller_worst_slowdown():
     base, t32, t64 = _cfg(128), {**_cfg(128), "TAIL_M": 32}, {**_cfg(128), "TAIL_M": 64}
     # 0.5% slower on the uniform draw, 20% faster on the skewed one: the tail variant
     assert tune.pick_robust([(base, 100.0, 300.0), (t64, 100.5, 240.0)])[0] is t64
     # 0.9% slower on the uniform draw for 0.3% on the skewed one (run 1, mixtral-8x22b T=16): not worth it
     assert tune.pick_robust([(base, 1616.5, 651.2), (t64, 1631.3, 649.4)])[0] is base
-    # 3% slower on the uniform draw: not taken, whatever it saves on the skewed one
-    assert tune.pick_robust([(base, 100.0, 300.0), (t32, 103.0, 100.0)])[0] is base
+    # 3.3% slower on even loads for 30% on skewed ones (run 2, deepseek-v3 T=256): taken
+    assert tune.pick_robust([(base, 7566.7, 1687.7), (t64, 7818.5, 1173.6)])[0] is t64
+    # 6% slower on the uniform draw: not taken, whatever it saves on the skewed one
+    assert tune.pick_robust([(base, 100.0, 300.0), (t32, 106.0, 100.0)])[0] is base
+    # 4.6% slower on even loads for 3.8% on skewed ones (run 2, mixtral-8x7b T=2048): not worth it
+    assert tune.pick_robust([(base, 2515.9, 2611.6), (t32, 2630.6, 2512.2)])[0] is base
     # the uniform winner is always a candidate
     assert tune.pick_robust([(t32, 120.0, 50.0), (base, 100.0, 300.0)])[0] is base
     with pytest.raises(ValueError, match="pick_robust"):

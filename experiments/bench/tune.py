@@ -5,8 +5,8 @@ For each model and token bucket: for each BLOCK_M, the best gate_up config and t
 down(+combine) config are found separately (each candidate captured in a CUDA graph and timed by its
 replays), then the BLOCK_M with the lowest sum wins; the winner is checked against the float64
 reference. Last, tail-block variants of the winner (`TAIL_M`, see `tritonmoe.align`) are timed as whole
-layers on the uniform draw and on the skewed (zipf) one: the one fastest on the skewed draw among those
-within 1% of the fastest on the uniform draw is kept. One command tunes a new card:
+layers on the uniform draw and on the skewed (zipf) one; among those within 5% of the fastest on the uniform
+draw, the one with the smaller worst slowdown over the two draws is kept (`pick_robust`). One command tunes a new card:
 
     python experiments/bench/tune.py --models mixtral-8x7b qwen3-30b-a3b
 
@@ -189,14 +189,16 @@ def tail_variants(cfg: dict) -> list[dict]:
     return out
 
 
-# A tail variant may cost this much on the uniform draw for what it saves on the skewed one.
-UNIFORM_MARGIN = 1.01
+# A tail variant may cost up to 5% on the uniform draw, and only for a larger saving on the skewed one (run 2 of
+# session 5: 64-row blocks with 16-row tails cost deepseek-v3 3-4% on even loads at T=256-512 and saved 29-30%
+# on the zipf draw, where its hot experts were split into 16-row blocks).
+UNIFORM_MARGIN = 1.05
 
 
 def pick_robust(results: list[tuple[dict, float, float]]) -> tuple[dict, float, float]:
-    """(config, uniform ms, skewed ms) triples. Among those within 1% of the fastest on the uniform draw (which
-    carries the targets), the one whose worse relative slowdown over the two draws is smallest (so a variant
-    1% slower on even loads is not taken for 0.3% on skewed ones; run 1 of session 5)."""
+    """(config, uniform ms, skewed ms) triples. Among those within 5% of the fastest on the uniform draw (which
+    carries the targets), the one whose worse relative slowdown over the two draws is smallest: a variant costs
+    on even loads only what it saves, and more, on skewed ones (not 0.9% for 0.3%, run 1 of session 5)."""
     if not results:
         raise ValueError("pick_robust: no variant ran")
     best_u = min(u for _, u, _ in results)
