@@ -38,6 +38,9 @@ import triton.language as tl
 
 # Elements of the [CHUNK, BLOCK_E] one-hot tiles the kernels hold in registers.
 _TILE_ELEMS = 16384
+# Elements of the [BLOCK_B, BLOCK_E] tiles of `write_blocks`, which keeps several of them live (the expert of
+# each block and its start, count, full blocks and first block): larger tiles spilled (session 5, run 4).
+_BLOCK_TILE_ELEMS = 2048
 
 
 @triton.jit
@@ -222,7 +225,7 @@ def align_meta(N: int, num_experts: int, block_m: int, tail_m: int | None = None
     # No larger than N needs: a 1024-row one-hot tile for 8 slots only costs registers.
     chunk = max(16, min(1024, _TILE_ELEMS // block_e, triton.next_power_of_2(max(1, N))))
     nb = max_blocks(N, num_experts, block_m, tail) + 1  # the blocks and the end of the last one
-    block_b = max(16, min(256, _TILE_ELEMS // max(block_e, block_m), triton.next_power_of_2(nb)))
+    block_b = max(16, min(256, _BLOCK_TILE_ELEMS // max(block_e, block_m), triton.next_power_of_2(nb)))
     return dict(BLOCK_M=block_m, TAIL_M=tail, BLOCK_E=block_e, CHUNK=chunk, BLOCK_B=block_b)
 
 
@@ -249,15 +252,17 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m:
     a = alloc_alignment(N, num_experts, block_m, ids.device, tail_m)
     meta = align_meta(N, num_experts, block_m, tail_m)
     if N <= meta["CHUNK"]:
+        # Eight warps for the widest one-hot tiles ([1024, 16] spilled 14 KB at four: session 5).
+        warps = 8 if meta["CHUNK"] * meta["BLOCK_E"] >= 8192 else 4
         _align_small_kernel[(1,)](ids, a.sorted_ids, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
-                                  N, num_experts, a.max_blocks, **meta)
+                                  N, num_experts, a.max_blocks, **meta, num_warps=warps)
         return a
     chunk, block_e = meta["CHUNK"], meta["BLOCK_E"]
     num_chunks = triton.cdiv(N, chunk)
     chunk_counts = torch.empty((num_chunks, block_e), dtype=torch.int32, device=ids.device)
     chunk_base = torch.empty((num_chunks, block_e), dtype=torch.int32, device=ids.device)
     _count_kernel[(num_chunks,)](ids, chunk_counts, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
-    rows = max(1, min(64, triton.next_power_of_2(num_chunks), _TILE_ELEMS // block_e))
+    rows = max(1, min(64, triton.next_power_of_2(num_chunks), _BLOCK_TILE_ELEMS * 2 // block_e))
     _offsets_kernel[(1,)](
         chunk_counts, chunk_base, a.expert_ids, a.block_rows, a.sorted_ids, a.num_post_padded, a.expert_counts,
         N, num_experts, num_chunks, a.max_blocks,

@@ -24,6 +24,8 @@ MAX_TOKENS = 32
 # H100), longer than half that layer's floor. H columns each program reads, and its block of experts:
 SPLIT_H = 256
 SPLIT_BLOCK_E = 16
+# Elements of the [BLOCK_S, BLOCK_T, BLOCK_E] tile of split logits the routing program sums at once.
+_SPLIT_TILE = 2048
 
 
 @triton.jit
@@ -86,8 +88,8 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     splits = triton.cdiv(H, SPLIT_H)
     block_s = triton.next_power_of_2(splits)
     block_e = max(16, triton.next_power_of_2(E))
-    # Token block of the selection: no larger than T, and the [BLOCK_S, BLOCK_T, BLOCK_E] tile <= 8K elements.
-    block_t = max(1, min(16, triton.next_power_of_2(T), 8192 // (block_s * block_e)))
+    # Token block of the selection: no larger than T, and the [BLOCK_S, BLOCK_T, BLOCK_E] tile <= _SPLIT_TILE.
+    block_t = max(1, min(16, triton.next_power_of_2(T), _SPLIT_TILE // (block_s * block_e)))
     rmeta = routing_meta(H, E, top_k, renormalize, block_t=block_t)
     partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
     _router_partials_kernel[(triton.cdiv(E, SPLIT_BLOCK_E), splits)](
