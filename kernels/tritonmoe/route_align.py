@@ -57,15 +57,18 @@ def _route_align_partials_kernel(
     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     """Sums the partial logits in a fixed order (deterministic), routes, then aligns, in one program.
-    All splits of a token block are loaded as one [BLOCK_S, BLOCK_T, BLOCK_E] tile: a loop over the splits
-    waited for each load in turn (one global round trip per split, serial in this one program)."""
+    The splits are summed BLOCK_S at a time as one [BLOCK_S, BLOCK_T, BLOCK_E] tile (one split per load waited
+    for each in turn); the selection runs on BLOCK_T tokens at once (its reductions are serial steps)."""
     cols = tl.arange(0, BLOCK_E)
     splits = tl.arange(0, BLOCK_S)
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
-        mask = (splits[:, None, None] < num_splits) & (rows[None, :, None] < T) & (cols[None, None, :] < E)
-        offs = (splits[:, None, None] * T + rows[None, :, None]).to(tl.int64) * E + cols[None, None, :]
-        logits = tl.sum(tl.load(partial_ptr + offs, mask=mask, other=0.0), axis=0)
+        logits = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
+        for s0 in range(0, num_splits, BLOCK_S):
+            s = s0 + splits
+            mask = (s[:, None, None] < num_splits) & (rows[None, :, None] < T) & (cols[None, None, :] < E)
+            offs = (s[:, None, None] * T + rows[None, :, None]).to(tl.int64) * E + cols[None, None, :]
+            logits += tl.sum(tl.load(partial_ptr + offs, mask=mask, other=0.0), axis=0)
         select_experts(logits, weights_ptr, ids_ptr, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
     tl.debug_barrier()
     align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
@@ -86,10 +89,11 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
     a = alloc_alignment(N, E, block_m, x.device, tail_m)
     splits = triton.cdiv(H, SPLIT_H)
-    block_s = triton.next_power_of_2(splits)
     block_e = max(16, triton.next_power_of_2(E))
-    # Token block of the selection: no larger than T, and the [BLOCK_S, BLOCK_T, BLOCK_E] tile <= _SPLIT_TILE.
-    block_t = max(1, min(16, triton.next_power_of_2(T), _SPLIT_TILE // (block_s * block_e)))
+    # Tokens selected at once: up to 16 (four times as many serial reductions at BLOCK_T = 4 cost olmoe T=16 30 us,
+    # session 5 run 5); splits summed at once: as many as fit a _SPLIT_TILE tile.
+    block_t = max(1, min(16, triton.next_power_of_2(T)))
+    block_s = max(1, min(triton.next_power_of_2(splits), _SPLIT_TILE // (block_t * block_e)))
     rmeta = routing_meta(H, E, top_k, renormalize, block_t=block_t)
     partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
     _router_partials_kernel[(triton.cdiv(E, SPLIT_BLOCK_E), splits)](
