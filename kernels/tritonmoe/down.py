@@ -17,7 +17,6 @@ import triton.language as tl
 from ._gemm_common import block_extent, block_slots, dot_precision, grouped_pid
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
-from .pdl import pdl_enabled, pdl_enter
 
 
 @triton.jit
@@ -63,9 +62,7 @@ def _down_kernel(
     stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
     EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
-    pdl_enter(PDL)
     num_pid_n = tl.cdiv(H, BLOCK_N)
     pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
     pid_s = tl.program_id(1)
@@ -141,9 +138,8 @@ def uses_descriptors(cfg: dict, act: torch.Tensor, w_down: torch.Tensor) -> bool
 @triton.jit
 def _combine_kernel(
     partial_ptr, y_ptr, T, H, stride_ps, stride_pm, stride_yt,
-    split_k, TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False,
+    split_k, TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    pdl_enter(PDL)
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (tokens[:, None] < T) & (cols[None, :] < H)
@@ -182,7 +178,6 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
             num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
         )
         return partial
-    pdl = pdl_enabled(act.device, align.num_routed)
     _down_kernel[grid](
         act, w_down, partial, topk_weights.reshape(-1),
         align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
@@ -191,7 +186,7 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
         partial.stride(0), partial.stride(1), partial.stride(2),
         EVEN_K=(F % k_per_split == 0 and k_per_split % bk == 0), PRECISION=dot_precision(act.dtype),
         BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
-        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2), PDL=pdl, launch_pdl=pdl,
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return partial
 
@@ -206,9 +201,8 @@ def combine(partial: torch.Tensor, num_tokens: int, top_k: int, out_dtype: torch
     block_h = min(block_h, triton.next_power_of_2(H))
     block_t = max(1, min(8, 4096 // block_h, triton.next_power_of_2(max(1, num_tokens // 64))))
     grid = (triton.cdiv(num_tokens, block_t), triton.cdiv(H, block_h))
-    pdl = pdl_enabled(partial.device, num_tokens * top_k)
     _combine_kernel[grid](
         partial, y, num_tokens, H, partial.stride(0), partial.stride(1), y.stride(0), split_k,
-        TOP_K=top_k, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4, PDL=pdl, launch_pdl=pdl,
+        TOP_K=top_k, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4,
     )
     return y

@@ -30,7 +30,6 @@ import triton.language as tl
 from ._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, grouped_pid
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
-from .pdl import pdl_enabled, pdl_enter
 
 
 @triton.jit
@@ -66,9 +65,8 @@ def _gate_up_kernel(
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
     TOP_K: tl.constexpr, FUSE_SWIGLU: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, PDL: tl.constexpr = False,
+    GROUP_M: tl.constexpr,
 ):
-    pdl_enter(PDL)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
     row0, height = block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M, TAIL_M)
@@ -222,7 +220,6 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
     bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
     num_pid_m = align.max_blocks
     grid = (num_pid_m * triton.cdiv(n, bn),)
-    pdl = pdl_enabled(x.device, align.num_routed)
     _gate_up_kernel[grid](
         x, w_gate_up, out,
         align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
@@ -232,6 +229,6 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
         TOP_K=align.num_routed // x.shape[0], FUSE_SWIGLU=fuse_swiglu, EVEN_K=(H % bk == 0),
         PRECISION=dot_precision(x.dtype),
         BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
-        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2), PDL=pdl, launch_pdl=pdl,
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return out

@@ -14,7 +14,6 @@ import triton
 import triton.language as tl
 
 from .align import Alignment, align_meta, align_one_chunk, align_tokens, alloc_alignment
-from .pdl import pdl_enabled, pdl_enter
 from .routing import route, router_logits, routing_meta, select_experts
 
 # Largest T routed by the single program (more tokens are better spread over many programs).
@@ -34,10 +33,8 @@ def _router_partials_kernel(
     x_ptr, wr_ptr, partial_ptr, T, H, E,
     stride_xt, stride_xh, stride_re, stride_rh,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, SPLIT_H: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """Partial logits over H columns [s*SPLIT_H, (s+1)*SPLIT_H) for a block of experts: partial[s, t, e]."""
-    pdl_enter(PDL)
     cols = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     s = tl.program_id(1)
     h_start = s * SPLIT_H
@@ -58,12 +55,10 @@ def _route_align_partials_kernel(
     TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_B: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """Sums the partial logits in a fixed order (deterministic), routes, then aligns, in one program.
     The splits are summed BLOCK_S at a time as one [BLOCK_S, BLOCK_T, BLOCK_E] tile (one split per load waited
     for each in turn); the selection runs on BLOCK_T tokens at once (its reductions are serial steps)."""
-    pdl_enter(PDL)
     cols = tl.arange(0, BLOCK_E)
     splits = tl.arange(0, BLOCK_S)
     for t0 in range(0, T, BLOCK_T):
@@ -101,12 +96,10 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     block_s = max(1, min(triton.next_power_of_2(splits), _SPLIT_TILE // (block_t * block_e)))
     rmeta = routing_meta(H, E, top_k, renormalize, block_t=block_t)
     partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
-    pdl = pdl_enabled(x.device, N)
     _router_partials_kernel[(triton.cdiv(E, SPLIT_BLOCK_E), splits)](
         x, router_weight, partial, T, H, E,
         x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
         BLOCK_T=16, BLOCK_H=min(128, SPLIT_H), BLOCK_E=SPLIT_BLOCK_E, SPLIT_H=SPLIT_H, num_warps=4,
-        PDL=pdl, launch_pdl=pdl,
     )
     # Four warps: one warp (shuffle-only reductions) left every other block's padding rows unwritten at
     # E=64 on the H100 (Triton 3.6; session 5, run 3), so the program keeps the warps it was validated with.
@@ -115,6 +108,6 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
         T, E, splits, a.max_blocks,
         TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=block_t, BLOCK_E=rmeta["BLOCK_E"], BLOCK_K=rmeta["BLOCK_K"],
         BLOCK_S=block_s, BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], CHUNK=meta["CHUNK"], BLOCK_B=meta["BLOCK_B"],
-        num_warps=4, PDL=pdl, launch_pdl=pdl,
+        num_warps=4,
     )
     return weights, ids, a
