@@ -199,6 +199,15 @@ def check_tail(block_m: int, tail_m: int | None) -> int:
     return tail_m
 
 
+def expert_blocks(count: int, block_m: int, tail_m: int | None = None) -> tuple[int, int]:
+    """(full blocks, tail blocks) of an expert with `count` slots: what `write_blocks` computes on the device, for
+    the host (the traffic model)."""
+    tail = check_tail(block_m, tail_m)
+    full, rest = divmod(count, block_m)
+    tails = -(-rest // tail)
+    return (full + 1, 0) if tails * tail == block_m else (full, tails)
+
+
 def max_blocks(num_routed: int, num_experts: int, block_m: int, tail_m: int | None = None) -> int:
     """Upper bound on the used blocks: floor(N / BM) + min(E, N) without tails. With tails an expert has at
     most floor(c / BM) full blocks and BM/TAIL - 1 tails, and never more blocks than ceil(c / TAIL)."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from .align import align_meta, check_tail, max_blocks, max_rows
+from .align import align_meta, check_tail, expert_blocks, max_blocks, max_rows
 from .config import default_config, tail_of
 from .descriptors import wants_descriptors
 from .gate_up import GATHER_BLOCK_R
@@ -195,10 +195,7 @@ class Blocks:
         object.__setattr__(self, "tail_m", tail)
         rows = blocks = 0
         for c in self.expert_counts:
-            full, rest = divmod(c, bm)
-            tails = -(-rest // tail)
-            if tails * tail == bm:
-                full, tails = full + 1, 0
+            full, tails = expert_blocks(c, bm, tail)
             rows += full * bm + tails * tail
             blocks += full + tails
         object.__setattr__(self, "padded_rows", rows)
