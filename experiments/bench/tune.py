@@ -37,7 +37,7 @@ from device_info import atomic_write_text  # noqa: E402
 from problems import load_models, make_tokens, make_weights, zipf_router  # noqa: E402
 from tritonmoe.config import fit_shared_memory  # noqa: E402
 
-TUNE_TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
+TUNE_TOKENS = (1, 4, 16, 64, 256, 1024, 2048, 4096, 8192)
 
 
 def graph_time(fn, warmup_ms=5, rep_ms=25) -> float:
