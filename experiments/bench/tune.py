@@ -210,14 +210,14 @@ def pick_robust(results: list[tuple[dict, float, float]]) -> tuple[dict, float, 
 def robust_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
     """Times `cfg` and its tail variants as whole layers (CUDA graph of `tritonmoe.moe`) on the uniform and
     the zipf draw, each checked against the float64 reference; returns the `pick_robust` choice."""
+    variants = tail_variants(cfg)
+    if len(variants) == 1:
+        return cfg
     wr_zipf = zipf_router(w.router_weight.float(), w.routing_dir).to(w.router_weight.dtype)
     draws = {
         "uniform": (make_tokens(m, tokens, w, "uniform", torch.bfloat16, "cuda", seed=1000 + tokens), w.router_weight),
         "zipf": (make_tokens(m, tokens, w, "zipf", torch.bfloat16, "cuda", seed=2000 + tokens), wr_zipf),
     }
-    variants = tail_variants(cfg)
-    if len(variants) == 1:
-        return cfg
 
     def layer(c, draw):
         x, wr = draws[draw]

@@ -89,12 +89,11 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
     a = alloc_alignment(N, E, block_m, x.device, tail_m)
     splits = triton.cdiv(H, SPLIT_H)
-    block_e = max(16, triton.next_power_of_2(E))
     # Tokens selected at once: up to 16 (four times as many serial reductions at BLOCK_T = 4 cost olmoe T=16 30 us,
     # session 5 run 5); splits summed at once: as many as fit a _SPLIT_TILE tile.
     block_t = max(1, min(16, triton.next_power_of_2(T)))
-    block_s = max(1, min(triton.next_power_of_2(splits), _SPLIT_TILE // (block_t * block_e)))
     rmeta = routing_meta(H, E, top_k, renormalize, block_t=block_t)
+    block_s = max(1, min(triton.next_power_of_2(splits), _SPLIT_TILE // (block_t * rmeta["BLOCK_E"])))
     partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
     _router_partials_kernel[(triton.cdiv(E, SPLIT_BLOCK_E), splits)](
         x, router_weight, partial, T, H, E,
