@@ -15,13 +15,15 @@ import triton
 # The repository root, so that the one atomic-write helper (experiments/analysis/atomic.py) serves these scripts.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from experiments.analysis.atomic import write_text as atomic_write_text  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import bench  # noqa: E402
 
 
 def measure_copy_gbps(nbytes: int = 2 << 30) -> float:
     """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
     src = torch.randn(nbytes // 4, device="cuda")
     dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    ms = bench(lambda: dst.copy_(src), 50, 300, quantiles=(0.5,))[0]
     del src, dst
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
@@ -30,7 +32,7 @@ def measure_bf16_tflops(n: int = 8192) -> float:
     """Dense bf16 matrix rate through cuBLAS on random data."""
     a = torch.randn((n, n), device="cuda", dtype=torch.bfloat16)
     b = torch.randn((n, n), device="cuda", dtype=torch.bfloat16)
-    ms = triton.testing.do_bench(lambda: a @ b, warmup=100, rep=500, return_mode="median")
+    ms = bench(lambda: a @ b, 100, 500, quantiles=(0.5,))[0]
     return 2 * n ** 3 / (ms * 1e-3) / 1e12
 
 
@@ -66,6 +68,7 @@ def provenance(git_sha: str, git_dirty: bool, copy_gbps: float, bf16_tflops: flo
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "copy_gbps": round(copy_gbps, 1),
         "bf16_tflops": round(bf16_tflops, 1),
+        "timing": "CUDA events per call, L2 evicted before each by reading 256 MB (experiments/bench/timing.py)",
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
 

@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-import triton  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from device_info import atomic_write_text, measure_bf16_tflops, measure_copy_gbps, provenance, update_provenance  # noqa: E402
 from problems import ROUTINGS, TOKENS, fewest_bytes, layer_flops, load_models, make_tokens, make_weights  # noqa: E402
 from providers import PROVIDERS  # noqa: E402
+from timing import bench  # noqa: E402
 
 COLUMNS = ["device", "model", "dtype", "routing", "tokens", "impl", "graph", "median_ms", "p20_ms", "p80_ms",
            "floor_ms", "rel_err", "git_sha", "timestamp", "note"]
@@ -38,7 +38,7 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def time_fn(fn, warmup_ms: float, rep_ms: float) -> tuple[float, float, float]:
-    med, p20, p80 = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    med, p20, p80 = bench(fn, warmup_ms, rep_ms, quantiles=(0.5, 0.2, 0.8))
     return med, p20, p80
 
 

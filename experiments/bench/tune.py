@@ -35,6 +35,7 @@ from tritonmoe.gate_up import gate_up  # noqa: E402
 from tritonmoe.tuned import CONFIG_DIR, config_path, device_slug  # noqa: E402
 from device_info import atomic_write_text  # noqa: E402
 from problems import load_models, make_tokens, make_weights, zipf_router  # noqa: E402
+from timing import bench  # noqa: E402
 from tritonmoe.config import fit_shared_memory  # noqa: E402
 
 TUNE_TOKENS = (1, 4, 16, 64, 256, 1024, 2048, 4096, 8192)
@@ -46,7 +47,7 @@ def graph_time(fn, warmup_ms=5, rep_ms=25) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    return triton.testing.do_bench(g.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+    return bench(g.replay, warmup_ms, rep_ms, quantiles=(0.5,))[0]
 
 
 def block_ms(num_routed: int, experts_hit: int) -> list[int]:

@@ -34,42 +34,55 @@ def router_logits(
 
 
 @triton.jit
-def select_experts(
-    logits, weights_ptr, ids_ptr, rows, T, E,
+def topk_softmax(
+    logits, rows, T, E,
     TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Softmax in fp32, top-k (ties to the lower id), optional renormalisation of the [BLOCK_T, BLOCK_E]
-    logits of tokens `rows` over all E experts; stores their weights and ids (slot t*TOP_K + k)."""
+    logits of tokens `rows` over all E experts. Returns (weights, ids) as [BLOCK_T, BLOCK_K] tiles (column k
+    is choice k; columns >= TOP_K are 0)."""
     cols = tl.arange(0, BLOCK_E)
-    row_ok = rows < T
     col_ok = cols < E
     logits = tl.where(col_ok[None, :], logits, float("-inf"))
     m = tl.max(logits, axis=1)
     p = tl.exp(logits - m[:, None])
     p = p / tl.sum(p, axis=1)[:, None]
-    # Selection sees NaN as -inf so that a NaN row still picks K valid, distinct experts.
-    p_sel = tl.where(col_ok[None, :] & (p == p), p, float("-inf"))
-    taken = cols[None, :] < 0
+    # One max-reduction per choice: the key packs the probability's bits (non-negative floats order as their
+    # bit patterns) above the reversed column, so the largest key is the largest probability with ties to the
+    # lower id. NaN (a NaN row is NaN throughout) keys as probability 0, so such a row still picks K valid,
+    # distinct experts (the lowest ids) and carries its NaN weights. Columns >= E and chosen ones key as -1.
+    bits = tl.where(p == p, p, 0.0).to(tl.int32, bitcast=True).to(tl.int64)
+    key = tl.where(col_ok[None, :], (bits << 32) | (BLOCK_E - 1 - cols)[None, :].to(tl.int64), -1)
     kcols = tl.arange(0, BLOCK_K)
     out_w = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
     out_i = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.int32)
     w_sum = tl.zeros((BLOCK_T,), dtype=tl.float32)
     for k in tl.static_range(TOP_K):
-        cand = tl.where(taken, float("-inf"), p_sel)
-        best = tl.max(cand, axis=1)
-        is_best = (cand == best[:, None]) & (~taken) & col_ok[None, :]
-        idx = tl.min(tl.where(is_best, cols[None, :], BLOCK_E), axis=1)
+        best = tl.max(key, axis=1)
+        idx = (BLOCK_E - 1 - (best & 0xFFFFFFFF)).to(tl.int32)
         hit = cols[None, :] == idx[:, None]
         w = tl.sum(tl.where(hit, p, 0.0), axis=1)
-        taken = taken | hit
+        key = tl.where(hit, -1, key)
         w_sum += w
         out_w = tl.where(kcols[None, :] == k, w[:, None], out_w)
         out_i = tl.where(kcols[None, :] == k, idx[:, None], out_i)
     if RENORMALIZE:
         out_w = out_w / w_sum[:, None]
+    return out_w, out_i
+
+
+@triton.jit
+def select_experts(
+    logits, weights_ptr, ids_ptr, rows, T, E,
+    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """`topk_softmax` of the logits of tokens `rows`; stores their weights and ids (slot t*TOP_K + k)."""
+    out_w, out_i = topk_softmax(logits, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
+    kcols = tl.arange(0, BLOCK_K)
     offs = rows[:, None] * TOP_K + kcols[None, :]
-    mask = row_ok[:, None] & (kcols[None, :] < TOP_K)
+    mask = (rows < T)[:, None] & (kcols[None, :] < TOP_K)
     tl.store(weights_ptr + offs, out_w, mask=mask)
     tl.store(ids_ptr + offs, out_i, mask=mask)
 

@@ -1,0 +1,84 @@
+"""Lab: what the benchmark's L2 flush costs the kernel timed after it.
+
+`triton.testing.do_bench` clears the L2 before every timed call by zeroing a 256 MB buffer; the last ~50 MB of
+those zeros stay in the L2 as dirty lines, which the timed kernel's reads then evict (written back to DRAM inside
+the timed interval). This times the same CUDA-graph replays after three flushes: do_bench's zeroing, a read of
+the same buffer (leaves clean lines) and none (warm L2), for a pure copy of the decode weight volume and for the
+layer paths at decode sizes.
+
+    python experiments/bench/flush_lab.py
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import tritonmoe  # noqa: E402
+from tritonmoe.decode_layer import decode_layer  # noqa: E402
+from problems import load_models, make_tokens, make_weights  # noqa: E402
+
+CACHE = None
+
+
+def bench(fn, flush: str, n: int = 200) -> float:
+    global CACHE
+    if CACHE is None:
+        CACHE = torch.empty(int(256e6 // 4), dtype=torch.int32, device="cuda")
+        CACHE.random_(0, 7)
+    g = torch.cuda.CUDAGraph()
+    fn()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(g):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    sink = torch.empty((), dtype=torch.int64, device="cuda")
+    for i in range(n + 10):
+        if flush == "zero":
+            CACHE.zero_()
+        elif flush == "read":
+            torch.sum(CACHE, dim=0, out=sink)
+        if i >= 10:
+            starts[i - 10].record()
+        g.replay()
+        if i >= 10:
+            ends[i - 10].record()
+    torch.cuda.synchronize()
+    ts = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    return ts[len(ts) // 2] * 1e3
+
+
+def main():
+    models = load_models()
+    print(torch.cuda.get_device_name(), flush=True)
+    tiny = torch.ones(1, device="cuda")
+    src = torch.randn(int(75e6 // 2), dtype=torch.bfloat16, device="cuda")
+    half = src[: src.numel() // 2]
+    dst = torch.empty_like(half)
+    cases = [("tiny kernel", lambda: tiny.add_(1)),
+             ("copy 37.5 MB (75 MB moved)", lambda: dst.copy_(half)),
+             ("sum 75 MB", lambda: torch.sum(src, dtype=torch.float32))]
+    for name in ("qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b"):
+        m = models[name]
+        w = make_weights(m, torch.bfloat16, "cuda", "uniform")
+        wts = (w.router_weight, w.w_gate_up, w.w_down)
+        for T in (1, 2):
+            x = make_tokens(m, T, w, "uniform", torch.bfloat16, "cuda", seed=T)
+            cfg = dict(BLOCK_F=64, BLOCK_K=256, BLOCK_H=128, BLOCK_KD=256, num_warps=4, num_stages=3)
+            cases.append((f"{name} T={T} two-GEMM", lambda x=x, wts=wts, k=m.top_k: tritonmoe.moe(x, *wts, k)))
+            cases.append((f"{name} T={T} decode layer", lambda x=x, wts=wts, k=m.top_k, c=cfg: decode_layer(x, *wts, k, True, c)))
+            if T == 1:
+                cases.append((f"{name} T={T} decode layer, plain launch",
+                              lambda x=x, wts=wts, k=m.top_k, c={**cfg, "cooperative": False}: decode_layer(x, *wts, k, True, c)))
+        for label, fn in cases:
+            r = {f: bench(fn, f) for f in ("zero", "read", "none")}
+            print(f"{label:45s} zero-flush {r['zero']:7.1f}  read-flush {r['read']:7.1f}  no flush {r['none']:7.1f} us", flush=True)
+        cases = []
+
+
+if __name__ == "__main__":
+    main()
