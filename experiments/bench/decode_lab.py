@@ -1,4 +1,4 @@
-"""Lab: the one-launch decode layer (`tritonmoe.decode_layer`) against the tuned two-GEMM path, per model and T.
+"""Lab: the one-launch decode layer (`decode_layer_lab.py`) against the tuned two-GEMM path, per model and T.
 
     python experiments/bench/decode_lab.py --smoke            # one call, barrier vs phased, then exit
     python experiments/bench/decode_lab.py --out lab.csv --models qwen3-30b-a3b --tokens 1 2
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
-from tritonmoe.decode_layer import decode_layer  # noqa: E402
+from decode_layer_lab import decode_layer  # noqa: E402
 from tritonmoe.reference import reference_moe  # noqa: E402
 from problems import load_models, make_tokens, make_weights  # noqa: E402
 from tune import graph_time  # noqa: E402
@@ -37,8 +37,7 @@ def candidates(grid: str):
                      dict(BLOCK_F=128, BLOCK_K=128, BLOCK_H=256, BLOCK_KD=128, num_stages=3, num_warps=8),
                      dict(BLOCK_F=32, BLOCK_K=256, BLOCK_H=128, BLOCK_KD=256, num_stages=3, num_warps=4)):
             yield base
-            yield {**base, "W_EVICT": "evict_first"}
-            yield {**base, "W_EVICT": "evict_first", "PRELOAD": True}
+            yield {**base, "PRELOAD": True}
         return
     if grid == "wide":
         # K steps sized so a stage of the gate|up tile (2 x BLOCK_F x BLOCK_K) or of the down tile stays <= 64 KB.
@@ -57,7 +56,7 @@ def candidates(grid: str):
 def phase_times(m, x, wts, cfg):
     """Prints, per phase boundary, the spread over programs of the global timer (us from the first start);
     then the graph time with a counter buffer made once (no memset node) against one made per call."""
-    from tritonmoe.decode_layer import default_programs
+    from decode_layer_lab import default_programs
     P = default_programs(x.device)
     timing = torch.zeros((P, 8), dtype=torch.int64, device="cuda")
     for _ in range(3):
@@ -68,7 +67,7 @@ def phase_times(m, x, wts, cfg):
     names = ["start", "router done", "barrier 1", "top-k done", "gate_up done", "barrier 2", "down+combine done"]
     for i, n in enumerate(names):
         print(f"    {n:18s} min {t[:, i].min():6.1f}  med {t[:, i].median():6.1f}  max {t[:, i].max():6.1f} us")
-    from tritonmoe.decode_layer import decode_layer as dl
+    from decode_layer_lab import decode_layer as dl
     sync = torch.zeros(2 + (x.shape[1] + cfg["BLOCK_H"] - 1) // cfg["BLOCK_H"], dtype=torch.int32, device="cuda")
     t_keep = graph_time(lambda: dl(x, *wts, m.top_k, True, cfg, sync=sync))
     t_new = graph_time(lambda: dl(x, *wts, m.top_k, True, cfg))
@@ -126,7 +125,7 @@ def main(argv=None):
                 err = rel_err(y, ref)
                 t = graph_time(lambda: decode_layer(x, *wts, m.top_k, True, cfg))
                 key = "F{BLOCK_F}-K{BLOCK_K}-H{BLOCK_H}-KD{BLOCK_KD}-s{num_stages}-w{num_warps}".format(**cfg)
-                key += "-ef" * (cfg.get("W_EVICT") == "evict_first") + "-pre" * bool(cfg.get("PRELOAD"))
+                key += "-pre" * bool(cfg.get("PRELOAD"))
                 rows.append(dict(model=name, tokens=T, cand=key, us=t * 1e3, rel_err=err, bitwise="" if yp is None else torch.equal(y, yp)))
                 if best is None or t < best[0]:
                     best = (t, key, err, cfg)

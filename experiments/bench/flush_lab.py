@@ -6,10 +6,12 @@ the timed interval). This times the same CUDA-graph replays after three flushes:
 the same buffer (leaves clean lines) and none (warm L2), for a pure copy of the decode weight volume and for the
 layer paths at decode sizes.
 
-    python experiments/bench/flush_lab.py
+    python experiments/bench/flush_lab.py [--out flush.csv]
 """
 from __future__ import annotations
 
+import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
-from tritonmoe.decode_layer import decode_layer  # noqa: E402
+from decode_layer_lab import decode_layer  # noqa: E402
 from problems import load_models, make_tokens, make_weights  # noqa: E402
 
 CACHE = None
@@ -53,6 +55,10 @@ def bench(fn, flush: str, n: int = 200) -> float:
 
 
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    rows = []
     models = load_models()
     print(torch.cuda.get_device_name(), flush=True)
     tiny = torch.ones(1, device="cuda")
@@ -76,8 +82,15 @@ def main():
                               lambda x=x, wts=wts, k=m.top_k, c={**cfg, "cooperative": False}: decode_layer(x, *wts, k, True, c)))
         for label, fn in cases:
             r = {f: bench(fn, f) for f in ("zero", "read", "none")}
+            rows.append({"case": label, "device": torch.cuda.get_device_name(),
+                         **{f"{f}_flush_us": round(v, 2) for f, v in r.items()}})
             print(f"{label:45s} zero-flush {r['zero']:7.1f}  read-flush {r['read']:7.1f}  no flush {r['none']:7.1f} us", flush=True)
         cases = []
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
 
 
 if __name__ == "__main__":

@@ -45,11 +45,10 @@ def gate_up_accumulate(
     x_ptr, w_ptr, token, row_ok, expert, cols, col_ok, gate_row0, up_row0, H,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
     WITH_UP: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_EVICT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """`x[token] @ W[e, gate_row0 + cols]^T` in fp32 and, with WITH_UP, `x[token] @ W[e, up_row0 + cols]^T`
-    from the same load of each x tile (the fusion's one load of the tokens). Returns (acc_gate, acc_up).
-    `W_EVICT`: the L2 eviction policy of the weight loads (the decode layer streams them "evict_first")."""
+    from the same load of each x tile (the fusion's one load of the tokens). Returns (acc_gate, acc_up)."""
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = x_ptr + token[:, None] * stride_xt + ks[None, :] * stride_xh
     w_base = w_ptr + expert * stride_we + ks[:, None] * stride_wh
@@ -60,17 +59,17 @@ def gate_up_accumulate(
     for k0 in range(0, H, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0, eviction_policy=W_EVICT)
+            g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
         else:
             k_ok = ks < H - k0
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            g = tl.load(g_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0, eviction_policy=W_EVICT)
+            g = tl.load(g_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
         acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
         if WITH_UP:
             if EVEN_K:
-                u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0, eviction_policy=W_EVICT)
+                u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
             else:
-                u = tl.load(u_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0, eviction_policy=W_EVICT)
+                u = tl.load(u_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
             acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
             u_ptrs += BLOCK_K * stride_wh
         a_ptrs += BLOCK_K * stride_xh

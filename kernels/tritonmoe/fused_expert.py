@@ -42,7 +42,7 @@ def _fused_expert_kernel(
     acc_g, acc_u = gate_up_accumulate(
         x_ptr, wgu_ptr, token, row_ok, expert, fs, f_ok, 0, F, H,
         stride_xt, stride_xh, stride_ge, stride_gn, stride_gh,
-        True, EVEN_K, PRECISION, BLOCK_M, BLOCK_F, BLOCK_K, "")
+        True, EVEN_K, PRECISION, BLOCK_M, BLOCK_F, BLOCK_K)
     # Rounded to the input dtype, as the two-kernel path stores it, so both paths compute the same function.
     act = (acc_g * tl.sigmoid(acc_g) * acc_u).to(x_ptr.dtype.element_ty)
     route_w = tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)

@@ -48,7 +48,7 @@ def _gate_up_tile(
     acc_g, acc_u = gate_up_accumulate(
         x_ptr, w_ptr, token, row_ok, expert, cols, col_ok, row_offset, up_offset, H,
         stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
-        FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, "")
+        FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     if FUSE_SWIGLU:
         out = acc_g * tl.sigmoid(acc_g) * acc_u
     else:

@@ -1,4 +1,7 @@
-"""The whole layer in one persistent launch, for decode (a few tokens): routing, gate+up+SwiGLU, down, combine.
+"""Lab kernel (not in the package): the whole layer in one persistent launch for decode, with grid barriers.
+
+Measured in session 6 (runs 1-5, `decode_lab.py`, H100) against the tuned two-GEMM path and not kept: it ties or
+loses at T=1-2 on qwen3-30b-a3b, olmoe-1b-7b, mixtral-8x7b, deepseek-v3 and qwen2-moe-57b (experiments/NOTES.md, v8).
 
 At one or two tokens the layer streams the hit experts' weights (25 us on qwen3-30b-a3b) and the rest is
 overhead: the five launches of the two-GEMM path each ramp up and drain (session 5 measured ~12 us of the
@@ -32,9 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import dot_precision, gate_up_accumulate
-from ._validate import interpreter_active
-from .routing import router_logits, topk_softmax
+from tritonmoe._gemm_common import dot_precision, gate_up_accumulate
+from tritonmoe._validate import interpreter_active
+from tritonmoe.routing import router_logits, topk_softmax
 
 # Largest T this path takes: the top-k runs in every program, on [next_pow2(T), E] tiles.
 MAX_TOKENS = 8
@@ -101,7 +104,7 @@ def _decode_layer_kernel(
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
     SPLIT_H: tl.constexpr, SPLIT_BLOCK_E: tl.constexpr, BLOCK_RH: tl.constexpr,
     BLOCK_F: tl.constexpr, BLOCK_KG: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KD: tl.constexpr,
-    W_EVICT: tl.constexpr, PRELOAD: tl.constexpr, TIMING: tl.constexpr = False,
+    PRELOAD: tl.constexpr, TIMING: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     _stamp(timing_ptr, pid, 0, TIMING)
@@ -159,13 +162,13 @@ def _decode_layer_kernel(
                 acc_g, acc_u = gate_up_accumulate(
                     x_ptr, wgu_ptr, rows16.to(tl.int64), row_ok, expert, fs, f_ok, 0, F, H,
                     stride_xt, stride_xh, stride_ge, stride_gn, stride_gh,
-                    True, EVEN_H, PRECISION, 16, BLOCK_F, BLOCK_KG, W_EVICT)
+                    True, EVEN_H, PRECISION, 16, BLOCK_F, BLOCK_KG)
                 act = (acc_g * tl.sigmoid(acc_g) * acc_u).to(act_ptr.dtype.element_ty)
                 tl.store(act_ptr + row_slot[:, None].to(tl.int64) * F + fs[None, :], act,
                          mask=row_ok[:, None] & f_ok[None, :])
         if PRELOAD:
-            # Bring this program's phase-2 down tiles into the L2 now (kept "evict_last" while the gate/up
-            # weights stream "evict_first"), so the weight stream does not stop at the barrier.
+            # Bring this program's phase-2 down tiles into the L2 now (kept "evict_last"), so the weight stream
+            # does not stop at the barrier. (Run 5: twice as slow; the loads wait for their data.)
             warm = tl.zeros((BLOCK_KD, BLOCK_H), dtype=tl.float32)
             for item in range(pid, tl.cdiv(H, BLOCK_H) * num_slots, num_programs):
                 expert, first, row_ok, row_slot = _slot_rows(ids, slot_ok, item % num_slots, TOP_K, BLOCK_T, BLOCK_K)
@@ -286,7 +289,7 @@ def decode_layer(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.
             w_down.stride(0), w_down.stride(1), w_down.stride(2), y.stride(0), y.stride(1))
     const = dict(TOP_K=top_k, RENORMALIZE=renormalize, PRECISION=dot_precision(x.dtype),
                  EVEN_H=(H % cfg["BLOCK_K"] == 0), EVEN_F=(F % cfg["BLOCK_KD"] == 0), **meta,
-                 W_EVICT=cfg.get("W_EVICT", ""), PRELOAD=cfg.get("PRELOAD", False), BLOCK_F=cfg["BLOCK_F"], BLOCK_KG=cfg["BLOCK_K"], BLOCK_H=cfg["BLOCK_H"], BLOCK_KD=cfg["BLOCK_KD"],
+                 PRELOAD=cfg.get("PRELOAD", False), BLOCK_F=cfg["BLOCK_F"], BLOCK_KG=cfg["BLOCK_K"], BLOCK_H=cfg["BLOCK_H"], BLOCK_KD=cfg["BLOCK_KD"],
                  num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
     if cfg.get("phased") or dev.type != "cuda" or interpreter_active():
         # One launch per phase: the interpreter runs programs in turn (a barrier would never return); on a GPU
