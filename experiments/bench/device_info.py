@@ -68,7 +68,8 @@ def provenance(git_sha: str, git_dirty: bool, copy_gbps: float, bf16_tflops: flo
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "copy_gbps": round(copy_gbps, 1),
         "bf16_tflops": round(bf16_tflops, 1),
-        "timing": "CUDA events per call, L2 evicted before each by reading 256 MB (experiments/bench/timing.py)",
+        "timing": ("CUDA events per call, L2 evicted before each by reading 256 MB; eager calls timed from an idle GPU "
+                   "(experiments/bench/timing.py)"),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
 

@@ -26,8 +26,13 @@ def flush_l2() -> None:
     torch.sum(buf, dim=0, out=sink)
 
 
-def bench(fn, warmup_ms: float = 25, rep_ms: float = 100, quantiles=(0.5, 0.2, 0.8)) -> list[float]:
-    """Quantiles (ms) of fn's per-call device time, the L2 flushed by `flush_l2` before every call."""
+def bench(fn, warmup_ms: float = 25, rep_ms: float = 100, quantiles=(0.5, 0.2, 0.8),
+          sync_each: bool = False) -> list[float]:
+    """Quantiles (ms) of fn's per-call device time, the L2 flushed by `flush_l2` before every call.
+
+    `sync_each`: wait for the flush to finish before each call, so the interval also holds the host's work of
+    launching fn (eager calls: Python, checks, launches), instead of letting the host run ahead while the GPU
+    flushes and hiding as much of it as the flush lasts."""
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -47,6 +52,8 @@ def bench(fn, warmup_ms: float = 25, rep_ms: float = 100, quantiles=(0.5, 0.2, 0
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     for s, e in zip(starts, ends):
         flush_l2()
+        if sync_each:
+            torch.cuda.synchronize()
         s.record()
         fn()
         e.record()
