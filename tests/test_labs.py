@@ -1,0 +1,66 @@
+"""Lab code that experiments/NOTES.md reports on: the one-launch decode layer (`decode_layer_lab.py`, not in the
+package) and the benchmarks' timing function (`timing.py`).
+
+The decode layer's barrier launch spins on global counters, which Triton's interpreter (one program after
+another) cannot run; here it runs as three phased launches of the same kernel, and on the GPU the barrier
+launch is compared with the phased one bit for bit.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench"))
+
+from decode_layer_lab import MAX_TOKENS, decode_layer  # noqa: E402
+from helpers import assert_rel_close, make_layer  # noqa: E402
+from tritonmoe.reference import reference_moe, reference_routing  # noqa: E402
+
+SMALL = dict(BLOCK_F=16, BLOCK_K=16, BLOCK_H=16, BLOCK_KD=16)
+
+# (T, E, K, H, F): one token; every expert chosen by every token (T=3, E=K=8: each expert's weights are read by
+# its first slot's item only); odd sizes; K=1; the largest T.
+SHAPES = [(1, 8, 2, 64, 32), (3, 8, 8, 64, 32), (5, 3, 3, 40, 24), (2, 64, 8, 40, 24), (MAX_TOKENS, 4, 2, 33, 17),
+          (1, 1, 1, 40, 24)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-E{}-K{}-H{}-F{}".format(*s))
+def test_decode_layer_lab_matches_reference(shape, dtype, device):
+    T, E, K, H, F = shape
+    layer = make_layer(T, E, H, F, dtype, device, seed=T * 131 + E)
+    y, weights, ids = decode_layer(layer.x, *layer.weights, K, True, {**SMALL, "phased": True})
+    ref_w, ref_ids = reference_routing(layer.x, layer.weights[0], K)
+    assert torch.equal(ids.long().cpu(), ref_ids.cpu())
+    assert_rel_close(weights, ref_w, torch.float32, "routing weights")
+    assert_rel_close(y, reference_moe(layer.x, *layer.weights, K, topk_ids=ids), dtype, "decode layer")
+
+
+def test_decode_layer_lab_refuses_too_many_tokens(device):
+    layer = make_layer(MAX_TOKENS + 1, 4, 32, 16, torch.float32, device)
+    with pytest.raises(ValueError, match="x: the decode layer takes at most"):
+        decode_layer(layer.x, *layer.weights, 2, True, SMALL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,E,K", [(1, 128, 8), (2, 8, 2), (4, 64, 8)])
+def test_decode_layer_lab_barrier_equals_phased_on_gpu(T, E, K):
+    layer = make_layer(T, E, 2048, 768, torch.bfloat16, "cuda", seed=T + E)
+    cfg = dict(BLOCK_F=64, BLOCK_K=256, BLOCK_H=128, BLOCK_KD=256, num_warps=4, num_stages=3)
+    y_phased, _, ids_phased = decode_layer(layer.x, *layer.weights, K, True, {**cfg, "phased": True})
+    for _ in range(3):  # the counters must be left at zero for the next call
+        y, _, ids = decode_layer(layer.x, *layer.weights, K, True, cfg)
+        assert torch.equal(ids, ids_phased) and torch.equal(y, y_phased)
+    assert_rel_close(y, reference_moe(layer.x, *layer.weights, K, topk_ids=ids), torch.bfloat16, "decode layer")
+
+
+@pytest.mark.gpu
+def test_timing_bench_quantiles_and_flush():
+    import timing
+    a = torch.randn(1 << 20, device="cuda")
+    q = timing.bench(lambda: a.mul_(1.0), 2, 10, quantiles=(0.2, 0.5, 0.8))
+    assert 0 < q[0] <= q[1] <= q[2]
+    timing.flush_l2()
+    buf, _ = timing._FLUSH[torch.cuda.current_device()]
+    assert int(buf.sum()) == buf.numel()  # the flush reads, never writes
