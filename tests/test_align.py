@@ -191,3 +191,42 @@ def test_tails_geometry(device):
 def test_bad_tail_is_refused(tail_m, device):
     with pytest.raises(ValueError, match="TAIL_M"):
         tritonmoe.align_tokens(torch.zeros(4, dtype=torch.int32, device=device), 2, 128, tail_m)
+
+
+# The chunked alignment's layout, one program or spread over programs (`align.layout_plan`): each case forced down
+# both ways. E=256 and 5000 slots span 79 chunks; 64 experts with tails; every slot on one expert; half the experts
+# empty; slot counts that are exact multiples of a block.
+LAYOUT_CASES = [
+    ("uniform", 1025, 8, 16, None), ("uniform", 5000, 256, 64, None), ("uniform", 3000, 256, 32, 16),
+    ("zipf", 3000, 64, 128, 64), ("zipf", 3000, 64, 16, None), ("one", 2000, 8, 64, 16), ("half", 2100, 64, 32, None),
+    ("exact", 2048, 16, 64, None),
+]
+
+
+def _layout_ids(kind, N, E):
+    if kind == "uniform":
+        return uniform_ids(N, E, seed=N + E)
+    if kind == "zipf":
+        return zipf_ids(N, E, seed=N)
+    if kind == "one":
+        return torch.full((N,), E - 1, dtype=torch.int32)
+    if kind == "half":
+        return 2 * uniform_ids(N, E // 2, seed=E) + 1
+    return torch.arange(N, dtype=torch.int32) % E  # every expert gets N / E slots, a multiple of BLOCK_M
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "one-program"])
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=lambda c: "{}-N{}-E{}-bm{}-tail{}".format(*c))
+def test_chunked_layout_both_ways(case, parallel, device, monkeypatch):
+    kind, N, E, block_m, tail_m = case
+    monkeypatch.setattr(tritonmoe.align, "PARALLEL_LAYOUT_STEPS", -1 if parallel else 1 << 30)
+    assert tritonmoe.align.layout_plan(N, E, block_m, tail_m)["parallel"] == parallel
+    assert N > tritonmoe.align.align_meta(N, E, block_m, tail_m)["CHUNK"]  # the chunked path
+    check_alignment(_layout_ids(kind, N, E).to(device), E, block_m, tail_m)
+
+
+def test_layout_plan_goes_parallel_where_one_program_walks_far():
+    plan = tritonmoe.align.layout_plan
+    assert not plan(2048, 8, 128)["parallel"]            # mixtral T=1024: two chunks, 25 blocks
+    assert plan(32768, 128, 128, 64)["parallel"]         # qwen3-30b-a3b T=4096
+    assert plan(65536, 256, 128, 64)["parallel"]         # deepseek-v3 T=8192

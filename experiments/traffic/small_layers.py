@@ -62,7 +62,7 @@ class SmallLayer:
 # H and F off the block sizes (16) in most; an empty expert; skew (an expert over several BLOCK_M
 # blocks); one token; fp16 elements. Routing and alignment take each of their paths: one program
 # for both (T <= 32), routing then a one-program alignment (T = 40), and routing then the chunked
-# alignment (E = 300, so BLOCK_E = 512 and 72 slots make three chunks).
+# alignment (E = 300, so BLOCK_E = 512 and 72 slots make three chunks; 240 slots take the parallel layout).
 SMALL_LAYERS = (
     SmallLayer(tokens=7, hidden=40, ffn=24, experts=4, top_k=2),
     SmallLayer(tokens=20, hidden=32, ffn=32, experts=4, top_k=2, routing="skewed", seed=1),
@@ -79,4 +79,7 @@ SMALL_LAYERS = (
     # 32-row blocks with 16-row tails through the descriptor kernels.
     SmallLayer(tokens=60, hidden=40, ffn=24, experts=4, top_k=2, routing="skewed", seed=8, tail=(64, 16)),
     SmallLayer(tokens=44, hidden=32, ffn=24, experts=3, top_k=2, seed=9, desc=True, tail=(32, 16)),
+    # The chunked alignment's parallel layout (`align.layout_plan`): 240 slots over 300 experts make 256 blocks,
+    # more than the one-program kernel walks.
+    SmallLayer(tokens=80, hidden=16, ffn=16, experts=300, top_k=3, seed=10),
 )

@@ -26,7 +26,9 @@ and `max_rows(...)` aligned rows, so the host never waits for the counts. Slot i
 ignored (the public API checks them first).
 
 Three kernels: per-chunk histograms, one program that turns them into offsets (and writes the
-block-to-expert map and the padding), and a stable scatter.
+block-to-expert map and the padding), and a stable scatter. When that one program would walk many chunks or
+blocks (`layout_plan`), its work is spread instead over two launches: per-expert totals, then programs that
+each write a range of blocks or the chunk offsets of a few experts.
 """
 from __future__ import annotations
 
@@ -79,15 +81,63 @@ def _offsets_kernel(
         running += tl.sum(blk, axis=0)
 
 
+# Expert columns per program of the parallel layout (`_totals_kernel`, chunk bases in `_layout_kernel`) and the
+# chunk rows each of them sums at once.
+_SLAB_E = 16
+_SLAB_ROWS = 128
+# Serial steps of the one-program `_offsets_kernel` (two passes over the chunk table, one over the blocks) above
+# which the layout runs in parallel (`_totals_kernel` + `_layout_kernel`): one program took 46 us at qwen3-30b-a3b
+# T=4096 and 248 us at deepseek-v3 T=8192 (session 6, run 14); one more launch costs a few us.
+PARALLEL_LAYOUT_STEPS = 16
+
+
 @triton.jit
-def write_blocks(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
-                 totals, E, N, max_blocks,
-                 BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
-    """From the slot count of each expert: its padded range of aligned rows and its blocks (BLOCK_M blocks,
-    then TAIL_M blocks for the rest). Stores the counts, the number of used rows, the expert and first row of
-    every block (-1 and the used-row count past the used blocks) and the sentinel N in every padding row.
-    Returns each expert's first aligned row."""
+def _totals_kernel(chunk_counts_ptr, expert_counts_ptr, num_chunks, E,
+                   BLOCK_E: tl.constexpr, SLAB_E: tl.constexpr, ROWS: tl.constexpr):
+    """Slots per expert for SLAB_E experts: the chunk table's column sums (in a fixed order)."""
+    es = tl.program_id(0) * SLAB_E + tl.arange(0, SLAB_E)
+    totals = tl.zeros((SLAB_E,), dtype=tl.int32)
+    for c0 in range(0, num_chunks, ROWS):
+        r = c0 + tl.arange(0, ROWS)
+        totals += tl.sum(tl.load(chunk_counts_ptr + r[:, None] * BLOCK_E + es[None, :],
+                                 mask=r[:, None] < num_chunks, other=0), axis=0)
+    tl.store(expert_counts_ptr + es, totals, mask=es < E)
+
+
+@triton.jit
+def _layout_kernel(
+    chunk_counts_ptr, chunk_base_ptr, expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
+    N, E, num_chunks, max_blocks, block_programs,
+    BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr,
+    SLAB_E: tl.constexpr, ROWS: tl.constexpr,
+):
+    """The `_offsets_kernel`'s work spread over programs: the first `block_programs` write BLOCK_B blocks each, the
+    others the chunk bases of SLAB_E experts each; every program derives the layout from the expert counts."""
+    pid = tl.program_id(0)
     experts = tl.arange(0, BLOCK_E)
+    totals = tl.load(expert_counts_ptr + experts, mask=experts < E, other=0)
+    full, starts, block_starts, block_ends, total, total_blocks = block_layout(totals, BLOCK_M, TAIL_M)
+    if pid < block_programs:
+        if pid == 0:
+            tl.store(num_post_ptr, total)
+        write_block_range(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, totals, full, starts, block_starts,
+                          block_ends, total, total_blocks, N, max_blocks, pid * BLOCK_B, pid * BLOCK_B + BLOCK_B,
+                          BLOCK_M, TAIL_M, BLOCK_E, BLOCK_B)
+    else:
+        es = (pid - block_programs) * SLAB_E + tl.arange(0, SLAB_E)
+        running = tl.sum(tl.where(experts[None, :] == es[:, None], starts[None, :], 0), axis=1)
+        for c0 in range(0, num_chunks, ROWS):
+            r = c0 + tl.arange(0, ROWS)
+            offs = r[:, None] * BLOCK_E + es[None, :]
+            blk = tl.load(chunk_counts_ptr + offs, mask=r[:, None] < num_chunks, other=0)
+            tl.store(chunk_base_ptr + offs, running[None, :] + tl.cumsum(blk, axis=0) - blk, mask=r[:, None] < num_chunks)
+            running += tl.sum(blk, axis=0)
+
+
+@triton.jit
+def block_layout(totals, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr):
+    """From the slot count of each expert (a [BLOCK_E] vector): its full blocks, its first aligned row, where its
+    blocks start and end, and the totals (used rows, used blocks)."""
     full = totals // BLOCK_M
     tails = (totals - full * BLOCK_M + TAIL_M - 1) // TAIL_M
     whole = tails * TAIL_M == BLOCK_M  # the rest needs as many rows as one full block: take one
@@ -95,15 +145,20 @@ def write_blocks(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, e
     tails = tl.where(whole, 0, tails)
     padded = full * BLOCK_M + tails * TAIL_M
     starts = tl.cumsum(padded, axis=0) - padded
-    total = tl.sum(padded, axis=0)
     blocks = full + tails
     block_ends = tl.cumsum(blocks, axis=0)
-    block_starts = block_ends - blocks
-    total_blocks = tl.sum(blocks, axis=0)
-    tl.store(num_post_ptr, total)
-    tl.store(expert_counts_ptr + experts, totals, mask=experts < E)
+    return full, starts, block_ends - blocks, block_ends, tl.sum(padded, axis=0), tl.sum(blocks, axis=0)
+
+
+@triton.jit
+def write_block_range(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, totals, full, starts, block_starts, block_ends,
+                      total, total_blocks, N, max_blocks, b_first, b_end,
+                      BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Blocks b_first .. b_end-1 (of `block_layout`'s layout): the expert and first row of every block (-1 and the
+    used-row count past the used blocks) and the sentinel N in every padding row of the used ones."""
+    experts = tl.arange(0, BLOCK_E)
     rows_in_block = tl.arange(0, BLOCK_M)
-    for b0 in range(0, max_blocks + 1, BLOCK_B):
+    for b0 in range(b_first, b_end, BLOCK_B):
         b = b0 + tl.arange(0, BLOCK_B)
         # The owner of a used block is the first expert whose blocks end after it.
         owner = tl.sum((block_ends[None, :] <= b[:, None]).to(tl.int32), axis=1)
@@ -116,11 +171,28 @@ def write_blocks(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, e
         n_full = tl.minimum(j, own_full)
         row0 = tl.where(used, own_start + n_full * BLOCK_M + (j - n_full) * TAIL_M, total)
         height = tl.where(j < own_full, BLOCK_M, TAIL_M)
-        tl.store(expert_ids_ptr + b, tl.where(used, owner, -1), mask=b < max_blocks)
-        tl.store(block_rows_ptr + b, row0, mask=b <= max_blocks)
+        in_range = b < b_end
+        tl.store(expert_ids_ptr + b, tl.where(used, owner, -1), mask=in_range & (b < max_blocks))
+        tl.store(block_rows_ptr + b, row0, mask=in_range & (b <= max_blocks))
         p = row0[:, None] + rows_in_block[None, :]
         is_pad = (rows_in_block[None, :] < height[:, None]) & ((p - own_start[:, None]) >= own_count[:, None])
-        tl.store(sorted_ids_ptr + p, tl.full(p.shape, 0, tl.int32) + N, mask=is_pad & used[:, None])
+        tl.store(sorted_ids_ptr + p, tl.full(p.shape, 0, tl.int32) + N, mask=is_pad & (used & in_range)[:, None])
+
+
+@triton.jit
+def write_blocks(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
+                 totals, E, N, max_blocks,
+                 BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+    """From the slot count of each expert: its padded range of aligned rows and its blocks (BLOCK_M blocks,
+    then TAIL_M blocks for the rest). Stores the counts, the number of used rows, the expert and first row of
+    every block (-1 and the used-row count past the used blocks) and the sentinel N in every padding row.
+    Returns each expert's first aligned row."""
+    experts = tl.arange(0, BLOCK_E)
+    full, starts, block_starts, block_ends, total, total_blocks = block_layout(totals, BLOCK_M, TAIL_M)
+    tl.store(num_post_ptr, total)
+    tl.store(expert_counts_ptr + experts, totals, mask=experts < E)
+    write_block_range(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, totals, full, starts, block_starts, block_ends,
+                      total, total_blocks, N, max_blocks, 0, max_blocks + 1, BLOCK_M, TAIL_M, BLOCK_E, BLOCK_B)
     return starts
 
 
@@ -238,6 +310,19 @@ def align_meta(N: int, num_experts: int, block_m: int, tail_m: int | None = None
     return dict(BLOCK_M=block_m, TAIL_M=tail, BLOCK_E=block_e, CHUNK=chunk, BLOCK_B=block_b)
 
 
+def layout_plan(N: int, num_experts: int, block_m: int, tail_m: int | None = None) -> dict:
+    """How the chunked alignment (N slots over more than one chunk) lays out its blocks: the chunk count, the
+    one-program kernel's chunk rows per step, and whether the layout runs in parallel (more serial steps than
+    PARALLEL_LAYOUT_STEPS) with its block programs and expert slabs."""
+    meta = align_meta(N, num_experts, block_m, tail_m)
+    num_chunks = triton.cdiv(N, meta["CHUNK"])
+    rows = max(1, min(64, triton.next_power_of_2(num_chunks), _BLOCK_TILE_ELEMS * 2 // meta["BLOCK_E"]))
+    block_programs = triton.cdiv(max_blocks(N, num_experts, block_m, tail_m) + 1, meta["BLOCK_B"])
+    steps = 2 * triton.cdiv(num_chunks, rows) + block_programs
+    return dict(num_chunks=num_chunks, rows=rows, parallel=steps > PARALLEL_LAYOUT_STEPS,
+                block_programs=block_programs, slabs=meta["BLOCK_E"] // _SLAB_E)
+
+
 def alloc_alignment(N: int, num_experts: int, block_m: int, device, tail_m: int | None = None) -> Alignment:
     tail = check_tail(block_m, tail_m)
     nb = max_blocks(N, num_experts, block_m, tail)
@@ -267,16 +352,25 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m:
                                   N, num_experts, a.max_blocks, **meta, num_warps=warps)
         return a
     chunk, block_e = meta["CHUNK"], meta["BLOCK_E"]
-    num_chunks = triton.cdiv(N, chunk)
+    plan = layout_plan(N, num_experts, block_m, tail_m)
+    num_chunks = plan["num_chunks"]
     chunk_counts = torch.empty((num_chunks, block_e), dtype=torch.int32, device=ids.device)
     chunk_base = torch.empty((num_chunks, block_e), dtype=torch.int32, device=ids.device)
     _count_kernel[(num_chunks,)](ids, chunk_counts, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
-    rows = max(1, min(64, triton.next_power_of_2(num_chunks), _BLOCK_TILE_ELEMS * 2 // block_e))
-    _offsets_kernel[(1,)](
-        chunk_counts, chunk_base, a.expert_ids, a.block_rows, a.sorted_ids, a.num_post_padded, a.expert_counts,
-        N, num_experts, num_chunks, a.max_blocks,
-        BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], BLOCK_E=block_e, ROWS=rows, BLOCK_B=meta["BLOCK_B"],
-    )
+    tables = (chunk_counts, chunk_base, a.expert_ids, a.block_rows, a.sorted_ids, a.num_post_padded, a.expert_counts)
+    if plan["parallel"]:
+        rows = min(_SLAB_ROWS, triton.next_power_of_2(num_chunks))
+        _totals_kernel[(plan["slabs"],)](chunk_counts, a.expert_counts, num_chunks, num_experts,
+                                         BLOCK_E=block_e, SLAB_E=_SLAB_E, ROWS=rows)
+        _layout_kernel[(plan["block_programs"] + plan["slabs"],)](
+            *tables, N, num_experts, num_chunks, a.max_blocks, plan["block_programs"],
+            BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], BLOCK_E=block_e, BLOCK_B=meta["BLOCK_B"], SLAB_E=_SLAB_E, ROWS=rows,
+        )
+    else:
+        _offsets_kernel[(1,)](
+            *tables, N, num_experts, num_chunks, a.max_blocks,
+            BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], BLOCK_E=block_e, ROWS=plan["rows"], BLOCK_B=meta["BLOCK_B"],
+        )
     _scatter_kernel[(num_chunks,)](ids, chunk_base, a.sorted_ids, N, num_experts, CHUNK=chunk, BLOCK_E=block_e,
                                    num_warps=8)
     return a

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from .align import align_meta, check_tail, expert_blocks, max_blocks, max_rows
+from .align import align_meta, check_tail, expert_blocks, layout_plan, max_blocks, max_rows
 from .config import default_config, tail_of
 from .descriptors import wants_descriptors
 from .gate_up import GATHER_BLOCK_R
@@ -52,6 +52,8 @@ KERNEL_STAGES = {
     "_align_small_kernel": "routing",
     "_count_kernel": "routing",
     "_offsets_kernel": "routing",
+    "_totals_kernel": "routing",
+    "_layout_kernel": "routing",
     "_scatter_kernel": "routing",
     "_gate_up_kernel": "gate_up",
     # With the config's DESC flag: the tokens gathered into aligned order, then the descriptor GEMMs.
@@ -257,21 +259,22 @@ def _route_accesses(s: LayerShape, programs: int) -> tuple[Access, ...]:
     )
 
 
-def _block_table_accesses(s: LayerShape, b: Blocks, *, sorted_ids_write: int) -> tuple[Access, ...]:
-    """What `align.write_blocks` and the totals of an alignment store."""
+def _block_table_accesses(s: LayerShape, b: Blocks, *, sorted_ids_write: int, counts: bool = True) -> tuple[Access, ...]:
+    """What `align.write_blocks` and the totals of an alignment store (`counts`: the expert counts too)."""
     return (
         _same("sorted_ids_ptr", write=sorted_ids_write),
         _same("expert_ids_ptr", write=b.max_blocks * _I32),
         _same("block_rows_ptr", write=(b.max_blocks + 1) * _I32),
         _same("num_post_ptr", write=_I32),
-        _same("expert_counts_ptr", write=s.experts * _I32),
+        *((_same("expert_counts_ptr", write=s.experts * _I32),) if counts else ()),
     )
 
 
 def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
     """Routing and alignment as `route_align.route_and_align` dispatches them: split router logits then
     one program for the rest at small sizes, else `route` then `align_tokens` (itself one program when the N slots fit
-    one chunk, else per-chunk histograms, one program of offsets, and a stable scatter)."""
+    one chunk, else per-chunk histograms, the layout (one program of offsets, or totals then a parallel layout), and
+    a stable scatter)."""
     n = s.routed
     meta = align_meta(n, s.experts, b.block_m, b.tail_m)
     steps = _cdiv(s.tokens, _route_block_t())
@@ -303,16 +306,35 @@ def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
             *_block_table_accesses(s, b, sorted_ids_write=b.padded_rows * _I32),
         ))]
     table = _cdiv(n, meta["CHUNK"]) * meta["BLOCK_E"] * _I32  # [num_chunks, BLOCK_E] int32
-    return out + [
-        Launch("_count_kernel", "routing", (
-            _same("ids_ptr", read=n * _I32),
-            _same("chunk_counts_ptr", write=table),
-        )),
-        Launch("_offsets_kernel", "routing", (
+    count = Launch("_count_kernel", "routing", (
+        _same("ids_ptr", read=n * _I32),
+        _same("chunk_counts_ptr", write=table),
+    ))
+    plan = layout_plan(n, s.experts, b.block_m, b.tail_m)
+    if plan["parallel"]:
+        programs = plan["block_programs"] + plan["slabs"]
+        layout = [
+            Launch("_totals_kernel", "routing", (
+                _same("chunk_counts_ptr", read=table),
+                _same("expert_counts_ptr", write=s.experts * _I32),
+            )),
+            Launch("_layout_kernel", "routing", (
+                # Every program derives the layout from the expert counts; the slab programs read the table once.
+                Access("expert_counts_ptr", False, read=programs * s.experts * _I32, unique_read=s.experts * _I32),
+                _same("chunk_counts_ptr", read=table),
+                _same("chunk_base_ptr", write=table),
+                *_block_table_accesses(s, b, sorted_ids_write=(b.padded_rows - n) * _I32, counts=False),
+            )),
+        ]
+    else:
+        layout = [Launch("_offsets_kernel", "routing", (
             Access("chunk_counts_ptr", False, read=2 * table, unique_read=table),  # two passes
             _same("chunk_base_ptr", write=table),
             *_block_table_accesses(s, b, sorted_ids_write=(b.padded_rows - n) * _I32),  # the sentinels
-        )),
+        ))]
+    return out + [
+        count,
+        *layout,
         Launch("_scatter_kernel", "routing", (
             _same("ids_ptr", read=n * _I32),
             _same("chunk_base_ptr", read=table),
