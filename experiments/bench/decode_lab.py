@@ -5,7 +5,8 @@
 
 Every candidate is checked against the float64 reference (on its own expert choice) and its barrier launch
 against the phased launch (three launches, no barrier) bit for bit; times are CUDA-graph replays
-(`triton.testing.do_bench` median). Writes one row per (model, T, candidate) plus the baseline rows.
+(`tune.graph_time`, i.e. the `timing.bench` median; runs 1-2 of session 6 predate `timing.py` and used
+`triton.testing.do_bench`, whose flush adds ~8.5 us to every call: compare candidates within one run only). Writes one row per (model, T, candidate) plus the baseline rows.
 """
 from __future__ import annotations
 
