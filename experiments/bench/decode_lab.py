@@ -3,10 +3,11 @@
     python experiments/bench/decode_lab.py --smoke            # one call, barrier vs phased, then exit
     python experiments/bench/decode_lab.py --out lab.csv --models qwen3-30b-a3b --tokens 1 2
 
-Every candidate is checked against the float64 reference (on its own expert choice) and its barrier launch
-against the phased launch (three launches, no barrier) bit for bit; times are CUDA-graph replays
-(`tune.graph_time`, i.e. the `timing.bench` median; runs 1-2 of session 6 predate `timing.py` and used
-`triton.testing.do_bench`, whose flush adds ~8.5 us to every call: compare candidates within one run only). Writes one row per (model, T, candidate) plus the baseline rows.
+Every candidate is checked against the float64 reference (on its own expert choice); the first candidate of each
+point also runs as the phased launch (three launches, no barrier), compared with the barrier launch bit for bit.
+Times are CUDA-graph replays (`tune.graph_time`, i.e. the `timing.bench` median; runs 1-2 of session 6 predate
+`timing.py` and used `triton.testing.do_bench`, whose flush adds ~8.5 us to every call: compare candidates within
+one run only). Writes one row per (model, T, candidate) plus the baseline rows.
 """
 from __future__ import annotations
 
