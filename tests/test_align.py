@@ -200,6 +200,9 @@ LAYOUT_CASES = [
     ("uniform", 1025, 8, 16, None), ("uniform", 5000, 256, 64, None), ("uniform", 3000, 256, 32, 16),
     ("zipf", 3000, 64, 128, 64), ("zipf", 3000, 64, 16, None), ("one", 2000, 8, 64, 16), ("half", 2100, 64, 32, None),
     ("exact", 2048, 16, 64, None),
+    # More chunks than a slab program sums at once (157 > 128: its running totals carry over); 300 experts (the
+    # last slab holds columns >= E).
+    ("uniform", 10000, 256, 64, None), ("uniform", 3000, 300, 32, None),
 ]
 
 

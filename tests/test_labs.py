@@ -49,18 +49,28 @@ def test_decode_layer_lab_barrier_equals_phased_on_gpu(T, E, K):
     layer = make_layer(T, E, 2048, 768, torch.bfloat16, "cuda", seed=T + E)
     cfg = dict(BLOCK_F=64, BLOCK_K=256, BLOCK_H=128, BLOCK_KD=256, num_warps=4, num_stages=3)
     y_phased, _, ids_phased = decode_layer(layer.x, *layer.weights, K, True, {**cfg, "phased": True})
-    for _ in range(3):  # the counters must be left at zero for the next call
-        y, _, ids = decode_layer(layer.x, *layer.weights, K, True, cfg)
+    sync = torch.zeros(2 + -(-2048 // cfg["BLOCK_H"]), dtype=torch.int32, device="cuda")
+    for call in range(3):  # one counter buffer for every call: the kernel must leave it ready for the next
+        y, _, ids = decode_layer(layer.x, *layer.weights, K, True, cfg, sync=sync)
         assert torch.equal(ids, ids_phased) and torch.equal(y, y_phased)
+        assert int(sync[0]) == 0 and int(sync[2:].abs().sum()) == 0 and int(sync[1]) == 2 * (call + 1)
     assert_rel_close(y, reference_moe(layer.x, *layer.weights, K, topk_ids=ids), torch.bfloat16, "decode layer")
+    with pytest.raises(ValueError, match="sync: expected"):
+        decode_layer(layer.x, *layer.weights, K, True, cfg, sync=sync[:2])
 
 
 @pytest.mark.gpu
-def test_timing_bench_quantiles_and_flush():
+def test_timing_bench_quantiles_and_host_work():
+    """Quantiles in order; with `sync_each` (eager calls) the host's work before the launch is inside the interval:
+    a call that sleeps 3 ms on the host before a tiny kernel measures at least that."""
+    import time
+
     import timing
     a = torch.randn(1 << 20, device="cuda")
     q = timing.bench(lambda: a.mul_(1.0), 2, 10, quantiles=(0.2, 0.5, 0.8))
-    assert 0 < q[0] <= q[1] <= q[2]
-    timing.flush_l2()
-    buf, _ = timing._FLUSH[torch.cuda.current_device()]
-    assert int(buf.sum()) == buf.numel()  # the flush reads, never writes
+    assert 0 < q[0] <= q[1] <= q[2] < 1.0
+
+    def slow_host():
+        time.sleep(3e-3)
+        a.mul_(1.0)
+    assert timing.bench(slow_host, 10, 60, quantiles=(0.5,), sync_each=True)[0] >= 2.5

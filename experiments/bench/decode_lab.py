@@ -69,10 +69,9 @@ def phase_times(m, x, wts, cfg):
     names = ["start", "router done", "barrier 1", "top-k done", "gate_up done", "barrier 2", "down+combine done"]
     for i, n in enumerate(names):
         print(f"    {n:18s} min {t[:, i].min():6.1f}  med {t[:, i].median():6.1f}  max {t[:, i].max():6.1f} us")
-    from decode_layer_lab import decode_layer as dl
     sync = torch.zeros(2 + (x.shape[1] + cfg["BLOCK_H"] - 1) // cfg["BLOCK_H"], dtype=torch.int32, device="cuda")
-    t_keep = graph_time(lambda: dl(x, *wts, m.top_k, True, cfg, sync=sync))
-    t_new = graph_time(lambda: dl(x, *wts, m.top_k, True, cfg))
+    t_keep = graph_time(lambda: decode_layer(x, *wts, m.top_k, True, cfg, sync=sync))
+    t_new = graph_time(lambda: decode_layer(x, *wts, m.top_k, True, cfg))
     print(f"    graph: counters kept {t_keep * 1e3:.1f} us, zeroed per call {t_new * 1e3:.1f} us", flush=True)
 
 
@@ -114,15 +113,16 @@ def main(argv=None):
             x = make_tokens(m, T, w, "uniform", dt, "cuda", seed=T)
             base = graph_time(lambda: tritonmoe.moe(x, *wts, m.top_k))
             rows.append(dict(model=name, tokens=T, cand="two_gemm_tuned", us=base * 1e3, rel_err="", bitwise=""))
-            best = None
-            for i, cfg in enumerate(candidates(args.grid)):
+            best, compared = None, False
+            for cfg in candidates(args.grid):
                 try:
                     y, _, ids = decode_layer(x, *wts, m.top_k, True, cfg)
                 except Exception as e:  # a candidate that does not compile (shared memory) is skipped
                     print(f"  skip {cfg}: {type(e).__name__}", flush=True)
                     continue
                 # The phased launch (three compiles more) is compared with the barrier launch once per point.
-                yp = decode_layer(x, *wts, m.top_k, True, {**cfg, "phased": True})[0] if i == 0 else None
+                yp = None if compared else decode_layer(x, *wts, m.top_k, True, {**cfg, "phased": True})[0]
+                compared = True
                 ref = reference_moe(x, *wts, m.top_k, topk_ids=ids)
                 err = rel_err(y, ref)
                 t = graph_time(lambda: decode_layer(x, *wts, m.top_k, True, cfg))
@@ -133,6 +133,9 @@ def main(argv=None):
                     best = (t, key, err, cfg)
                 if args.grid == "variants":
                     print(f"  {key:40s} {t * 1e3:7.1f} us", flush=True)
+            if best is None:
+                print(f"{name} T={T}: no candidate compiled", flush=True)
+                continue
             print(f"{name} T={T}: two-GEMM {base * 1e3:.1f} us, decode layer best {best[0] * 1e3:.1f} us ({best[1]}, "
                   f"rel_err {best[2]:.1e}) [{time.time() - t_start:.0f} s]", flush=True)
             if args.timing:

@@ -261,8 +261,9 @@ def decode_layer(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.
                  timing: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The layer for T <= MAX_TOKENS tokens in one launch. Inputs are assumed checked (`tritonmoe.api.moe`).
     `cfg`: BLOCK_F, BLOCK_K (gate/up K step), BLOCK_H, BLOCK_KD (down K step), num_warps, num_stages and optionally
-    `programs` (default: one per SM). `sync` (lab): a zeroed int32 counter buffer of 2 + cdiv(H, BLOCK_H), kept
-    zero by the kernel, instead of a fresh one per call; `timing` (lab, GPU): an int64 [programs, 8] buffer that
+    `programs` (default: one per SM). `sync` (lab): an int32 counter buffer of 2 + cdiv(H, BLOCK_H), zeroed once and
+    reused across calls instead of a fresh one per call (the kernel leaves the arrival and per-block counters at
+    zero; the generation counter, sync[1], grows by 2 a call); `timing` (lab, GPU): an int64 [programs, 8] buffer that
     receives each program's timer at the phase boundaries. Returns (y [T, H], topk_weights [T, K] fp32, topk_ids [T, K] int32)."""
     T, H = x.shape
     E = router_weight.shape[0]
@@ -278,9 +279,12 @@ def decode_layer(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.
     y = torch.empty((T, H), dtype=x.dtype, device=dev)
     weights = torch.empty((T, top_k), dtype=torch.float32, device=dev)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=dev)
-    # [arrivals, generation, one counter per H block]: all zero between calls.
+    # [arrivals, generation, one counter per H block]; between calls the arrival and block counters are zero.
+    counters = 2 + triton.cdiv(H, cfg["BLOCK_H"])
     if sync is None:
-        sync = torch.zeros(2 + triton.cdiv(H, cfg["BLOCK_H"]), dtype=torch.int32, device=dev)
+        sync = torch.zeros(counters, dtype=torch.int32, device=dev)
+    elif sync.numel() < counters or sync.dtype != torch.int32:
+        raise ValueError(f"sync: expected an int32 buffer of at least {counters} counters, got {sync.numel()} {sync.dtype}")
     programs = cfg.get("programs") or default_programs(dev)
     args = (x, router_weight, w_gate_up, w_down, logits, act, part, y, weights, ids, sync,
             timing if timing is not None else sync, T, H, E, F, splits,

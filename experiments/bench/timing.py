@@ -1,4 +1,5 @@
-"""Device-event timing with a clean L2 flush: every timed number of the benchmarks comes from `bench`.
+"""Device-event timing with a clean L2 flush: every number of the sweep (`latency.py`), the tuner and the measured
+ceilings comes from `bench` (the labs say what they use: `gemm_lab.py` predates it, `flush_lab.py` compares flushes).
 
 Like `triton.testing.do_bench` (warm-up and repetitions sized in milliseconds, one CUDA-event pair per call,
 quantiles of the per-call times), except for the flush before each call. do_bench zeroes a 256 MB buffer, and

@@ -40,7 +40,7 @@ import triton.language as tl
 
 # Elements of the [CHUNK, BLOCK_E] one-hot tiles the kernels hold in registers.
 _TILE_ELEMS = 16384
-# Elements of the [BLOCK_B, BLOCK_E] tiles of `write_blocks`, which keeps several of them live (the expert of
+# Elements of the [BLOCK_B, BLOCK_E] tiles of `write_block_range`, which keeps several of them live (the expert of
 # each block and its start, count, full blocks and first block): larger tiles spilled (session 5, run 4).
 _BLOCK_TILE_ELEMS = 2048
 
@@ -56,29 +56,39 @@ def _count_kernel(ids_ptr, chunk_counts_ptr, N, E, CHUNK: tl.constexpr, BLOCK_E:
 
 
 @triton.jit
+def column_totals(chunk_counts_ptr, cols, num_chunks, BLOCK_E: tl.constexpr, ROWS: tl.constexpr):
+    """Slots per expert for the experts `cols`: the chunk table's column sums, ROWS chunks at a time (a fixed order)."""
+    totals = tl.zeros(cols.shape, dtype=tl.int32)
+    for c0 in range(0, num_chunks, ROWS):
+        r = c0 + tl.arange(0, ROWS)
+        totals += tl.sum(tl.load(chunk_counts_ptr + r[:, None] * BLOCK_E + cols[None, :],
+                                 mask=r[:, None] < num_chunks, other=0), axis=0)
+    return totals
+
+
+@triton.jit
+def chunk_bases(chunk_counts_ptr, chunk_base_ptr, cols, running, num_chunks, BLOCK_E: tl.constexpr, ROWS: tl.constexpr):
+    """Per chunk and expert of `cols`: where the chunk's first slot of that expert goes, from the experts' first
+    aligned rows `running`."""
+    for c0 in range(0, num_chunks, ROWS):
+        r = c0 + tl.arange(0, ROWS)
+        offs = r[:, None] * BLOCK_E + cols[None, :]
+        blk = tl.load(chunk_counts_ptr + offs, mask=r[:, None] < num_chunks, other=0)
+        tl.store(chunk_base_ptr + offs, running[None, :] + tl.cumsum(blk, axis=0) - blk, mask=r[:, None] < num_chunks)
+        running += tl.sum(blk, axis=0)
+
+
+@triton.jit
 def _offsets_kernel(
     chunk_counts_ptr, chunk_base_ptr, expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
     N, E, num_chunks, max_blocks,
     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, ROWS: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     experts = tl.arange(0, BLOCK_E)
-    totals = tl.zeros((BLOCK_E,), dtype=tl.int32)
-    for c0 in range(0, num_chunks, ROWS):
-        r = c0 + tl.arange(0, ROWS)
-        blk = tl.load(chunk_counts_ptr + r[:, None] * BLOCK_E + experts[None, :],
-                      mask=r[:, None] < num_chunks, other=0)
-        totals += tl.sum(blk, axis=0)
+    totals = column_totals(chunk_counts_ptr, experts, num_chunks, BLOCK_E, ROWS)
     starts = write_blocks(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, expert_counts_ptr,
                           totals, E, N, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, BLOCK_B)
-    # Per chunk and expert: where the chunk's first slot of that expert goes.
-    running = starts
-    for c0 in range(0, num_chunks, ROWS):
-        r = c0 + tl.arange(0, ROWS)
-        blk = tl.load(chunk_counts_ptr + r[:, None] * BLOCK_E + experts[None, :],
-                      mask=r[:, None] < num_chunks, other=0)
-        base = running[None, :] + tl.cumsum(blk, axis=0) - blk
-        tl.store(chunk_base_ptr + r[:, None] * BLOCK_E + experts[None, :], base, mask=r[:, None] < num_chunks)
-        running += tl.sum(blk, axis=0)
+    chunk_bases(chunk_counts_ptr, chunk_base_ptr, experts, starts, num_chunks, BLOCK_E, ROWS)
 
 
 # Expert columns per program of the parallel layout (`_totals_kernel`, chunk bases in `_layout_kernel`) and the
@@ -96,12 +106,7 @@ def _totals_kernel(chunk_counts_ptr, expert_counts_ptr, num_chunks, E,
                    BLOCK_E: tl.constexpr, SLAB_E: tl.constexpr, ROWS: tl.constexpr):
     """Slots per expert for SLAB_E experts: the chunk table's column sums (in a fixed order)."""
     es = tl.program_id(0) * SLAB_E + tl.arange(0, SLAB_E)
-    totals = tl.zeros((SLAB_E,), dtype=tl.int32)
-    for c0 in range(0, num_chunks, ROWS):
-        r = c0 + tl.arange(0, ROWS)
-        totals += tl.sum(tl.load(chunk_counts_ptr + r[:, None] * BLOCK_E + es[None, :],
-                                 mask=r[:, None] < num_chunks, other=0), axis=0)
-    tl.store(expert_counts_ptr + es, totals, mask=es < E)
+    tl.store(expert_counts_ptr + es, column_totals(chunk_counts_ptr, es, num_chunks, BLOCK_E, ROWS), mask=es < E)
 
 
 @triton.jit
@@ -126,12 +131,7 @@ def _layout_kernel(
     else:
         es = (pid - block_programs) * SLAB_E + tl.arange(0, SLAB_E)
         running = tl.sum(tl.where(experts[None, :] == es[:, None], starts[None, :], 0), axis=1)
-        for c0 in range(0, num_chunks, ROWS):
-            r = c0 + tl.arange(0, ROWS)
-            offs = r[:, None] * BLOCK_E + es[None, :]
-            blk = tl.load(chunk_counts_ptr + offs, mask=r[:, None] < num_chunks, other=0)
-            tl.store(chunk_base_ptr + offs, running[None, :] + tl.cumsum(blk, axis=0) - blk, mask=r[:, None] < num_chunks)
-            running += tl.sum(blk, axis=0)
+        chunk_bases(chunk_counts_ptr, chunk_base_ptr, es, running, num_chunks, BLOCK_E, ROWS)
 
 
 @triton.jit
@@ -272,7 +272,7 @@ def check_tail(block_m: int, tail_m: int | None) -> int:
 
 
 def expert_blocks(count: int, block_m: int, tail_m: int | None = None) -> tuple[int, int]:
-    """(full blocks, tail blocks) of an expert with `count` slots: what `write_blocks` computes on the device, for
+    """(full blocks, tail blocks) of an expert with `count` slots: what `block_layout` computes on the device, for
     the host (the traffic model)."""
     tail = check_tail(block_m, tail_m)
     full, rest = divmod(count, block_m)
@@ -313,14 +313,15 @@ def align_meta(N: int, num_experts: int, block_m: int, tail_m: int | None = None
 def layout_plan(N: int, num_experts: int, block_m: int, tail_m: int | None = None) -> dict:
     """How the chunked alignment (N slots over more than one chunk) lays out its blocks: the chunk count, the
     one-program kernel's chunk rows per step, and whether the layout runs in parallel (more serial steps than
-    PARALLEL_LAYOUT_STEPS) with its block programs and expert slabs."""
+    PARALLEL_LAYOUT_STEPS) with its block programs, expert slabs and the slabs' chunk rows per step."""
     meta = align_meta(N, num_experts, block_m, tail_m)
     num_chunks = triton.cdiv(N, meta["CHUNK"])
     rows = max(1, min(64, triton.next_power_of_2(num_chunks), _BLOCK_TILE_ELEMS * 2 // meta["BLOCK_E"]))
     block_programs = triton.cdiv(max_blocks(N, num_experts, block_m, tail_m) + 1, meta["BLOCK_B"])
     steps = 2 * triton.cdiv(num_chunks, rows) + block_programs
     return dict(num_chunks=num_chunks, rows=rows, parallel=steps > PARALLEL_LAYOUT_STEPS,
-                block_programs=block_programs, slabs=meta["BLOCK_E"] // _SLAB_E)
+                block_programs=block_programs, slabs=meta["BLOCK_E"] // _SLAB_E,
+                slab_rows=min(_SLAB_ROWS, triton.next_power_of_2(num_chunks)))
 
 
 def alloc_alignment(N: int, num_experts: int, block_m: int, device, tail_m: int | None = None) -> Alignment:
@@ -359,7 +360,7 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m:
     _count_kernel[(num_chunks,)](ids, chunk_counts, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
     tables = (chunk_counts, chunk_base, a.expert_ids, a.block_rows, a.sorted_ids, a.num_post_padded, a.expert_counts)
     if plan["parallel"]:
-        rows = min(_SLAB_ROWS, triton.next_power_of_2(num_chunks))
+        rows = plan["slab_rows"]
         _totals_kernel[(plan["slabs"],)](chunk_counts, a.expert_counts, num_chunks, num_experts,
                                          BLOCK_E=block_e, SLAB_E=_SLAB_E, ROWS=rows)
         _layout_kernel[(plan["block_programs"] + plan["slabs"],)](

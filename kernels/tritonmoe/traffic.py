@@ -260,7 +260,8 @@ def _route_accesses(s: LayerShape, programs: int) -> tuple[Access, ...]:
 
 
 def _block_table_accesses(s: LayerShape, b: Blocks, *, sorted_ids_write: int, counts: bool = True) -> tuple[Access, ...]:
-    """What `align.write_blocks` and the totals of an alignment store (`counts`: the expert counts too)."""
+    """What `align.write_blocks` (or the parallel layout's `write_block_range` and totals kernel) stores
+    (`counts`: the expert counts too)."""
     return (
         _same("sorted_ids_ptr", write=sorted_ids_write),
         _same("expert_ids_ptr", write=b.max_blocks * _I32),
