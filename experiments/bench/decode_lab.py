@@ -12,7 +12,6 @@ one run only). Writes one row per (model, T, candidate) plus the baseline rows.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
@@ -141,10 +141,7 @@ def main(argv=None):
             if args.timing:
                 phase_times(m, x, wts, best[3])
             if args.out:
-                with open(args.out, "w", newline="") as f:
-                    wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-                    wr.writeheader()
-                    wr.writerows(rows)
+                pd.DataFrame(rows).to_csv(args.out, index=False)
     return 0
 
 

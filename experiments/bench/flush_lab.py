@@ -2,56 +2,50 @@
 
 `triton.testing.do_bench` clears the L2 before every timed call by zeroing a 256 MB buffer; the last ~50 MB of
 those zeros stay in the L2 as dirty lines, which the timed kernel's reads then evict (written back to DRAM inside
-the timed interval). This times the same CUDA-graph replays after three flushes: do_bench's zeroing, a read of
-the same buffer (leaves clean lines) and none (warm L2), for a pure copy of the decode weight volume and for the
-layer paths at decode sizes.
+the timed interval). This times the same CUDA-graph replays (`timing.bench`) after three flushes: do_bench's
+zeroing, `timing.flush_l2`'s read of a buffer of the same size (leaves clean lines) and none (warm L2), for a pure
+copy of the decode weight volume and for the layer paths at decode sizes. (Run 6's CSV came from the first
+version of this script, which timed a fixed 200 replays in its own loop with the same three flushes.)
 
     python experiments/bench/flush_lab.py [--out flush.csv]
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from decode_layer_lab import decode_layer  # noqa: E402
 from problems import load_models, make_tokens, make_weights  # noqa: E402
+from timing import FLUSH_BYTES, bench, flush_l2  # noqa: E402
 
-CACHE = None
+FLUSHES = ("zero", "read", "none")
+ZEROED = None
 
 
-def bench(fn, flush: str, n: int = 200) -> float:
-    global CACHE
-    if CACHE is None:
-        CACHE = torch.empty(int(256e6 // 4), dtype=torch.int32, device="cuda")
-        CACHE.random_(0, 7)
+def zero_flush():
+    """do_bench's flush: zero a 256 MB buffer (its own, so `timing.flush_l2`'s stays as it is)."""
+    global ZEROED
+    if ZEROED is None:
+        ZEROED = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    ZEROED.zero_()
+
+
+def replay_us(fn, flush: str) -> float:
+    """Median of `timing.bench` (us) for a CUDA-graph replay of fn after the given flush before each call."""
     g = torch.cuda.CUDAGraph()
     fn()
     torch.cuda.synchronize()
     with torch.cuda.graph(g):
         fn()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    sink = torch.empty((), dtype=torch.int64, device="cuda")
-    for i in range(n + 10):
-        if flush == "zero":
-            CACHE.zero_()
-        elif flush == "read":
-            torch.sum(CACHE, dim=0, out=sink)
-        if i >= 10:
-            starts[i - 10].record()
-        g.replay()
-        if i >= 10:
-            ends[i - 10].record()
-    torch.cuda.synchronize()
-    ts = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    return ts[len(ts) // 2] * 1e3
+    flusher = {"zero": zero_flush, "read": flush_l2, "none": lambda: None}[flush]
+    return bench(g.replay, 10, 60, quantiles=(0.5,), flush=flusher)[0] * 1e3
 
 
 def main():
@@ -81,16 +75,13 @@ def main():
                 cases.append((f"{name} T={T} decode layer, plain launch",
                               lambda x=x, wts=wts, k=m.top_k, c={**cfg, "cooperative": False}: decode_layer(x, *wts, k, True, c)))
         for label, fn in cases:
-            r = {f: bench(fn, f) for f in ("zero", "read", "none")}
+            r = {f: replay_us(fn, f) for f in FLUSHES}
             rows.append({"case": label, "device": torch.cuda.get_device_name(),
                          **{f"{f}_flush_us": round(v, 2) for f, v in r.items()}})
             print(f"{label:45s} zero-flush {r['zero']:7.1f}  read-flush {r['read']:7.1f}  no flush {r['none']:7.1f} us", flush=True)
         cases = []
     if args.out:
-        with open(args.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        pd.DataFrame(rows).to_csv(args.out, index=False)
 
 
 if __name__ == "__main__":

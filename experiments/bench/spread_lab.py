@@ -9,13 +9,13 @@ with `timing.bench`, and reads `nvidia-smi` after each: whether the 5-12% run-to
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
@@ -56,10 +56,7 @@ def main():
         del g, w
         torch.cuda.empty_cache()
     if args.out:
-        with open(args.out, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-            wr.writeheader()
-            wr.writerows(rows)
+        pd.DataFrame(rows).to_csv(args.out, index=False)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Device-event timing with a clean L2 flush: every number of the sweep (`latency.py`), the tuner and the measured
-ceilings comes from `bench` (the labs say what they use: `gemm_lab.py` predates it, `flush_lab.py` compares flushes).
+ceilings comes from `bench` (the labs say what they use: `gemm_lab.py` predates it; `flush_lab.py` passes other flushes).
 
 Like `triton.testing.do_bench` (warm-up and repetitions sized in milliseconds, one CUDA-event pair per call,
 quantiles of the per-call times), except for the flush before each call. do_bench zeroes a 256 MB buffer, and
@@ -28,8 +28,8 @@ def flush_l2() -> None:
 
 
 def bench(fn, warmup_ms: float = 25, rep_ms: float = 100, quantiles=(0.5, 0.2, 0.8),
-          sync_each: bool = False) -> list[float]:
-    """Quantiles (ms) of fn's per-call device time, the L2 flushed by `flush_l2` before every call.
+          sync_each: bool = False, flush=flush_l2) -> list[float]:
+    """Quantiles (ms) of fn's per-call device time, the L2 flushed by `flush` (`flush_l2`) before every call.
 
     `sync_each`: wait for the flush to finish before each call, so the interval also holds the host's work of
     launching fn (eager calls: Python, checks, launches), instead of letting the host run ahead while the GPU
@@ -39,7 +39,7 @@ def bench(fn, warmup_ms: float = 25, rep_ms: float = 100, quantiles=(0.5, 0.2, 0
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(5):
-        flush_l2()
+        flush()
         fn()
     end.record()
     torch.cuda.synchronize()
@@ -47,12 +47,12 @@ def bench(fn, warmup_ms: float = 25, rep_ms: float = 100, quantiles=(0.5, 0.2, 0
     n_warm = max(1, int(warmup_ms / est))
     n_rep = max(5, int(rep_ms / est))
     for _ in range(n_warm):
-        flush_l2()
+        flush()
         fn()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     for s, e in zip(starts, ends):
-        flush_l2()
+        flush()
         if sync_each:
             torch.cuda.synchronize()
         s.record()
