@@ -9,7 +9,9 @@ Not part of the sweep. One GPU call builds, checks and times, per (model, tokens
 - `ws`: `tma` with Triton's automatic warp specialisation of the K loop (may not compile on sm90);
 - `cublas`: torch.bmm on the same number of rows per expert (uniform split), the dense ceiling.
 Every candidate's output is compared with the production kernel's (itself checked against float64 by
-the tests); the table printed last gives kernel medians (triton.testing.do_bench) and TFLOP/s.
+the tests); each row gives the kernel median (`timing.bench`, the sweep's L2 flush; sessions 4-6 used
+triton.testing.do_bench) and TFLOP/s. `--kinds` keeps only some candidates (`cublas prod` gives the dense
+ceiling beside the package's kernels in a minute); rows are written to the CSV as they come.
 
     python experiments/bench/gemm_lab.py --cases mixtral-8x7b:1024 --out $OUT
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -377,7 +380,16 @@ def rel(a, b):
 
 
 def bench(fn):
-    return triton.testing.do_bench(fn, warmup=20, rep=120, return_mode="median")
+    from timing import bench as timed
+    return timed(fn, 20, 120, quantiles=(0.5,))[0]
+
+
+KINDS: set | None = None  # None: every candidate
+OUT_CSV: list = [None]
+
+
+def wanted(kind: str) -> bool:
+    return KINDS is None or kind in KINDS
 
 
 B = dict(GROUP_M=8, BLOCK_K=64)
@@ -436,20 +448,25 @@ def run_case(model, T, rows_out, routing="uniform"):
     def record(stage, kind, bm, c, ms, err, note=""):
         tf = (flops_gu if stage == "gate_up" else flops_dn) / ms / 1e9
         rows_out.append(dict(model=model, routing=routing, tokens=T, stage=stage, kind=kind, BLOCK_M=bm,
-                             cfg=json.dumps(c), ms=ms, tflops=tf, rel_err=err, note=note))
+                             cfg=json.dumps(c), ms=ms, tflops=tf, rel_err=err, note=note,
+                             device=torch.cuda.get_device_name()))
+        if OUT_CSV[0] is not None:  # every row as it comes: a job cut short keeps what it measured
+            pd.DataFrame(rows_out).to_csv(OUT_CSV[0], index=False)
         print(f"{model:14s} T={T:5d} {stage:7s} {kind:6s} BM={bm:3d} {json.dumps(c):90s} {ms*1e3:9.1f} us "
               f"{tf:6.0f} TF/s err={err:.1e} {note}", flush=True)
 
     # cuBLAS ceiling: equal rows per expert, dense bmm.
     me = max(1, T * K // E)
-    xa = torch.randn(E, me, H, dtype=torch.bfloat16, device="cuda")
-    wg = w.w_gate_up.transpose(1, 2)
-    ms = bench(lambda: torch.bmm(xa, wg))
-    record("gate_up", "cublas", me, {}, ms, 0.0, "bmm, gate|up unfused, uniform rows")
-    act_d = torch.randn(E, me, F, dtype=torch.bfloat16, device="cuda")
-    wd = w.w_down.transpose(1, 2)
-    ms = bench(lambda: torch.bmm(act_d, wd))
-    record("down", "cublas", me, {}, ms, 0.0, "bmm, uniform rows")
+    if wanted("cublas"):
+        xa = torch.randn(E, me, H, dtype=torch.bfloat16, device="cuda")
+        wg = w.w_gate_up.transpose(1, 2)
+        ms = bench(lambda: torch.bmm(xa, wg))
+        record("gate_up", "cublas", me, {}, ms, 0.0, "bmm, gate|up unfused, uniform rows")
+        act_d = torch.randn(E, me, F, dtype=torch.bfloat16, device="cuda")
+        wd = w.w_down.transpose(1, 2)
+        ms = bench(lambda: torch.bmm(act_d, wd))
+        record("down", "cublas", me, {}, ms, 0.0, "bmm, uniform rows")
+        del xa, act_d
 
     aligns = {}
 
@@ -469,8 +486,9 @@ def run_case(model, T, rows_out, routing="uniform"):
     record("down", "prod", bm0, cfg["down"], ms, 0.0)
     ref_y = ref_part.float().sum(0).reshape(T, K, H).sum(1)
     a128, xs128 = get_align(128)
-    ms = bench(lambda: gather_rows(x, a128))
-    record("gate_up", "gather", 128, {}, ms, 0.0, "x -> x_sorted")
+    if wanted("gather"):
+        ms = bench(lambda: gather_rows(x, a128))
+        record("gate_up", "gather", 128, {}, ms, 0.0, "x -> x_sorted")
 
     def slot_rows(act, a):
         # act rows in aligned order -> rows per routed slot, so that different BLOCK_M compare
@@ -484,6 +502,8 @@ def run_case(model, T, rows_out, routing="uniform"):
 
     ref_slots = slot_rows(ref_act, a0)
     for kind, bm, c in GU_CANDS:
+        if not wanted(kind):
+            continue
         a, xs = get_align(bm)
         try:
             _POISON[0] = True
@@ -497,6 +517,8 @@ def run_case(model, T, rows_out, routing="uniform"):
             record("gate_up", kind, bm, c, float("nan"), float("nan"), f"FAILED {type(e).__name__}: {str(e)[:160]}")
             traceback.print_exc(limit=2)
     for kind, bm, c in DN_CANDS:
+        if not wanted(kind):
+            continue
         a, _ = get_align(bm)
         try:
             act = prod_gate_up(x, w.w_gate_up, a, cfg["gate_up"] | {}, fuse_swiglu=True)
@@ -517,21 +539,19 @@ def main(argv=None):
     ap.add_argument("--cases", nargs="+", default=["mixtral-8x7b:1024"])
     ap.add_argument("--routing", default="uniform", choices=["uniform", "zipf"],
                     help="zipf: the skewed draw, to see what larger BLOCK_M gives hot experts (NOTES, zipf)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="folder for gemm_lab.csv")
+    ap.add_argument("--kinds", nargs="+", default=None, help="only these candidate kinds (cublas, prod, gather, tma1, ...)")
     args = ap.parse_args(argv)
+    global KINDS
+    KINDS = set(args.kinds) if args.kinds else None
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        OUT_CSV[0] = args.out / "gemm_lab.csv"
     rows = []
     for case in args.cases:
         model, T = case.split(":")
         run_case(model, int(T), rows, args.routing)
         torch.cuda.empty_cache()
-    if args.out:
-        import csv
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(args.out / "gemm_lab.csv", "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=[*rows[0], "device"])
-            wr.writeheader()
-            for r in rows:
-                wr.writerow(r | {"device": torch.cuda.get_device_name()})
 
 
 if __name__ == "__main__":
