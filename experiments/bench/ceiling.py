@@ -1,0 +1,107 @@
+"""The dense ceiling: cuBLAS's batched GEMMs on the layer's two products, every expert given the same rows.
+
+For each model and token count, `torch.bmm` on `[E, m, H] x [E, H, 2F]` (gate|up) and on `[E, m, F] x [E, F, H]`
+(down), `m = ceil(T*K / E)` rows per expert: the expert GEMMs of the layer with perfectly even routing and
+nothing else (no router, no alignment or padding, no gather, no SwiGLU, no combine). It is not a peer (it does not
+compute the layer) but a reference for the floor: the fraction of `floor_ms` that vendor GEMMs reach on the same
+per-expert problems tells how much of a layer's distance to the floor is the GEMM shape itself. Weights and
+inputs are random (never zeros); each product is timed like every row of the sweep (`timing.bench`: the L2
+evicted by a read before each call, medians with p20/p80), so the weights come from DRAM as in the layer.
+
+Writes `results/raw/<device>/ceiling.csv` (one row per model, token count and product; rows of other models
+and token counts already there are kept):
+
+    python experiments/bench/ceiling.py --device-out results/raw/h100-sxm --git-sha $(git rev-parse --short HEAD)
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from problems import load_models  # noqa: E402
+from timing import bench  # noqa: E402
+from tritonmoe.tuned import device_slug  # noqa: E402
+
+CEILING_TOKENS = (256, 512, 1024, 2048, 4096, 8192)
+COLUMNS = ["device", "model", "dtype", "tokens", "stage", "impl", "rows_per_expert", "median_ms", "p20_ms", "p80_ms",
+           "git_sha", "timestamp"]
+KEY = ["model", "dtype", "tokens", "stage", "impl"]
+
+
+def products(m, tokens: int, w_gate_up: torch.Tensor, w_down: torch.Tensor, gen: torch.Generator):
+    """(stage, rows per expert, callable) for the two batched GEMMs at `tokens`."""
+    rows = math.ceil(tokens * m.top_k / m.experts)
+    a = torch.randn((m.experts, rows, m.hidden), generator=gen, device="cuda").to(torch.bfloat16)
+    act = torch.randn((m.experts, rows, m.ffn), generator=gen, device="cuda").to(torch.bfloat16)
+    wgu, wd = w_gate_up.transpose(1, 2), w_down.transpose(1, 2)
+    return [("gate_up", rows, lambda: torch.bmm(a, wgu)), ("down", rows, lambda: torch.bmm(act, wd))]
+
+
+def measure(models: list, tokens: list[int], git_sha: str) -> list[dict]:
+    slug = device_slug(torch.device("cuda"))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    out = []
+    for m in models:
+        # One expert at a time (no fp32 copy of the whole set); scaled so the products stay O(1).
+        w_gate_up = torch.empty((m.experts, 2 * m.ffn, m.hidden), dtype=torch.bfloat16, device="cuda")
+        w_down = torch.empty((m.experts, m.hidden, m.ffn), dtype=torch.bfloat16, device="cuda")
+        for e in range(m.experts):
+            w_gate_up[e] = torch.randn((2 * m.ffn, m.hidden), generator=gen, device="cuda") / math.sqrt(m.hidden)
+            w_down[e] = torch.randn((m.hidden, m.ffn), generator=gen, device="cuda") / math.sqrt(m.ffn)
+        for t in tokens:
+            for stage, rows, fn in products(m, t, w_gate_up, w_down, gen):
+                y = fn()
+                if not torch.isfinite(y).all() or y.abs().max() == 0:
+                    raise RuntimeError(f"{m.name} T={t} {stage}: the product is not finite or is all zeros")
+                med, p20, p80 = bench(fn)
+                out.append({"device": slug, "model": m.name, "dtype": "bf16", "tokens": t, "stage": stage,
+                            "impl": "cublas_bmm", "rows_per_expert": rows, "median_ms": med, "p20_ms": p20,
+                            "p80_ms": p80, "git_sha": git_sha,
+                            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                print(f"{m.name:14s} T={t:5d} {stage:7s} m={rows:4d} {med * 1e3:9.1f} us", flush=True)
+        del w_gate_up, w_down
+        torch.cuda.empty_cache()
+    return out
+
+
+def merge(path: Path, rows: list[dict]) -> pd.DataFrame:
+    """The file's rows with `rows` replacing those of the same key."""
+    new = pd.DataFrame(rows, columns=COLUMNS)
+    if path.exists():
+        old = pd.read_csv(path)
+        old = old[~old.set_index(KEY).index.isin(new.set_index(KEY).index)]
+        new = pd.concat([old, new], ignore_index=True)
+    return new.sort_values(["model", "tokens", "stage"], kind="stable")
+
+
+def main(argv=None) -> int:
+    models = load_models()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device-out", type=Path, required=True, help="results/raw/<device> (ceiling.csv goes there)")
+    ap.add_argument("--git-sha", required=True, help="the commit of the code that runs (recorded in every row)")
+    ap.add_argument("--models", nargs="+", default=list(models), choices=list(models))
+    ap.add_argument("--tokens", nargs="+", type=int, default=list(CEILING_TOKENS))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("ceiling.py: no GPU here", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    rows = measure([models[n] for n in args.models], args.tokens, args.git_sha)
+    args.device_out.mkdir(parents=True, exist_ok=True)
+    path = args.device_out / "ceiling.csv"
+    merge(path, rows).to_csv(path, index=False)
+    print(f"# {len(rows)} rows -> {path} in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
