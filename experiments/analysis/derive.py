@@ -249,3 +249,33 @@ def reread_share(rows: pd.DataFrame) -> float:
     if possible <= 0:
         raise ValueError(f"reread_share: expected logical reads beyond the unique reads, got {possible} bytes")
     return float(max(row["dram_read_bytes"] - row["unique_read_bytes"], 0) / possible)
+
+
+def _dense_pair_ms(rows: pd.DataFrame, dense: str) -> float:
+    """Sum of the gate_up and down products' median_ms of the dense reference `dense` (ceiling.csv rows)."""
+    pair = rows[rows["impl"] == dense]
+    if sorted(pair["stage"]) != ["down", "gate_up"]:
+        raise ValueError(f"dense: expected one gate_up and one down row of {dense!r}, got stages "
+                         f"{sorted(pair['stage'])}")
+    return _finite(float(pair["median_ms"].sum()), "dense_ms")
+
+
+@derivation
+def dense_ms(rows: pd.DataFrame, dense: str) -> float:
+    """The dense reference's two products together (ms): the expert GEMMs alone, even rows per expert."""
+    return _dense_pair_ms(rows, dense)
+
+
+@derivation
+def dense_floor_fraction(rows: pd.DataFrame, dense: str, impl: str) -> float:
+    """floor_ms (of `impl`'s latency row: the floor of that token count) / the dense pair's ms: how close to
+    the floor the vendor's GEMMs alone come on the same per-expert problems."""
+    row = _one(rows[rows["impl"] == impl], "dense_floor_fraction")
+    return _finite(row["floor_ms"] / _dense_pair_ms(rows, dense), "dense_floor_fraction")
+
+
+@derivation
+def over_dense(rows: pd.DataFrame, dense: str, impl: str) -> float:
+    """The dense pair's ms / `impl`'s whole-layer median_ms (above 1: the layer beats the GEMMs alone)."""
+    row = _one(rows[rows["impl"] == impl], "over_dense")
+    return _finite(_dense_pair_ms(rows, dense) / row["median_ms"], "over_dense")

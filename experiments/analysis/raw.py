@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .schema import LATENCY_COLUMNS, LATENCY_NOTE, PROVENANCE_KEYS, STAGES, TOOLS, TRAFFIC_COLUMNS, TRAFFIC_OPTIONAL
+from .schema import CEILING_COLUMNS, CEILING_STAGES, LATENCY_COLUMNS, LATENCY_NOTE, PROVENANCE_KEYS, STAGES, TOOLS, TRAFFIC_COLUMNS, TRAFFIC_OPTIONAL
 
 LATENCY_KEY = ["model", "dtype", "routing", "tokens", "impl", "graph"]
 TRAFFIC_KEY = ["model", "dtype", "tokens", "impl", "stage", "tool"]
+CEILING_KEY = ["model", "dtype", "tokens", "impl", "stage"]
 _SHA = re.compile(r"^[0-9a-f]{7,40}(-dirty)?$")
 
 
@@ -227,6 +228,25 @@ def read_traffic(path: str | Path, *, device: str | None = None, repo: str | Pat
     path = Path(path)
     frame = read_csv_checked(path, TRAFFIC_COLUMNS, optional=TRAFFIC_OPTIONAL, device=device, repo=repo)
     _check_unique(frame, TRAFFIC_KEY, path)
+    return frame
+
+
+def read_ceiling(path: str | Path, *, device: str | None = None, repo: str | Path | None = ".") -> pd.DataFrame:
+    """`ceiling.csv` of one device (`experiments/bench/ceiling.py`), checked: stages gate_up and down only,
+    p20 <= median <= p80, one row per product."""
+    path = Path(path)
+    frame = read_csv_checked(path, CEILING_COLUMNS, device=device, repo=repo)
+    bad = frame.index[~frame["stage"].isin(CEILING_STAGES)]
+    if len(bad):
+        row = int(bad[0])
+        raise RawDataError(f"{_where(path, row, 'stage')} = {frame['stage'][row]!r}: expected one of "
+                           f"{', '.join(CEILING_STAGES)}")
+    bad = frame.index[(frame["p20_ms"] > frame["median_ms"]) | (frame["median_ms"] > frame["p80_ms"])]
+    if len(bad):
+        row = int(bad[0])
+        raise RawDataError(f"{_where(path, row, 'median_ms')}: expected p20_ms <= median_ms <= p80_ms, got "
+                           f"{frame['p20_ms'][row]}, {frame['median_ms'][row]}, {frame['p80_ms'][row]}")
+    _check_unique(frame, CEILING_KEY, path)
     return frame
 
 

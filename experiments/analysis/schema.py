@@ -48,5 +48,23 @@ TRAFFIC_OPTIONAL: dict[str, str] = {c: "bytes" for c in (
     "model_weight_read_bytes", "logical_read_bytes", "logical_write_bytes", "unique_read_bytes",
     "unique_write_bytes", "padding_bytes", "fewest_bytes")}
 
+# ceiling.csv (experiments/bench/ceiling.py, an extension of the contract): the dense reference, the vendor's
+# batched GEMMs on the layer's two products with even rows per expert; one row per product (stage gate_up or down).
+CEILING_COLUMNS: dict[str, str] = {
+    "device": "name",
+    "model": "name",
+    "dtype": "name",
+    "tokens": "positive_int",
+    "stage": "stage",
+    "impl": "name",
+    "rows_per_expert": "positive_int",
+    "median_ms": "positive_float",
+    "p20_ms": "positive_float",
+    "p80_ms": "positive_float",
+    "git_sha": "git_sha",
+    "timestamp": "timestamp",
+}
+CEILING_STAGES = ("gate_up", "down")
+
 # provenance.json: the keys the paper's set-up section reads; more may be present.
 PROVENANCE_KEYS = ("device_name", "git_sha", "date", "command")

@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device-out", type=Path, required=True, help="results/raw/<device> (ceiling.csv goes there)")
     ap.add_argument("--git-sha", required=True, help="the commit of the code that runs (recorded in every row)")
+    ap.add_argument("--git-dirty", type=int, default=0, help="1: the tree had changes (rows say <sha>-dirty)")
     ap.add_argument("--models", nargs="+", default=list(models), choices=list(models))
     ap.add_argument("--tokens", nargs="+", type=int, default=list(CEILING_TOKENS))
     args = ap.parse_args(argv)
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
         print("ceiling.py: no GPU here", file=sys.stderr)
         return 2
     t0 = time.time()
-    rows = measure([models[n] for n in args.models], args.tokens, args.git_sha)
+    sha = args.git_sha + ("-dirty" if args.git_dirty else "")
+    rows = measure([models[n] for n in args.models], args.tokens, sha)
     args.device_out.mkdir(parents=True, exist_ok=True)
     path = args.device_out / "ceiling.csv"
     merge(path, rows).to_csv(path, index=False)

@@ -10,7 +10,14 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, workflow.basedir)
 
 from experiments.analysis.latency_rows import shown_rows, timed_rows  # noqa: E402
-from experiments.analysis.raw import RawDataError, device_folders, read_latency, read_provenance, read_traffic  # noqa: E402
+from experiments.analysis.raw import (  # noqa: E402
+    RawDataError,
+    device_folders,
+    read_ceiling,
+    read_latency,
+    read_provenance,
+    read_traffic,
+)
 
 RAW = config["raw_dir"]
 # The quick subset (aot_small) goes to a scratch folder: it must never replace the committed full build.
@@ -38,23 +45,25 @@ STAMP = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _read_raw():
-    """Devices with data, and their checked latency and traffic frames."""
+    """Devices with data, and their checked latency, traffic and dense-reference frames."""
     devices = device_folders(RAW, list(config["devices"]))
     # A measuring run may have no .git (a copy on a GPU machine) and reads no results; the
     # analysis scripts check git_sha again whatever the run.
     repo = None if MEASURE else REPO
-    latency, traffic = {}, {}
+    latency, traffic, ceiling = {}, {}, {}
     for device in devices:
         read_provenance(f"{RAW}/{device}", repo=repo)
         if Path(f"{RAW}/{device}/latency.csv").exists():
             latency[device] = read_latency(f"{RAW}/{device}/latency.csv", device=device, repo=repo)
         if Path(f"{RAW}/{device}/traffic.csv").exists():
             traffic[device] = read_traffic(f"{RAW}/{device}/traffic.csv", device=device, repo=repo)
-    return devices, latency, traffic
+        if Path(f"{RAW}/{device}/ceiling.csv").exists():
+            ceiling[device] = read_ceiling(f"{RAW}/{device}/ceiling.csv", device=device, repo=repo)
+    return devices, latency, traffic, ceiling
 
 
 try:
-    DEVICES, LATENCY, TRAFFIC = _read_raw()
+    DEVICES, LATENCY, TRAFFIC, CEILING = _read_raw()
 except RawDataError as e:
     raise WorkflowError(f"raw results do not match the contract: {e}") from None
 
@@ -74,6 +83,14 @@ def raw_file(device, name):
 
 def latency_inputs(devices):
     return [raw_file(d, "latency.csv") for d in devices]
+
+
+# Devices with timed rows and a dense reference (ceiling.csv): the ceiling table reads only theirs.
+CEILING_DEVICES = [d for d in LATENCY_DEVICES if d in CEILING]
+
+
+def ceiling_inputs():
+    return [raw_file(d, "ceiling.csv") for d in CEILING_DEVICES]
 
 
 def provenance_inputs():

@@ -69,6 +69,27 @@ rule measure_traffic:
         "{params.needs_gpu} && python {input.script} --out {params.device_dir} {params.git} > {log} 2>&1"
 
 
+rule measure_ceiling:
+    input:
+        script="experiments/bench/ceiling.py",
+        after="results/logs/{device}/traffic-{stamp}.done",
+    output:
+        touch("results/logs/{device}/ceiling-{stamp}.done"),
+    params:
+        device_dir=lambda wildcards: f"{RAW}/{wildcards.device}",
+        git=GIT_ARGS,
+        needs_gpu=NEEDS_GPU,
+    log:
+        "results/logs/{device}/ceiling-{stamp}.log",
+    resources:
+        gpu=1,
+        runtime=30,
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.needs_gpu} && python {input.script} --device-out {params.device_dir} {params.git} > {log} 2>&1"
+
+
 rule tune_configs:
     input:
         script="experiments/bench/tune.py",
@@ -89,7 +110,7 @@ rule tune_configs:
 
 rule measure:
     input:
-        measure_targets(("latency-uniform", "latency-zipf", "traffic")),
+        measure_targets(("latency-uniform", "latency-zipf", "traffic", "ceiling")),
 
 
 rule tune:

@@ -21,6 +21,26 @@ rule tab_headline:
         + LOGGED
 
 
+rule tab_ceiling:
+    input:
+        settings=SETTINGS,
+        latency=latency_inputs(CEILING_DEVICES),
+        ceiling=ceiling_inputs(),
+        script="experiments/analysis/tab_ceiling.py",
+        lib=ANALYSIS_LIB,
+    output:
+        tex=f"{GEN}/ceiling.tex",
+        trace=f"{GEN}/ceiling.trace.json",
+    log:
+        f"{LOGS}/tab_ceiling.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m experiments.analysis.tab_ceiling --latency {input.latency} --ceiling {input.ceiling} "
+        "--settings {input.settings} --out {output.tex}"
+        + LOGGED
+
+
 rule tab_compile:
     input:
         settings=SETTINGS,

@@ -1,0 +1,88 @@
+"""Table: how far the floor is from the expert GEMMs themselves. Per measured device, model and token count of
+its `ceiling.csv`: the floor, the headline impl's whole layer (the config's launch mode) and its fraction of
+the floor, the dense reference (the vendor's batched GEMMs on the layer's two products with even rows per
+expert, `experiments/bench/ceiling.py`) and its fraction of the floor, and the layer's speed relative to it.
+Defines `\\CeilingTable` (a sentence when no device has a ceiling.csv).
+
+    python -m experiments.analysis.tab_ceiling --latency results/raw/*/latency.csv \\
+        --ceiling results/raw/*/ceiling.csv --out paper/generated/ceiling.tex
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .latency_rows import MODES, shown_rows
+from .settings import CONFIG, git_repo, load_settings
+from .sources import load_rows
+from .trace import Tracer, latex_escape
+
+SCRIPT = "experiments/analysis/tab_ceiling.py"
+DENSE = "cublas_bmm"
+
+
+def ceiling_lines(tr: Tracer, layer: pd.DataFrame, dense: pd.DataFrame, settings: dict) -> list[str]:
+    """`layer`: the headline impl's shown latency rows; `dense`: ceiling rows of the config's dtype."""
+    impl = settings["headline_impl"]
+    lines = []
+    for device in dict.fromkeys(dense["device"]):
+        for model in [m for m in settings["models"] if m in set(dense["model"])]:
+            for tokens in sorted(set(dense[(dense["device"] == device) & (dense["model"] == model)]["tokens"])):
+                def at(frame):
+                    return frame[(frame["device"] == device) & (frame["model"] == model) & (frame["tokens"] == tokens)]
+                own, pair = at(layer), at(dense)
+                if len(own) != 1 or len(pair) != 2:
+                    continue
+                both = pd.concat([own, pair], ignore_index=True)
+                key = f"{device}.{model}.{tokens}"
+                lines.append(" & ".join([
+                    tr.document(f"device.{device}", CONFIG, ["devices", device]),
+                    tr.document(f"model.{model}", CONFIG, ["models", settings["models"].index(model)]),
+                    tr.number(f"tokens.{key}", "cell", own, "int", column="tokens"),
+                    tr.number(f"floor.{key}", "cell", own, "sig3", column="floor_ms"),
+                    tr.number(f"layer.{key}", "cell", own, "sig3", column="median_ms"),
+                    tr.number(f"layer_floor.{key}", "floor_fraction", own, "pct") + r"\%",
+                    tr.number(f"dense.{key}", "dense_ms", pair, "sig3", dense=DENSE),
+                    tr.number(f"dense_floor.{key}", "dense_floor_fraction", both, "pct", dense=DENSE, impl=impl) + r"\%",
+                    tr.number(f"over_dense.{key}", "over_dense", both, "ratio", dense=DENSE, impl=impl),
+                ]) + r" \\")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency", type=Path, nargs="*", default=[], help="results/raw/<device>/latency.csv files")
+    ap.add_argument("--ceiling", type=Path, nargs="*", default=[], help="results/raw/<device>/ceiling.csv files")
+    ap.add_argument("--settings", default=None, help="settings file (default: config/config.yaml)")
+    ap.add_argument("--out", type=Path, required=True, help="the .tex to write (its .trace.json goes beside it)")
+    args = ap.parse_args(argv)
+    settings = load_settings(args.settings)
+    repo = git_repo(settings)
+    tr = Tracer(SCRIPT)
+    lines = []
+    if args.latency and args.ceiling:
+        latency = pd.concat([load_rows(p, repo) for p in args.latency], ignore_index=True)
+        layer = shown_rows(latency, settings)
+        layer = layer[layer["impl"] == settings["headline_impl"]]
+        dense = pd.concat([load_rows(p, repo) for p in args.ceiling], ignore_index=True)
+        dense = dense[(dense["dtype"] == settings["dtype"]) & (dense["impl"] == DENSE)]
+        lines = ceiling_lines(tr, layer, dense, settings)
+    if lines:
+        impl = latex_escape(settings["headline_impl"])
+        table = "\n".join([
+            r"\begin{tabular}{llrrrrrrr}", r"\toprule",
+            rf"device & model & tokens & floor (ms) & {impl} (ms, {MODES[settings['graph']]}) & of floor & "
+            r"dense GEMMs (ms) & of floor & layer speed / dense \\",
+            r"\midrule", *lines, r"\bottomrule", r"\end{tabular}"])
+    else:
+        table = (r"\emph{No dense reference measured: no device folder under results/raw/ holds a ceiling.csv "
+                 r"beside timed rows of the headline impl.}")
+    tr.write(args.out, "\\newcommand{\\CeilingTable}{%\n" + table + "%\n}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
