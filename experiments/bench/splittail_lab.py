@@ -1,0 +1,171 @@
+"""Split-tail lab (perf notes v9): the down projection's last partial wave split along F.
+
+Not part of the package. At the Mixtral ridge the down GEMM has few tiles of a long K (mixtral-8x7b T=512: 192
+tiles of F=14336 on 132 SMs, 1.45 waves; ncu: SMs active 80% of the kernel). Here the tiles that fill whole waves run
+as they are, and each tile of the last partial wave is computed by two programs, one per half of F: the first
+stores its fp32 tile in a workspace and raises a flag (release); the second, launched after it, waits for the flag
+(acquire), adds the first half to its own in a fixed order, resets the flag for the next call, and writes the
+routed rows as the production kernel does. The sum is the same whatever the timing (no atomics on data), so the
+result is deterministic. Assumes programs start in launch order (the first half of a pair is resident before the
+second waits), as stream-K GEMMs do.
+
+Checked against the production kernel (`tritonmoe.down`, same config, no tail blocks) and timed beside it as
+CUDA-graph replays (`tune.graph_time`).
+
+    python experiments/bench/splittail_lab.py --cases mixtral-8x7b:512 mixtral-8x7b:1024 --out $OUT/splittail.csv
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import tritonmoe  # noqa: E402
+from tritonmoe._gemm_common import grouped_pid  # noqa: E402
+from tritonmoe.align import align_tokens  # noqa: E402
+from tritonmoe.descriptors import descriptor  # noqa: E402
+from tritonmoe.down import combine, down  # noqa: E402
+from tritonmoe.gate_up import gate_up  # noqa: E402
+
+
+@triton.jit
+def _down_split_tail_kernel(a_desc, w_desc, partial_ptr, topk_w_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
+                            work_ptr, flag_ptr, H, F, num_routed, stride_pm, k_half,
+                            NUM_SMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_pid_m = tl.load(num_post_ptr) // BLOCK_M
+    num_pid_n = tl.cdiv(H, BLOCK_N)
+    tiles = num_pid_m * num_pid_n
+    full = tiles
+    if tiles >= NUM_SMS:
+        full = (tiles // NUM_SMS) * NUM_SMS
+    rem = tiles - full
+    if pid < full + 2 * rem:
+        tile = pid
+        piece = -1  # a whole tile
+        r = 0
+        k_start = 0
+        k_end = F
+        if pid >= full:
+            r = (pid - full) // 2
+            piece = (pid - full) % 2
+            tile = full + r
+            k_start = piece * k_half
+            k_end = tl.where(piece == 0, k_half, F)
+        pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
+        expert = tl.load(expert_ids_ptr + pid_m)
+        row0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            a = a_desc.load([row0, k0])
+            w = tl.reshape(w_desc.load([expert, n0, k0]), (BLOCK_N, BLOCK_K))
+            acc = tl.dot(a, w.T, acc)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        wp = work_ptr + r * (BLOCK_M * BLOCK_N) + offs_m[:, None] * BLOCK_N + offs_n[None, :]
+        if piece == 0:
+            tl.store(wp, acc)
+            tl.atomic_xchg(flag_ptr + r, 1, sem="release")
+        else:
+            if piece == 1:
+                ready = tl.atomic_add(flag_ptr + r, 0, sem="acquire")
+                while ready == 0:
+                    ready = tl.atomic_add(flag_ptr + r, 0, sem="acquire")
+                acc = tl.load(wp, cache_modifier=".cg") + acc  # first half + second half, always in this order
+                tl.atomic_xchg(flag_ptr + r, 0)  # ready for the next call
+            rows = row0 + offs_m
+            slot = tl.load(sorted_ids_ptr + rows)
+            ok = slot < num_routed
+            acc = acc * tl.load(topk_w_ptr + slot, mask=ok, other=0.0)[:, None]
+            cols = n0 + offs_n
+            tl.store(partial_ptr + slot[:, None].to(tl.int64) * stride_pm + cols[None, :],
+                     acc.to(partial_ptr.dtype.element_ty), mask=ok[:, None] & (cols < H)[None, :])
+
+
+class SplitTail:
+    """The split-tail down projection with its workspace and flags (kept between calls, as a layer would)."""
+
+    def __init__(self, device, bm: int, bn: int, num_sms: int | None = None):
+        self.sms = num_sms or torch.cuda.get_device_properties(device).multi_processor_count
+        self.work = torch.empty((self.sms, bm, bn), dtype=torch.float32, device=device)
+        self.flags = torch.zeros((self.sms,), dtype=torch.int32, device=device)
+
+    def __call__(self, act, w_down, align, topk_weights, cfg):
+        E, H, F = w_down.shape
+        bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
+        partial = torch.empty((1, align.num_routed, H), dtype=act.dtype, device=act.device)
+        k_half = triton.cdiv(triton.cdiv(F, 2), bk) * bk
+        grid = (align.max_blocks * triton.cdiv(H, bn) + self.sms,)
+        _down_split_tail_kernel[grid](
+            descriptor(act, [bm, bk]), descriptor(w_down, [1, bn, bk]), partial, topk_weights.reshape(-1),
+            align.sorted_ids, align.expert_ids, align.num_post_padded, self.work, self.flags,
+            H, F, align.num_routed, partial.stride(1), k_half,
+            NUM_SMS=self.sms, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+            num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
+        return partial
+
+
+def run_case(name: str, T: int, rows: list[dict]) -> None:
+    from problems import load_models, make_tokens, make_weights
+    from tune import graph_time
+    m = load_models()[name]
+    w = make_weights(m, torch.bfloat16, "cuda", "uniform")
+    x = make_tokens(m, T, w, "uniform", torch.bfloat16, "cuda", seed=1000 + T)
+    weights, ids = tritonmoe.route(x, w.router_weight, m.top_k)
+    cfg = tritonmoe.api.resolve_config(x, ids.numel(), m.experts, m.hidden, m.ffn, None)
+    bm = cfg["BLOCK_M"]
+    align = align_tokens(ids, m.experts, bm)  # no tail blocks: the lab kernel has one tile height
+    act = gate_up(x, w.w_gate_up, align, cfg["gate_up"], fuse_swiglu=True)
+    ref = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, topk_ids=ids)
+    for bn in sorted({cfg["down"]["BLOCK_N"], 128, 256}):
+        dcfg = {**cfg["down"], "BLOCK_N": bn, "SPLIT_K": 1, "DESC": True}
+        if bn == 256:
+            dcfg["num_warps"] = max(8, dcfg.get("num_warps", 4))
+        st = SplitTail(x.device, bm, bn)
+        runs = {"prod": lambda: down(act, w.w_down, align, weights, dcfg),
+                "split_tail": lambda: st(act, w.w_down, align, weights, dcfg)}
+        outs = {}
+        for kind, fn in runs.items():
+            y = combine(fn(), T, m.top_k, x.dtype)
+            y2 = combine(fn(), T, m.top_k, x.dtype)
+            outs[kind] = y
+            err = float((y.double() - ref).norm() / ref.norm())
+            ms = graph_time(fn)
+            tiles = int(align.num_post_padded) // bm * triton.cdiv(m.hidden, bn)
+            row = {"device": torch.cuda.get_device_name(), "model": name, "tokens": T, "BLOCK_M": bm, "BLOCK_N": bn,
+                   "kind": kind, "tiles": tiles, "us": round(ms * 1e3, 1), "rel_err": err,
+                   "repeat_identical": bool(torch.equal(y, y2)), "cfg": str(dcfg)}
+            rows.append(row)
+            print(row, flush=True)
+        assert (outs["prod"].float() - outs["split_tail"].float()).norm() <= 1e-2 * outs["prod"].float().norm()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=["mixtral-8x7b:512"])
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("splittail_lab.py: no GPU here", file=sys.stderr)
+        return 2
+    rows: list[dict] = []
+    for case in args.cases:
+        name, T = case.split(":")
+        run_case(name, int(T), rows)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.out, index=False)
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
