@@ -2,9 +2,10 @@
 
 Not part of the package. At the Mixtral ridge the down GEMM has few tiles of a long K (mixtral-8x7b T=512: 192
 tiles of F=14336 on 132 SMs, 1.45 waves; ncu: SMs active 80% of the kernel). Here the tiles that fill whole waves run
-as they are, and each tile of the last partial wave is computed by two programs, one per half of F: the first
-stores its fp32 tile in a workspace and raises a flag (release); the second, launched after it, waits for the flag
-(acquire), adds the first half to its own in a fixed order, resets the flag for the next call, and writes the
+as they are, and each tile of the last partial wave is computed by `split = min(NUM_SMS // rem, MAX_SPLIT)` programs
+(`rem` tiles in that wave; none when it is more than half full), one per slice of F: each but the last stores its
+fp32 tile in a workspace and raises a flag (release); the last, launched after them, waits for each flag
+(acquire), sums the slices in their order and its own last, resets the flags for the next call, and writes the
 routed rows as the production kernel does. The sum is the same whatever the timing (no atomics on data), so the
 result is deterministic. Assumes programs start in launch order (the first half of a pair is resident before the
 second waits), as stream-K GEMMs do.
@@ -37,9 +38,9 @@ from tritonmoe.gate_up import gate_up  # noqa: E402
 
 @triton.jit
 def _down_split_tail_kernel(a_desc, w_desc, partial_ptr, topk_w_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
-                            work_ptr, flag_ptr, H, F, num_routed, stride_pm, k_half,
-                            NUM_SMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                            work_ptr, flag_ptr, H, F, num_routed, stride_pm,
+                            NUM_SMS: tl.constexpr, MAX_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     num_pid_m = tl.load(num_post_ptr) // BLOCK_M
     num_pid_n = tl.cdiv(H, BLOCK_N)
@@ -48,18 +49,25 @@ def _down_split_tail_kernel(a_desc, w_desc, partial_ptr, topk_w_ptr, sorted_ids_
     if tiles >= NUM_SMS:
         full = (tiles // NUM_SMS) * NUM_SMS
     rem = tiles - full
-    if pid < full + 2 * rem:
+    split = 1
+    if rem > 0:
+        split = tl.minimum(NUM_SMS // rem, MAX_SPLIT)
+    if split < 2:  # the last wave is more than half full: nothing to gain
+        full = tiles
+        rem = 0
+    if pid < full + split * rem:
         tile = pid
         piece = -1  # a whole tile
         r = 0
         k_start = 0
         k_end = F
         if pid >= full:
-            r = (pid - full) // 2
-            piece = (pid - full) % 2
+            r = (pid - full) // split
+            piece = (pid - full) % split
             tile = full + r
-            k_start = piece * k_half
-            k_end = tl.where(piece == 0, k_half, F)
+            k_per = tl.cdiv(tl.cdiv(F, split), BLOCK_K) * BLOCK_K
+            k_start = piece * k_per
+            k_end = tl.minimum(k_start + k_per, F)
         pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
         expert = tl.load(expert_ids_ptr + pid_m)
         row0 = pid_m * BLOCK_M
@@ -71,17 +79,21 @@ def _down_split_tail_kernel(a_desc, w_desc, partial_ptr, topk_w_ptr, sorted_ids_
             acc = tl.dot(a, w.T, acc)
         offs_m = tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
-        wp = work_ptr + r * (BLOCK_M * BLOCK_N) + offs_m[:, None] * BLOCK_N + offs_n[None, :]
-        if piece == 0:
-            tl.store(wp, acc)
-            tl.atomic_xchg(flag_ptr + r, 1, sem="release")
+        tile_offs = offs_m[:, None] * BLOCK_N + offs_n[None, :]
+        first = r * (split - 1)  # this tile's workspace entries and flags: first .. first + split - 2
+        if piece >= 0 and piece < split - 1:
+            tl.store(work_ptr + (first + piece) * (BLOCK_M * BLOCK_N) + tile_offs, acc)
+            tl.atomic_xchg(flag_ptr + first + piece, 1, sem="release")
         else:
-            if piece == 1:
-                ready = tl.atomic_add(flag_ptr + r, 0, sem="acquire")
-                while ready == 0:
-                    ready = tl.atomic_add(flag_ptr + r, 0, sem="acquire")
-                acc = tl.load(wp, cache_modifier=".cg") + acc  # first half + second half, always in this order
-                tl.atomic_xchg(flag_ptr + r, 0)  # ready for the next call
+            if piece == split - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for j in range(0, split - 1):  # the earlier pieces, always in this order, then this one
+                    ready = tl.atomic_add(flag_ptr + first + j, 0, sem="acquire")
+                    while ready == 0:
+                        ready = tl.atomic_add(flag_ptr + first + j, 0, sem="acquire")
+                    total += tl.load(work_ptr + (first + j) * (BLOCK_M * BLOCK_N) + tile_offs, cache_modifier=".cg")
+                    tl.atomic_xchg(flag_ptr + first + j, 0)  # ready for the next call
+                acc = total + acc
             rows = row0 + offs_m
             slot = tl.load(sorted_ids_ptr + rows)
             ok = slot < num_routed
@@ -94,7 +106,8 @@ def _down_split_tail_kernel(a_desc, w_desc, partial_ptr, topk_w_ptr, sorted_ids_
 class SplitTail:
     """The split-tail down projection with its workspace and flags (kept between calls, as a layer would)."""
 
-    def __init__(self, device, bm: int, bn: int, num_sms: int | None = None):
+    def __init__(self, device, bm: int, bn: int, num_sms: int | None = None, max_split: int = 4):
+        self.max_split = max_split
         self.sms = num_sms or torch.cuda.get_device_properties(device).multi_processor_count
         self.work = torch.empty((self.sms, bm, bn), dtype=torch.float32, device=device)
         self.flags = torch.zeros((self.sms,), dtype=torch.int32, device=device)
@@ -103,13 +116,12 @@ class SplitTail:
         E, H, F = w_down.shape
         bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
         partial = torch.empty((1, align.num_routed, H), dtype=act.dtype, device=act.device)
-        k_half = triton.cdiv(triton.cdiv(F, 2), bk) * bk
-        grid = (align.max_blocks * triton.cdiv(H, bn) + self.sms,)
+        grid = (align.max_blocks * triton.cdiv(H, bn) + self.sms,)  # whole tiles, then at most NUM_SMS pieces
         _down_split_tail_kernel[grid](
             descriptor(act, [bm, bk]), descriptor(w_down, [1, bn, bk]), partial, topk_weights.reshape(-1),
             align.sorted_ids, align.expert_ids, align.num_post_padded, self.work, self.flags,
-            H, F, align.num_routed, partial.stride(1), k_half,
-            NUM_SMS=self.sms, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+            H, F, align.num_routed, partial.stride(1),
+            NUM_SMS=self.sms, MAX_SPLIT=self.max_split, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
             num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
         return partial
 
@@ -128,8 +140,8 @@ def run_case(name: str, T: int, rows: list[dict]) -> None:
     ref = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, topk_ids=ids)
     for bn in sorted({cfg["down"]["BLOCK_N"], 128, 256}):
         dcfg = {**cfg["down"], "BLOCK_N": bn, "SPLIT_K": 1, "DESC": True}
-        if bn == 256:
-            dcfg["num_warps"] = max(8, dcfg.get("num_warps", 4))
+        if bn == 256:  # the tuned tile of the ridge (fits the shared memory at BLOCK_K 64)
+            dcfg.update(BLOCK_K=64, num_warps=8, num_stages=4)
         st = SplitTail(x.device, bm, bn)
         runs = {"prod": lambda: down(act, w.w_down, align, weights, dcfg),
                 "split_tail": lambda: st(act, w.w_down, align, weights, dcfg)}
