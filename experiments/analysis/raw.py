@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .schema import CEILING_COLUMNS, CEILING_STAGES, LATENCY_COLUMNS, LATENCY_NOTE, PROVENANCE_KEYS, STAGES, TOOLS, TRAFFIC_COLUMNS, TRAFFIC_OPTIONAL
+from .schema import (CEILING_COLUMNS, CEILING_STAGES, LATENCY_COLUMNS, LATENCY_NOTE, PROVENANCE_KEYS, STAGES, TOOLS,
+                     TRAFFIC_COLUMNS, TRAFFIC_OPTIONAL)
 
 LATENCY_KEY = ["model", "dtype", "routing", "tokens", "impl", "graph"]
 TRAFFIC_KEY = ["model", "dtype", "tokens", "impl", "stage", "tool"]
@@ -204,18 +205,23 @@ def _check_unique(frame: pd.DataFrame, key: list[str], path: Path) -> None:
                            f"(same {', '.join(key)}); expected one row per measurement")
 
 
-def read_latency(path: str | Path, *, device: str | None = None, repo: str | Path | None = ".") -> pd.DataFrame:
-    """`latency.csv` of one device, checked; `note` is kept (empty where absent)."""
-    path = Path(path)
-    frame = read_csv_checked(path, LATENCY_COLUMNS, optional_text=(LATENCY_NOTE,), device=device, repo=repo)
-    if LATENCY_NOTE not in frame:
-        frame[LATENCY_NOTE] = ""
+def _check_quantiles(frame: pd.DataFrame, path: Path) -> None:
+    """p20_ms <= median_ms <= p80_ms on every timed row (rows without timing, which carry a note, are skipped)."""
     measured = frame["median_ms"].notna() & frame["p20_ms"].notna() & frame["p80_ms"].notna()
     bad = frame.index[measured & ((frame["p20_ms"] > frame["median_ms"]) | (frame["median_ms"] > frame["p80_ms"]))]
     if len(bad):
         row = int(bad[0])
         raise RawDataError(f"{_where(path, row, 'median_ms')}: expected p20_ms <= median_ms <= p80_ms, got "
                            f"{frame['p20_ms'][row]}, {frame['median_ms'][row]}, {frame['p80_ms'][row]}")
+
+
+def read_latency(path: str | Path, *, device: str | None = None, repo: str | Path | None = ".") -> pd.DataFrame:
+    """`latency.csv` of one device, checked; `note` is kept (empty where absent)."""
+    path = Path(path)
+    frame = read_csv_checked(path, LATENCY_COLUMNS, optional_text=(LATENCY_NOTE,), device=device, repo=repo)
+    if LATENCY_NOTE not in frame:
+        frame[LATENCY_NOTE] = ""
+    _check_quantiles(frame, path)
     zero = frame.index[frame["median_ms"] == 0]
     if len(zero):
         raise RawDataError(f"{_where(path, int(zero[0]), 'median_ms')}: expected a positive time, got 0")
@@ -241,11 +247,7 @@ def read_ceiling(path: str | Path, *, device: str | None = None, repo: str | Pat
         row = int(bad[0])
         raise RawDataError(f"{_where(path, row, 'stage')} = {frame['stage'][row]!r}: expected one of "
                            f"{', '.join(CEILING_STAGES)}")
-    bad = frame.index[(frame["p20_ms"] > frame["median_ms"]) | (frame["median_ms"] > frame["p80_ms"])]
-    if len(bad):
-        row = int(bad[0])
-        raise RawDataError(f"{_where(path, row, 'median_ms')}: expected p20_ms <= median_ms <= p80_ms, got "
-                           f"{frame['p20_ms'][row]}, {frame['median_ms'][row]}, {frame['p80_ms'][row]}")
+    _check_quantiles(frame, path)
     _check_unique(frame, CEILING_KEY, path)
     return frame
 

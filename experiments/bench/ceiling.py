@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from problems import load_models  # noqa: E402
+from problems import load_models, make_weights  # noqa: E402
 from timing import bench  # noqa: E402
 from tritonmoe.tuned import device_slug  # noqa: E402
 
@@ -51,14 +51,9 @@ def measure(models: list, tokens: list[int], git_sha: str) -> list[dict]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     out = []
     for m in models:
-        # One expert at a time (no fp32 copy of the whole set); scaled so the products stay O(1).
-        w_gate_up = torch.empty((m.experts, 2 * m.ffn, m.hidden), dtype=torch.bfloat16, device="cuda")
-        w_down = torch.empty((m.experts, m.hidden, m.ffn), dtype=torch.bfloat16, device="cuda")
-        for e in range(m.experts):
-            w_gate_up[e] = torch.randn((2 * m.ffn, m.hidden), generator=gen, device="cuda") / math.sqrt(m.hidden)
-            w_down[e] = torch.randn((m.hidden, m.ffn), generator=gen, device="cuda") / math.sqrt(m.ffn)
+        w = make_weights(m, torch.bfloat16, "cuda", "uniform")  # the sweep's weights (scaled so products stay O(1))
         for t in tokens:
-            for stage, rows, fn in products(m, t, w_gate_up, w_down, gen):
+            for stage, rows, fn in products(m, t, w.w_gate_up, w.w_down, gen):
                 y = fn()
                 if not torch.isfinite(y).all() or y.abs().max() == 0:
                     raise RuntimeError(f"{m.name} T={t} {stage}: the product is not finite or is all zeros")
@@ -68,7 +63,7 @@ def measure(models: list, tokens: list[int], git_sha: str) -> list[dict]:
                             "p80_ms": p80, "git_sha": git_sha,
                             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
                 print(f"{m.name:14s} T={t:5d} {stage:7s} m={rows:4d} {med * 1e3:9.1f} us", flush=True)
-        del w_gate_up, w_down
+        del w
         torch.cuda.empty_cache()
     return out
 

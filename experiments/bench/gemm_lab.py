@@ -37,6 +37,7 @@ from tritonmoe.down import down as prod_down  # noqa: E402
 from tritonmoe.gate_up import gate_up as prod_gate_up, gather_rows  # noqa: E402
 from tritonmoe.routing import route  # noqa: E402
 from tritonmoe.align import align_tokens  # noqa: E402
+from timing import bench as timed_bench  # noqa: E402
 
 
 @triton.jit
@@ -380,8 +381,7 @@ def rel(a, b):
 
 
 def bench(fn):
-    from timing import bench as timed
-    return timed(fn, 20, 120, quantiles=(0.5,))[0]
+    return timed_bench(fn, 20, 120, quantiles=(0.5,))[0]
 
 
 KINDS: set | None = None  # None: every candidate
