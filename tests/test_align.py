@@ -68,6 +68,12 @@ def check_against_reference(got, topk_ids, num_experts, block_m, tail_m=None) ->
     assert torch.equal(got.expert_ids.cpu(), want["expert_ids"])
     assert torch.equal(got.block_rows.cpu(), want["block_rows"])
     assert torch.equal(got.expert_counts.cpu(), want["expert_counts"])
+    # slot_rows inverts sorted_ids for every slot with a valid expert id (others are left unwritten).
+    ids = topk_ids.reshape(-1).cpu()
+    valid = ((ids >= 0) & (ids < num_experts)).nonzero().flatten()
+    rows = got.slot_rows.cpu()[valid].long()
+    assert got.slot_rows.shape == (topk_ids.numel(),)
+    assert torch.equal(want["sorted_ids"][rows], valid.to(torch.int32))
 
 
 def uniform_ids(N, E, seed):

@@ -209,3 +209,39 @@ def test_decode_route_and_align_exact_on_gpu(T, E, K):
         layer = gpu_layer(T, E, 1024, 64, torch.bfloat16, seed=T + E + K)
         _, ids, got = route_and_align(layer.x, layer.router_weight, K, True, block_m, tail)
         check_against_reference(got, ids, E, block_m, tail)
+
+
+def _combine_config(bn=16, bk=128, bm=16):
+    return {"BLOCK_M": bm,
+            "gate_up": {"BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": 3},
+            "down": {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 4, "num_stages": 2, "COMBINE": True}}
+
+
+@pytest.mark.parametrize("T,E,K,bn,bk", [(1, 8, 2, 16, 128), (1, 64, 8, 8, 256), (3, 64, 6, 32, 64), (8, 16, 8, 16, 64)])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_down_combine_on_gpu(impl, T, E, K, bn, bk):
+    """The down projection with the combine (`down.down_combine`) in bf16 at GPU tiles: against float64, bit-identical
+    call after call, and as a CUDA graph."""
+    layer = gpu_layer(T, E, MID["H"], MID["F"], torch.bfloat16, seed=T + E + K)
+    cfg = _combine_config(bn, bk)
+    y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=cfg)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.bfloat16, f"{impl} T={T} combine")
+    for _ in range(3):
+        assert torch.equal(tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=cfg), y)
+    static_x = layer.x.clone()
+    graph, static_y = capture(lambda: tritonmoe.moe(static_x, *layer.weights, K, impl=impl, config=cfg))
+    static_x.copy_(gpu_layer(T, E, MID["H"], 1, torch.bfloat16, seed=T + 1).x)
+    graph.replay()
+    assert torch.equal(static_y, tritonmoe.moe(static_x, *layer.weights, K, impl=impl, config=cfg))
+
+
+def test_down_combine_weight_offsets_past_int32(deepseek_weights):
+    """`down_combine` addresses experts past 2^31 elements of w_down (int64 offsets)."""
+    router, w_gate_up, w_down = deepseek_weights
+    E, H, K, T = DEEPSEEK["E"], DEEPSEEK["H"], DEEPSEEK["K"], 2
+    x = torch.randn(T, H, device="cuda", dtype=torch.bfloat16, generator=torch.Generator(device="cuda").manual_seed(5))
+    ids = torch.stack([torch.arange(E - 1, E - 1 - K, -1, device="cuda").roll(t) for t in range(T)])
+    weights = torch.rand(T, K, device="cuda") + 0.1
+    assert (E - K) * w_down.stride(0) > INT32_MAX
+    y = tritonmoe.fused_experts(x, weights, ids, w_gate_up, w_down, config=_combine_config())
+    check_rows(y, x, weights, ids, w_gate_up, w_down, [0, T - 1])

@@ -67,6 +67,12 @@ def _decode_config(block_m, bf, bk, bh):
     return {**_config(block_m, 16, 16, 1, 1), "expert": {"BLOCK_F": bf, "BLOCK_K": bk, "BLOCK_H": bh}}
 
 
+def _combine_config(block_m, bn, bk, **gate_up):
+    """The down projection that sums each token's choices itself (`down.down_combine`)."""
+    cfg = _config(block_m, 16, 16, 1, 1)
+    return {**cfg, "gate_up": {**cfg["gate_up"], **gate_up}, "down": {"BLOCK_N": bn, "BLOCK_K": bk, "COMBINE": True}}
+
+
 def _desc_config(block_m, bn, bk, group_m, split_k, gate_up=True, down=True):
     cfg = _config(block_m, bn, bk, group_m, split_k)
     return {**cfg, "gate_up": {**cfg["gate_up"], "DESC": gate_up}, "down": {**cfg["down"], "DESC": down}}
@@ -86,15 +92,19 @@ def _desc_config(block_m, bn, bk, group_m, split_k, gate_up=True, down=True):
     {**_config(32, 32, 16, 1, 1), "TAIL_M": 16},
     {**_desc_config(64, 16, 16, 2, 2), "TAIL_M": 32},
     {**_decode_config(16, 16, 16, 16), "BLOCK_M": 32, "TAIL_M": 16},
+    _combine_config(16, 16, 16),
+    _combine_config(32, 8, 32),
+    {**_combine_config(64, 32, 16, DESC=True), "TAIL_M": 16},
 ], ids=["bm16-split1", "bm32-split3", "bm64-split4", "expert-bm16", "expert-bm32", "desc-bm16", "desc-bm32-split3",
         "desc-gate-up-only", "desc-down-only", "tail16-bm64-split4", "tail16-bm32", "desc-tail32-bm64",
-        "expert-ignores-tail"])
+        "expert-ignores-tail", "combine-bm16", "combine-bm32-uneven-f", "combine-desc-tail16"])
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
 def test_moe_launch_configs(impl, config, device):
     """Any block sizes, program grouping and split of the down projection give the same layer; an
     `expert` entry sends tritonmoe_fused down the one-kernel decode path (others ignore it) at any T;
     `DESC` feeds the GEMMs through tensor descriptors (tokens gathered first), per GEMM; `TAIL_M` gives each
-    expert's rest shorter tail blocks (the decode path ignores it)."""
+    expert's rest shorter tail blocks (the decode path ignores it); `COMBINE` in the down config sums each token's
+    choices in the down kernel (no partial rows, no combine launch)."""
     T, E, K, H, F = 70, 8, 2, 40, 56
     layer = make_layer(T, E, H, F, torch.float32, device, seed=7)
     y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=config)
@@ -200,3 +210,25 @@ def test_descriptor_path_falls_back_on_unaligned_rows(device):
     assert not uses_descriptors({"DESC": True}, layer.x, layer.w_gate_up)
     y = tritonmoe.moe(layer.x, *layer.weights, K, config=_desc_config(16, 16, 16, 1, 1))
     assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.float32, "tritonmoe_fused")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 8, 2, 40, 24), (1, 64, 8, 64, 32), (3, 8, 3, 33, 17), (5, 4, 4, 40, 56),
+                                   (2, 16, 6, 40, 24)], ids=shape_id)
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_down_combine_decode(impl, shape, dtype, device, monkeypatch):
+    """The one-launch down+combine at decode sizes: K not a power of two (3, 6: padded choices masked), odd H and F,
+    several tokens sharing experts (E=4, K=4: every token on every expert), fp16 and fp32; and the same y from
+    `fused_experts` (a routing made elsewhere, its ids given)."""
+    T, E, K, H, F = shape
+    layer = make_layer(T, E, H, F, dtype, device, seed=T * 100 + E + K)
+    cfg = _combine_config(16, 16, 16)
+
+    def no_combine(*args, **kwargs):
+        raise AssertionError("COMBINE must not launch the separate combine")
+    monkeypatch.setattr(tritonmoe.api, "combine", no_combine)
+    y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=cfg)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), dtype, impl)
+    weights, ids = tritonmoe.route(layer.x, layer.router_weight, K)
+    y2 = tritonmoe.fused_experts(layer.x, weights, ids, layer.w_gate_up, layer.w_down, impl=impl, config=cfg)
+    assert torch.equal(y, y2)

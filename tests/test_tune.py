@@ -77,3 +77,15 @@ def test_tail_variants():
         assert g["num_stages"] * g["BLOCK_K"] * (c["BLOCK_M"] + 2 * g["BLOCK_N"]) * 2 <= 200 * 1024
     # the one-kernel decode path has no tails
     assert tune.tail_variants({**cfg16, "expert": {"BLOCK_F": 16}}) == [{**cfg16, "expert": {"BLOCK_F": 16}}]
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 6, 8])
+def test_combine_candidates_bound_the_loaded_tile(top_k):
+    """`down_combine` loads [next_pow2(K), BLOCK_N, BLOCK_K] per step: every candidate holds 2K-16K elements, each
+    is flagged COMBINE, and none repeats."""
+    cands = list(tune.combine_candidates(top_k, "cuda"))
+    assert cands
+    kk = 1 << (top_k - 1).bit_length()
+    for c in cands:
+        assert c["COMBINE"] and 2048 <= kk * c["BLOCK_N"] * c["BLOCK_K"] <= 16384
+    assert len({tuple(sorted(c.items())) for c in cands}) == len(cands)

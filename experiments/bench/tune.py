@@ -10,7 +10,9 @@ draw, the one with the smaller worst slowdown over the two draws is kept (`pick_
 
     python experiments/bench/tune.py --models mixtral-8x7b qwen3-30b-a3b
 
-`--tails-only` runs just the last step on the configs already in the tables.
+`--tails-only` runs just the last step on the configs already in the tables. For up to COMBINE_MAX_ROUTED slots the
+down step also tries the down projection that sums each token's choices itself (`down.down_combine`);
+`--combine-only` makes just that choice on the configs already in the tables, decided on whole-layer times.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import triton  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from tritonmoe.align import align_tokens  # noqa: E402
-from tritonmoe.down import combine, down  # noqa: E402
+from tritonmoe.down import combine, down, down_combine  # noqa: E402
 from tritonmoe.fused_expert import fused_expert  # noqa: E402
 from tritonmoe.gate_up import gate_up  # noqa: E402
 from tritonmoe.tuned import CONFIG_DIR, config_path, device_slug  # noqa: E402
@@ -100,6 +102,19 @@ def down_candidates(bm: int, backend: str, F: int, tiles_m: int, H: int):
                 continue
             cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s, "SPLIT_K": split}
             yield {**cfg, "DESC": True} if d else cfg
+
+
+# Slots (T*K) up to which the down projection with the combine (`down.down_combine`) is tried: its programs do
+# K * BLOCK_N * F multiply-adds per token on the FMA units, which only pays while the weights are the whole cost.
+COMBINE_MAX_ROUTED = 64
+
+
+def combine_candidates(top_k: int, backend: str):
+    """`down_combine` tiles: [next_pow2(K), BLOCK_N, BLOCK_K] elements loaded per step, 2K to 16K of them."""
+    kk = triton.next_power_of_2(top_k)
+    for bn, bk, w in itertools.product((8, 16, 32, 64), (32, 64, 128, 256), (4, 8)):
+        if 2048 <= kk * bn * bk <= 16384:
+            yield {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": 2, "COMBINE": True}
 
 
 def warm(call, cands) -> None:
@@ -264,9 +279,15 @@ def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
                                         lambda _, cfg: gate_up(x, w.w_gate_up, align, cfg, fuse_swiglu=True)[:used])
         act = gate_up(x, w.w_gate_up, align, gu_cfg, fuse_swiglu=True)
         dn_cands = list(down_candidates(bm, backend, m.ffn, tiles_m, m.hidden))
-        warm(lambda cfg: down(act, w.w_down, align, weights, cfg), dn_cands)
-        (dn_ms, _, dn_cfg), _ = fastest("down", [(None, c) for c in dn_cands],
-                                        lambda _, cfg: combine(down(act, w.w_down, align, weights, cfg), tokens, m.top_k, x.dtype))
+        if N <= COMBINE_MAX_ROUTED:
+            dn_cands += list(combine_candidates(m.top_k, backend))
+
+        def run_down(_, cfg, act=act, align=align):
+            if cfg.get("COMBINE"):
+                return down_combine(act, w.w_down, align, weights, ids, cfg)
+            return combine(down(act, w.w_down, align, weights, cfg), tokens, m.top_k, x.dtype)
+        warm(lambda cfg: run_down(None, cfg), dn_cands)
+        (dn_ms, _, dn_cfg), _ = fastest("down", [(None, c) for c in dn_cands], run_down)
         print(f"  T={tokens} BM={bm}: gate_up {gu_ms*1e3:.1f} us {gu_cfg}  down {dn_ms*1e3:.1f} us {dn_cfg}", flush=True)
         per_bm.append(({"BLOCK_M": bm, "gate_up": gu_cfg, "down": dn_cfg}, gu_ms + dn_ms))
     best = pick_block_m(per_bm)
@@ -294,6 +315,45 @@ def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
     return cfg, best[1], {"rel_err": err}
 
 
+def combine_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
+    """The table's config, or the same with a `down_combine` down config where one is faster as a whole layer
+    (graph replays, the uniform draw) by at least 1%; every candidate is checked against the float64 reference."""
+    if cfg.get("expert") or tokens * m.top_k > COMBINE_MAX_ROUTED:
+        return cfg
+    backend = "hip" if torch.version.hip else "cuda"
+    x = make_tokens(m, tokens, w, "uniform", torch.bfloat16, "cuda", seed=1000 + tokens)
+    _, ids = tritonmoe.route(x, w.router_weight, m.top_k)
+    ref = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, topk_ids=ids)
+
+    def layer(c):
+        return lambda: tritonmoe.moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, config=c)
+    base = {**cfg, "down": {k: v for k, v in cfg["down"].items() if k != "COMBINE"}} if cfg["down"].get("COMBINE") else cfg
+    cands = [base] + [{**base, "down": c} for c in combine_candidates(m.top_k, backend)]
+    warm(lambda c: layer(c)(), cands)
+    best, best_ms = base, None
+    for c in cands:
+        try:
+            err = float((layer(c)().double() - ref).norm() / ref.norm())
+            if not err <= 1e-2:
+                print(f"  skip wrong {c['down']} rel_err {err:.3g}", flush=True)
+                continue
+            ms = graph_time(layer(c))
+        except Exception as e:  # out of resources etc.
+            print(f"  skip {c['down']}: {type(e).__name__}", flush=True)
+            continue
+        log.append({"model": m.name, "tokens": tokens, "down": json.dumps(c["down"]), "layer_us": ms * 1e3,
+                    "rel_err": err})
+        if best_ms is None:
+            base_ms = ms
+        if best_ms is None or ms < best_ms:
+            best, best_ms = c, ms
+    if best is not base and best_ms > 0.99 * base_ms:
+        best, best_ms = base, base_ms
+    print(f"{m.name} T={tokens}: two-kernel down {base_ms*1e3:.1f} us, kept {best['down']} {best_ms*1e3:.1f} us",
+          flush=True)
+    return best
+
+
 def main(argv=None) -> int:
     models = load_models()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -303,7 +363,10 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--tails-only", action="store_true",
                     help="only the tail-block step, on the configs already in the tables (their token buckets)")
-    ap.add_argument("--log", type=Path, help="CSV of every tail variant's whole-layer times")
+    ap.add_argument("--combine-only", action="store_true",
+                    help="only the down+combine choice, on the configs already in the tables (buckets up to "
+                         f"{COMBINE_MAX_ROUTED} slots)")
+    ap.add_argument("--log", type=Path, help="CSV of every tail variant's (or down+combine candidate's) layer times")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune.py: no GPU here", file=sys.stderr)
@@ -318,11 +381,19 @@ def main(argv=None) -> int:
         path = config_path(slug, m.experts, m.hidden, m.ffn, torch.bfloat16)
         path = args.config_dir / path.relative_to(CONFIG_DIR)
         table = json.loads(path.read_text()) if path.exists() else {}
-        tokens_list = sorted(int(b) // m.top_k for b in table) if args.tails_only else args.tokens
+        tokens_list = sorted(int(b) // m.top_k for b in table) if args.tails_only or args.combine_only else args.tokens
         for tokens in tokens_list:
             if time.time() - t0 > args.budget_s:
                 print("# time budget reached", flush=True)
                 break
+            if args.combine_only:
+                key = str(tokens * m.top_k)
+                table[key] = combine_point(m, w, tokens, table[key], log)
+                atomic_write_text(path, json.dumps(dict(sorted(table.items(), key=lambda kv: int(kv[0]))), indent=1) + "\n")
+                if args.log:
+                    args.log.parent.mkdir(parents=True, exist_ok=True)
+                    pd.DataFrame(log).to_csv(args.log, index=False)
+                continue
             if args.tails_only:
                 cfg = table[str(tokens * m.top_k)]
             else:

@@ -26,6 +26,7 @@ class SmallLayer:
     seed: int = 0
     desc: bool = False  # run with the config's DESC flag on both GEMMs (the tensor-descriptor kernels)
     tail: tuple[int, int] | None = None  # (BLOCK_M, TAIL_M): run with tail blocks
+    combine: bool = False  # the down projection that sums each token's choices itself (the down config's COMBINE)
 
     def config(self, cfg: dict) -> dict:
         """The layer config the count runs: `cfg` (the resolved default) with this layer's overrides."""
@@ -33,13 +34,15 @@ class SmallLayer:
             cfg = {**cfg, "gate_up": {**cfg["gate_up"], "DESC": True}, "down": {**cfg["down"], "DESC": True}}
         if self.tail:
             cfg = {**cfg, "BLOCK_M": self.tail[0], "TAIL_M": self.tail[1]}
+        if self.combine:
+            cfg = {**cfg, "down": {"BLOCK_N": 16, "BLOCK_K": 16, "COMBINE": True}}
         return cfg
 
     @property
     def name(self) -> str:
         """The `model` column of its traffic.csv rows."""
         return (f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}"
-                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else ""))
+                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else "") + ("-combine" if self.combine else ""))
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, router_weight, w_gate_up, w_down) on the CPU."""
@@ -82,4 +85,8 @@ SMALL_LAYERS = (
     # The chunked alignment's parallel layout (`align.layout_plan`): 240 slots over 300 experts make 256 blocks,
     # more than the one-program kernel walks.
     SmallLayer(tokens=80, hidden=16, ffn=16, experts=300, top_k=3, seed=10),
+    # The down projection with the combine (`down.down_combine`): three choices (a padded fourth, masked), H and F
+    # off the blocks, and fp16 with two tokens sharing experts.
+    SmallLayer(tokens=3, hidden=40, ffn=24, experts=8, top_k=3, seed=11, combine=True),
+    SmallLayer(tokens=2, hidden=32, ffn=20, experts=4, top_k=2, dtype=torch.float16, seed=12, combine=True),
 )

@@ -13,6 +13,8 @@ Outputs (`Alignment`):
 - `expert_counts [E]`: slots routed to each expert.
 - `block_rows [max_blocks + 1]`: the first aligned row of each block; from the first unused block on,
   `num_post_padded`. A block's height is the difference of two neighbours.
+- `slot_rows [N]`: the inverse of `sorted_ids`: the aligned row of each slot (written where `sorted_ids` is, for
+  the down projection that sums a token's rows itself, `tritonmoe.down.down_combine`).
 
 Tail blocks (`tail_m < block_m`): an expert's rows are BLOCK_M blocks and then, for the rest that does
 not fill one, TAIL_M blocks (a rest needing BLOCK_M / TAIL_M of them takes one full block instead). An
@@ -197,8 +199,8 @@ def write_blocks(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, num_post_ptr, e
 
 
 @triton.jit
-def align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
-                    N, E, max_blocks,
+def align_one_chunk(ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
+                    expert_counts_ptr, N, E, max_blocks,
                     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
                     BLOCK_B: tl.constexpr):
     """The whole alignment in one program when all N <= CHUNK slots fit one tile."""
@@ -212,20 +214,23 @@ def align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num
                           totals, E, N, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, BLOCK_B)
     rank = tl.cumsum(onehot, axis=0) - onehot
     pos = tl.sum(onehot * (rank + starts[None, :]), axis=1)
-    tl.store(sorted_ids_ptr + pos, offs, mask=ok & (ids >= 0) & (ids < E))
+    valid = ok & (ids >= 0) & (ids < E)
+    tl.store(sorted_ids_ptr + pos, offs, mask=valid)
+    tl.store(slot_rows_ptr + offs, pos, mask=valid)
 
 
 @triton.jit
-def _align_small_kernel(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
-                        N, E, max_blocks,
+def _align_small_kernel(ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
+                        expert_counts_ptr, N, E, max_blocks,
                         BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
                         BLOCK_B: tl.constexpr):
-    align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
-                    N, E, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, CHUNK, BLOCK_B)
+    align_one_chunk(ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
+                    expert_counts_ptr, N, E, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, CHUNK, BLOCK_B)
 
 
 @triton.jit
-def _scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, N, E, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+def _scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, slot_rows_ptr, N, E, CHUNK: tl.constexpr,
+                    BLOCK_E: tl.constexpr):
     c = tl.program_id(0)
     offs = c * CHUNK + tl.arange(0, CHUNK)
     ok = offs < N
@@ -235,7 +240,9 @@ def _scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, N, E, CHUNK: tl.con
     rank = tl.cumsum(onehot, axis=0) - onehot
     base = tl.load(chunk_base_ptr + c * BLOCK_E + experts)
     pos = tl.sum(onehot * (rank + base[None, :]), axis=1)
-    tl.store(sorted_ids_ptr + pos, offs, mask=ok & (ids >= 0) & (ids < E))
+    valid = ok & (ids >= 0) & (ids < E)
+    tl.store(sorted_ids_ptr + pos, offs, mask=valid)
+    tl.store(slot_rows_ptr + offs, pos, mask=valid)
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,7 @@ class Alignment:
     block_rows: torch.Tensor
     num_post_padded: torch.Tensor
     expert_counts: torch.Tensor
+    slot_rows: torch.Tensor  # [N]: the aligned row of each slot
     block_m: int
     num_routed: int  # N = T * K, also the padding sentinel
     tail_m: int = 0  # height of the tail blocks; 0 means none (set to block_m)
@@ -333,6 +341,7 @@ def alloc_alignment(N: int, num_experts: int, block_m: int, device, tail_m: int 
         block_rows=torch.empty((nb + 1,), dtype=torch.int32, device=device),
         num_post_padded=torch.empty((1,), dtype=torch.int32, device=device),
         expert_counts=torch.empty((num_experts,), dtype=torch.int32, device=device),
+        slot_rows=torch.empty((N,), dtype=torch.int32, device=device),
         block_m=block_m, num_routed=N, tail_m=tail,
     )
 
@@ -349,7 +358,7 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m:
     if N <= meta["CHUNK"]:
         # Eight warps for the widest one-hot tiles ([1024, 16] spilled 14 KB at four: session 5).
         warps = 8 if meta["CHUNK"] * meta["BLOCK_E"] >= 8192 else 4
-        _align_small_kernel[(1,)](ids, a.sorted_ids, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
+        _align_small_kernel[(1,)](ids, a.sorted_ids, a.slot_rows, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
                                   N, num_experts, a.max_blocks, **meta, num_warps=warps)
         return a
     chunk, block_e = meta["CHUNK"], meta["BLOCK_E"]
@@ -372,6 +381,6 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m:
             *tables, N, num_experts, num_chunks, a.max_blocks,
             BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], BLOCK_E=block_e, ROWS=plan["rows"], BLOCK_B=meta["BLOCK_B"],
         )
-    _scatter_kernel[(num_chunks,)](ids, chunk_base, a.sorted_ids, N, num_experts, CHUNK=chunk, BLOCK_E=block_e,
+    _scatter_kernel[(num_chunks,)](ids, chunk_base, a.sorted_ids, a.slot_rows, N, num_experts, CHUNK=chunk, BLOCK_E=block_e,
                                    num_warps=8)
     return a

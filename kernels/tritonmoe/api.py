@@ -20,7 +20,7 @@ import torch
 from ._validate import check_kernel_device, check_layer_inputs, check_routing, check_expert_weights, check_tensor
 from .align import align_tokens
 from .config import backend_of, default_config, tail_of
-from .down import combine, down
+from .down import combine, down, down_combine
 from .fused_expert import fused_expert
 from .route_align import route_and_align
 from .variants import VARIANTS
@@ -43,12 +43,15 @@ def resolve_config(x: torch.Tensor, num_routed: int, E: int, H: int, F: int, con
     return default_config(backend_of(x.device), num_routed, E, H, F, x.element_size())
 
 
-def _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg):
+def _experts_aligned(x, topk_weights, topk_ids, align, w_gate_up, w_down, impl, cfg):
     if impl == "tritonmoe_fused" and cfg.get("expert"):
         # Decode: gate+up+SwiGLU and down in one kernel per F chunk (see tritonmoe.fused_expert).
         partial = fused_expert(x, w_gate_up, w_down, align, topk_weights, cfg["expert"])
         return combine(partial, x.shape[0], topk_weights.shape[1], x.dtype)
     act = VARIANTS[impl](x, w_gate_up, align, cfg)
+    if cfg["down"].get("COMBINE"):
+        # Few tokens: each token's choices summed by the down kernel itself (see tritonmoe.down.down_combine).
+        return down_combine(act, w_down, align, topk_weights, topk_ids, cfg["down"])
     partial = down(act, w_down, align, topk_weights, cfg["down"])
     return combine(partial, x.shape[0], topk_weights.shape[1], x.dtype)
 
@@ -63,8 +66,8 @@ def moe(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.Tensor, w
     if x.shape[0] == 0:
         return x.new_empty((0, H))
     cfg = resolve_config(x, x.shape[0] * top_k, E, H, F, config)
-    topk_weights, _, align = route_and_align(x, router_weight, top_k, renormalize, cfg["BLOCK_M"], tail_of(cfg))
-    return _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg)
+    topk_weights, topk_ids, align = route_and_align(x, router_weight, top_k, renormalize, cfg["BLOCK_M"], tail_of(cfg))
+    return _experts_aligned(x, topk_weights, topk_ids, align, w_gate_up, w_down, impl, cfg)
 
 
 def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
@@ -90,4 +93,4 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     topk_ids = topk_ids.to(torch.int32).contiguous()
     cfg = resolve_config(x, topk_ids.numel(), E, H, F, config)
     align = align_tokens(topk_ids, E, cfg["BLOCK_M"], tail_of(cfg))
-    return _experts_aligned(x, topk_weights, align, w_gate_up, w_down, impl, cfg)
+    return _experts_aligned(x, topk_weights, topk_ids, align, w_gate_up, w_down, impl, cfg)

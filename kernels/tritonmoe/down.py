@@ -7,6 +7,9 @@ programs, which gives small token counts enough programs to fill the GPU.
 
 `combine(partial, T, K)` sums the SPLIT_K * K partial rows of each token in a fixed order, so the
 result is bit-identical run after run (no atomics anywhere).
+
+`down_combine(act, w_down, align, topk_weights, topk_ids)` does both for few tokens in one launch (a program per
+token and block of H columns sums the token's K choices itself; the down config's `COMBINE` flag).
 """
 from __future__ import annotations
 
@@ -189,6 +192,67 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return partial
+
+
+@triton.jit
+def _down_combine_kernel(
+    act_ptr, w_ptr, y_ptr, topk_weights_ptr, topk_ids_ptr, slot_rows_ptr,
+    H, F, stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_yt,
+    TOP_K: tl.constexpr, BLOCK_KK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """y[t, cols] for token t = program_id(1) and a block of H columns: all TOP_K choices at once, each a
+    [BLOCK_N, F] slice of its expert's down weights times the choice's act row (found through `slot_rows`), on the
+    FMA units; weighted and summed over the choices in registers (a fixed reduction order: deterministic)."""
+    t = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < H
+    ks = tl.arange(0, BLOCK_KK)
+    k_ok = ks < TOP_K
+    slot = t * TOP_K + ks
+    expert = tl.load(topk_ids_ptr + slot, mask=k_ok, other=0).to(tl.int64)
+    row = tl.load(slot_rows_ptr + slot, mask=k_ok, other=0).to(tl.int64)
+    route_w = tl.load(topk_weights_ptr + slot, mask=k_ok, other=0.0)
+    fs = tl.arange(0, BLOCK_K)
+    a_ptrs = act_ptr + row[:, None] * stride_am + fs[None, :] * stride_af
+    w_ptrs = (w_ptr + expert[:, None, None] * stride_we + cols[None, :, None].to(tl.int64) * stride_wh
+              + fs[None, None, :] * stride_wf)
+    w_mask = k_ok[:, None, None] & col_ok[None, :, None]
+    acc = tl.zeros((BLOCK_KK, BLOCK_N), dtype=tl.float32)
+    for f0 in range(0, F, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=k_ok[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=w_mask, other=0.0)
+        else:
+            f_ok = fs < F - f0
+            a = tl.load(a_ptrs, mask=k_ok[:, None] & f_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=w_mask & f_ok[None, None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[:, None, :], axis=2)
+        a_ptrs += BLOCK_K * stride_af
+        w_ptrs += BLOCK_K * stride_wf
+    out = tl.sum(acc * route_w[:, None], axis=0)
+    tl.store(y_ptr + t * stride_yt + cols, out.to(y_ptr.dtype.element_ty), mask=col_ok)
+
+
+def down_combine(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights: torch.Tensor,
+                 topk_ids: torch.Tensor, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The down projection and the combine in one kernel, for few tokens: returns `y [T, H]` in `act`'s dtype.
+
+    At decode sizes `down` + `combine` are two launches, the second one waiting for the first's last wave
+    and each slot's row written and read back. Here a program owns (a block of BLOCK_N columns of H, a token) and
+    computes all K of the token's choices from the weights: no partial rows, no second launch. Its work is
+    K * BLOCK_N * F multiply-adds per token on the FMA units, so it pays only while T is small (the tuner
+    chooses it: the down config's `COMBINE` flag). `topk_ids [T, K]` are the token's experts (int32)."""
+    E, H, F = w_down.shape
+    T, K = topk_ids.shape
+    bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    y = out if out is not None else torch.empty((T, H), dtype=act.dtype, device=act.device)
+    _down_combine_kernel[(triton.cdiv(H, bn), T)](
+        act, w_down, y, topk_weights.reshape(-1), topk_ids.reshape(-1), align.slot_rows,
+        H, F, act.stride(0), act.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2), y.stride(0),
+        TOP_K=K, BLOCK_KK=triton.next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=(F % bk == 0),
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
+    )
+    return y
 
 
 def combine(partial: torch.Tensor, num_tokens: int, top_k: int, out_dtype: torch.dtype,

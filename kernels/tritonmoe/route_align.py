@@ -50,7 +50,7 @@ def _router_partials_kernel(
 @triton.jit
 def _route_align_partials_kernel(
     partial_ptr, weights_ptr, ids_ptr,
-    sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
+    sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
     T, E, num_splits, max_blocks,
     TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -71,8 +71,8 @@ def _route_align_partials_kernel(
             logits += tl.sum(tl.load(partial_ptr + offs, mask=mask, other=0.0), axis=0)
         select_experts(logits, weights_ptr, ids_ptr, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
     tl.debug_barrier()
-    align_one_chunk(ids_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
-                    T * TOP_K, E, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, CHUNK, BLOCK_B)
+    align_one_chunk(ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
+                    expert_counts_ptr, T * TOP_K, E, max_blocks, BLOCK_M, TAIL_M, BLOCK_E, CHUNK, BLOCK_B)
 
 
 def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool,
@@ -103,7 +103,7 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     # Four warps: one warp (shuffle-only reductions) left every other block's padding rows unwritten at
     # E=64 on the H100 (Triton 3.6; session 5, run 3), so the program keeps the warps it was validated with.
     _route_align_partials_kernel[(1,)](
-        partial, weights, ids, a.sorted_ids, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
+        partial, weights, ids, a.sorted_ids, a.slot_rows, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
         T, E, splits, a.max_blocks,
         TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=block_t, BLOCK_E=rmeta["BLOCK_E"], BLOCK_K=rmeta["BLOCK_K"],
         BLOCK_S=block_s, BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], CHUNK=meta["CHUNK"], BLOCK_B=meta["BLOCK_B"],

@@ -66,6 +66,9 @@ KERNEL_STAGES = {
     "_swiglu_kernel": "act",
     "_down_kernel": "down",
     "_combine_kernel": "combine",
+    # The down config's COMBINE flag: the down projection and the combine in one kernel; its bytes count under
+    # down (that call's combine stage is empty).
+    "_down_combine_kernel": "down",
 }
 
 _I32 = 4  # ids, counts, offsets
@@ -298,6 +301,7 @@ def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
                 # The ids are stored, then read back by the same program (from cache: no unique read).
                 Access("ids_ptr", False, read=n * _I32, write=n * _I32, unique_write=n * _I32),
                 *_block_table_accesses(s, b, sorted_ids_write=b.padded_rows * _I32),
+                _same("slot_rows_ptr", write=n * _I32),
             )),
         ]
     out = [Launch("_routing_kernel", "routing", (*_route_accesses(s, steps), _same("ids_ptr", write=n * _I32)))]
@@ -305,6 +309,7 @@ def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
         return out + [Launch("_align_small_kernel", "routing", (
             _same("ids_ptr", read=n * _I32),
             *_block_table_accesses(s, b, sorted_ids_write=b.padded_rows * _I32),
+            _same("slot_rows_ptr", write=n * _I32),
         ))]
     table = _cdiv(n, meta["CHUNK"]) * meta["BLOCK_E"] * _I32  # [num_chunks, BLOCK_E] int32
     count = Launch("_count_kernel", "routing", (
@@ -340,6 +345,7 @@ def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
             _same("ids_ptr", read=n * _I32),
             _same("chunk_base_ptr", read=table),
             _same("sorted_ids_ptr", write=n * _I32),
+            _same("slot_rows_ptr", write=n * _I32),
         )),
     ]
 
@@ -478,6 +484,22 @@ def fused_expert_chunks(s: LayerShape, cfg_expert: dict) -> int:
     return _cdiv(s.ffn, cfg_expert["BLOCK_F"])
 
 
+def down_combine_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
+    """`down._down_combine_kernel`: every (H block, token) program reads, for each of the token's K choices, the
+    choice's act row over F (found through `slot_rows`; padding rows never read) and the [BLOCK_N, F] slice of its
+    expert's down weights, and writes its columns of y."""
+    h_blocks = _cdiv(s.hidden, cfg_down["BLOCK_N"])
+    e = s.elem_bytes
+    return Launch("_down_combine_kernel", "down", (
+        Access("act_ptr", False, read=s.routed * s.ffn * e * h_blocks, unique_read=s.routed * s.ffn * e),
+        Access("w_ptr", True, read=s.routed * s.hidden * s.ffn * e, unique_read=b.hit_experts * s.hidden * s.ffn * e),
+        Access("topk_weights_ptr", False, read=s.routed * h_blocks * _F32, unique_read=s.routed * _F32),
+        Access("topk_ids_ptr", False, read=s.routed * h_blocks * _I32, unique_read=s.routed * _I32),
+        Access("slot_rows_ptr", False, read=s.routed * h_blocks * _I32, unique_read=s.routed * _I32),
+        _same("y_ptr", write=s.tokens * s.hidden * e),
+    ))
+
+
 def combine_launch(s: LayerShape, splits: int, partial_bytes: int) -> Launch:
     """`down._combine_kernel`: sums the splits x K partial rows of each token into y."""
     return Launch("_combine_kernel", "combine", (
@@ -529,6 +551,8 @@ def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict) -> l
             combine_launch(shape, fused_expert_chunks(shape, config["expert"]), _F32),
         ]
     down_cfg = config["down"]
+    if down_cfg.get("COMBINE"):  # few tokens: each token's choices summed by the down kernel
+        return [*routing_launches(shape, b), *_act_launches(impl, shape, b, config), down_combine_launch(shape, b, down_cfg)]
     splits = down_splits(shape, down_cfg)
     return [
         *routing_launches(shape, b),
