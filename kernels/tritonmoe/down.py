@@ -218,17 +218,20 @@ def _down_combine_kernel(
               + fs[None, None, :] * stride_wf)
     w_mask = k_ok[:, None, None] & col_ok[None, :, None]
     acc = tl.zeros((BLOCK_KK, BLOCK_N), dtype=tl.float32)
+    # The weights stream one step ahead (the next tile's loads are issued before this step's multiply-adds wait
+    # for theirs): non-dot loads get no software pipeline, and one tile in flight per program left the HBM idle.
+    f_ok = fs < F
+    w_next = tl.load(w_ptrs, mask=w_mask & f_ok[None, None, :], other=0.0)
     for f0 in range(0, F, BLOCK_K):
+        w = w_next
         if EVEN_K:
             a = tl.load(a_ptrs, mask=k_ok[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=w_mask, other=0.0)
         else:
-            f_ok = fs < F - f0
-            a = tl.load(a_ptrs, mask=k_ok[:, None] & f_ok[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=w_mask & f_ok[None, None, :], other=0.0)
+            a = tl.load(a_ptrs, mask=k_ok[:, None] & (fs < F - f0)[None, :], other=0.0)
+        w_ptrs += BLOCK_K * stride_wf
+        w_next = tl.load(w_ptrs, mask=w_mask & (fs < F - f0 - BLOCK_K)[None, None, :], other=0.0)
         acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[:, None, :], axis=2)
         a_ptrs += BLOCK_K * stride_af
-        w_ptrs += BLOCK_K * stride_wf
     out = tl.sum(acc * route_w[:, None], axis=0)
     tl.store(y_ptr + t * stride_yt + cols, out.to(y_ptr.dtype.element_ty), mask=col_ok)
 
