@@ -316,7 +316,7 @@ def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
 
 
 def combine_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
-    """The table's config, or the same with a `down_combine` down config where one is faster as a whole layer
+    """The table's config, or the same with another `down_combine` down config where one is faster as a whole layer
     (graph replays, the uniform draw) by at least 1%; every candidate is checked against the float64 reference."""
     if cfg.get("expert") or tokens * m.top_k > COMBINE_MAX_ROUTED:
         return cfg
@@ -327,8 +327,8 @@ def combine_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
 
     def layer(c):
         return lambda: tritonmoe.moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, config=c)
-    base = {**cfg, "down": {k: v for k, v in cfg["down"].items() if k != "COMBINE"}} if cfg["down"].get("COMBINE") else cfg
-    cands = [base] + [{**base, "down": c} for c in combine_candidates(m.top_k, backend)]
+    base = cfg  # the table's choice, whichever down it has
+    cands = [base] + [{**base, "down": c} for c in combine_candidates(m.top_k, backend) if c != base["down"]]
     warm(lambda c: layer(c)(), cands)
     best, best_ms = base, None
     for c in cands:
@@ -349,7 +349,7 @@ def combine_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
             best, best_ms = c, ms
     if best is not base and best_ms > 0.99 * base_ms:
         best, best_ms = base, base_ms
-    print(f"{m.name} T={tokens}: two-kernel down {base_ms*1e3:.1f} us, kept {best['down']} {best_ms*1e3:.1f} us",
+    print(f"{m.name} T={tokens}: table's down {base_ms*1e3:.1f} us, kept {best['down']} {best_ms*1e3:.1f} us",
           flush=True)
     return best
 
