@@ -1,7 +1,7 @@
 """Stage-cost lab (perf notes v10): what each stage of the fused layer adds to one CUDA-graph replay.
 
 Not part of the package. For each case, graphs of growing prefixes of `tritonmoe_fused`'s pipeline with the tuned
-config (routing+alignment; + gate/up; + down; + combine) and the whole layer followed by a memset of a small int32
+config (routing+alignment; + gate/up; + down; + combine; down and combine are one prefix with a COMBINE config) and the whole layer followed by a memset of a small int32
 buffer (what a per-call zeroed counter table would cost) are timed with the sweep's timing (`timing.bench`, L2
 flushed before each replay). The differences between consecutive prefixes are each stage's marginal cost inside a
 graph, its ramp and drain included, which kernel durations from a profiler do not show.
@@ -23,7 +23,7 @@ from problems import load_models, make_tokens, make_weights  # noqa: E402
 from timing import bench  # noqa: E402
 from tritonmoe.api import resolve_config  # noqa: E402
 from tritonmoe.config import tail_of  # noqa: E402
-from tritonmoe.down import combine, down  # noqa: E402
+from tritonmoe.down import combine, down, down_combine  # noqa: E402
 from tritonmoe.fused_expert import fused_expert  # noqa: E402
 from tritonmoe.route_align import route_and_align  # noqa: E402
 from tritonmoe.variants import act_fused  # noqa: E402
@@ -31,7 +31,7 @@ from tritonmoe.variants import act_fused  # noqa: E402
 
 def stages(x, w, m, cfg, upto: int, memset: torch.Tensor | None = None):
     wr, wgu, wd = w.router_weight, w.w_gate_up, w.w_down
-    tw, _, al = route_and_align(x, wr, m.top_k, True, cfg["BLOCK_M"], tail_of(cfg))
+    tw, ids, al = route_and_align(x, wr, m.top_k, True, cfg["BLOCK_M"], tail_of(cfg))
     if upto >= 1:
         if cfg.get("expert"):
             part = fused_expert(x, wgu, wd, al, tw, cfg["expert"])
@@ -39,7 +39,9 @@ def stages(x, w, m, cfg, upto: int, memset: torch.Tensor | None = None):
                 combine(part, x.shape[0], m.top_k, x.dtype)
         else:
             act = act_fused(x, wgu, al, cfg)
-            if upto >= 2:
+            if upto >= 2 and cfg["down"].get("COMBINE"):  # down and combine are one launch
+                down_combine(act, wd, al, tw, ids, cfg["down"])
+            elif upto >= 2:
                 part = down(act, wd, al, tw, cfg["down"])
                 if upto >= 3:
                     combine(part, x.shape[0], m.top_k, x.dtype)
@@ -74,6 +76,8 @@ def main(argv=None):
                     ("layer+memset", 3, counters)]
         if cfg.get("expert"):
             variants = [v for v in variants if v[0] != "down"]
+        if cfg["down"].get("COMBINE"):  # one launch for both: the "down" prefix is the whole layer
+            variants = [v for v in variants if v[0] != "combine"]
         for label, upto, ms in variants:
             q = graph_ms(lambda: stages(x, w, m, cfg, upto, ms))
             rows.append({"model": name, "tokens": t, "prefix": label, "median_us": q[0] * 1e3,
