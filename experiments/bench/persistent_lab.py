@@ -140,12 +140,12 @@ def run_case(name: str, T: int, rows: list[dict]) -> None:
         row = {"device": torch.cuda.get_device_name(), "model": name, "tokens": T, "BLOCK_M": bm, "stage": stage,
                "kind": kind, "us": us, "diff_vs_prod": err, "cfg": str(cfg_used)}
         rows.append(row)
-        print(row, flush=True)
+        print(f"{name} T={T} {stage:8s} {kind:34s} {us:9.1f} us  diff {err:.1e}", flush=True)
 
     # gate/up: production (its tuned tile, pointers or descriptors; the descriptor path's gather is timed apart)
     gu = cfg["gate_up"]
     act_ref = gate_up(x, w.w_gate_up, align, gu, fuse_swiglu=True)
-    record("gate_up", "prod", lambda: gate_up(x, w.w_gate_up, align, gu, fuse_swiglu=True), act_ref[:used], gu)
+    record("gate_up", "prod", lambda: gate_up(x, w.w_gate_up, align, gu, fuse_swiglu=True)[:used], act_ref[:used], gu)
     record("gate_up", "gather", lambda: gather_rows(x, align), xs, {})
     gd = {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": gu.get("GROUP_M", 8), "num_warps": 8, "num_stages": 4}
     record("gate_up", "prod_desc_given_gather",
