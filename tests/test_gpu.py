@@ -245,3 +245,23 @@ def test_down_combine_weight_offsets_past_int32(deepseek_weights):
     assert (E - K) * w_down.stride(0) > INT32_MAX
     y = tritonmoe.fused_experts(x, weights, ids, w_gate_up, w_down, config=_combine_config())
     check_rows(y, x, weights, ids, w_gate_up, w_down, [0, T - 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("T,bm", [(1000, 128), (77, 64)])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_persistent_gate_up_on_gpu(impl, T, bm, dtype):
+    """The persistent gate/up kernel (`PERSISTENT`: one program per SM, TMA store) at GPU tiles, every dtype, against
+    float64 and replayed as a CUDA graph."""
+    layer = gpu_layer(T, 8, MID["H"], MID["F"], dtype, seed=T + 3)
+    cfg = _desc_config(bm, 1)
+    cfg = {**cfg, "gate_up": {**cfg["gate_up"], "PERSISTENT": True, "num_stages": 4}}
+    if dtype == torch.float32:
+        cfg = tritonmoe.config.fit_shared_memory(cfg, 4)
+    y = tritonmoe.moe(layer.x, *layer.weights, 2, impl=impl, config=cfg)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, 2), dtype, f"{impl} T={T} persistent")
+    static_x = layer.x.clone()
+    graph, static_y = capture(lambda: tritonmoe.moe(static_x, *layer.weights, 2, impl=impl, config=cfg))
+    static_x.copy_(gpu_layer(T, 8, MID["H"], 1, dtype, seed=T + 4).x)
+    graph.replay()
+    assert torch.equal(static_y, tritonmoe.moe(static_x, *layer.weights, 2, impl=impl, config=cfg))

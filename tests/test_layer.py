@@ -92,12 +92,15 @@ def _desc_config(block_m, bn, bk, group_m, split_k, gate_up=True, down=True):
     {**_config(32, 32, 16, 1, 1), "TAIL_M": 16},
     {**_desc_config(64, 16, 16, 2, 2), "TAIL_M": 32},
     {**_decode_config(16, 16, 16, 16), "BLOCK_M": 32, "TAIL_M": 16},
+    {**_desc_config(16, 16, 16, 2, 1), "gate_up": {**_desc_config(16, 16, 16, 2, 1)["gate_up"], "PERSISTENT": True}},
+    {**_desc_config(32, 16, 16, 2, 1), "gate_up": {**_desc_config(32, 16, 16, 2, 1)["gate_up"], "PERSISTENT": True},
+     "TAIL_M": 16},
     _combine_config(16, 16, 16),
     _combine_config(32, 8, 32),
     {**_combine_config(64, 32, 16, DESC=True), "TAIL_M": 16},
 ], ids=["bm16-split1", "bm32-split3", "bm64-split4", "expert-bm16", "expert-bm32", "desc-bm16", "desc-bm32-split3",
         "desc-gate-up-only", "desc-down-only", "tail16-bm64-split4", "tail16-bm32", "desc-tail32-bm64",
-        "expert-ignores-tail", "combine-bm16", "combine-bm32-uneven-f", "combine-desc-tail16"])
+        "expert-ignores-tail", "persistent-bm16", "persistent-falls-back-with-tails", "combine-bm16", "combine-bm32-uneven-f", "combine-desc-tail16"])
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
 def test_moe_launch_configs(impl, config, device):
     """Any block sizes, program grouping and split of the down projection give the same layer; an
@@ -232,3 +235,25 @@ def test_down_combine_decode(impl, shape, dtype, device, monkeypatch):
     weights, ids = tritonmoe.route(layer.x, layer.router_weight, K)
     y2 = tritonmoe.fused_experts(layer.x, weights, ids, layer.w_gate_up, layer.w_down, impl=impl, config=cfg)
     assert torch.equal(y, y2)
+
+
+class _Refuse:
+    def __getitem__(self, grid):
+        raise AssertionError("the persistent config must not launch the per-tile descriptor kernel")
+
+
+@pytest.mark.parametrize("shape,dtype", [((70, 8, 2, 40, 56), torch.float32), ((33, 4, 3, 32, 52), torch.float16),
+                                         ((5, 8, 2, 40, 24), torch.float32)],
+                         ids=["fp32-tma-store", "fp16-pointer-store", "few-tiles"])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_persistent_gate_up(impl, shape, dtype, device, monkeypatch):
+    """`PERSISTENT` gate/up: a few programs walk every tile (more tiles than programs, and fewer), the tile stored
+    through a descriptor where the output's rows allow it (else by pointers); fused, concatenated and separate."""
+    import tritonmoe.gate_up as gu
+    T, E, K, H, F = shape
+    layer = make_layer(T, E, H, F, dtype, device, seed=T + F)
+    cfg = _desc_config(16, 16, 16, 2, 1)
+    cfg = {**cfg, "gate_up": {**cfg["gate_up"], "PERSISTENT": True}}
+    monkeypatch.setattr(gu, "_gate_up_desc_kernel", _Refuse())
+    y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=cfg)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), dtype, impl)

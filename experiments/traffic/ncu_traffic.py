@@ -66,7 +66,7 @@ def rows_for_model(log_text: str, manifest: dict, device: str, models: dict) -> 
     for measured, call in zip(calls, manifest["calls"]):
         impl, counts, cfg = call["impl"], call["expert_counts"], call["config"]
         shape = LayerShape(call["tokens"], m.hidden, m.ffn, m.experts, m.top_k, ELEM_BYTES[manifest["dtype"]])
-        modelled = launches(impl, shape, counts, cfg)
+        modelled = launches(impl, shape, counts, cfg, **({"sms": manifest["sms"]} if "sms" in manifest else {}))
         if impl in TRITON_IMPLS:
             got, want = [k.kernel for k in measured], [x.kernel for x in modelled]
             if got != want:

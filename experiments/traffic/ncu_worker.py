@@ -84,6 +84,7 @@ def main(argv=None) -> int:
         "model": args.model, "dtype": args.dtype, "routing": args.routing, "calls": calls, "skipped": skipped,
         "device_name": torch.cuda.get_device_name(),
         "l2_bytes": torch.cuda.get_device_properties(0).L2_cache_size,
+        "sms": torch.cuda.get_device_properties(0).multi_processor_count,  # the persistent GEMMs' programs
     })
     return 0
 

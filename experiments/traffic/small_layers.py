@@ -27,11 +27,14 @@ class SmallLayer:
     desc: bool = False  # run with the config's DESC flag on both GEMMs (the tensor-descriptor kernels)
     tail: tuple[int, int] | None = None  # (BLOCK_M, TAIL_M): run with tail blocks
     combine: bool = False  # the down projection that sums each token's choices itself (the down config's COMBINE)
+    persistent: bool = False  # with desc: the persistent gate/up kernel (the gate_up config's PERSISTENT)
 
     def config(self, cfg: dict) -> dict:
         """The layer config the count runs: `cfg` (the resolved default) with this layer's overrides."""
         if self.desc:
             cfg = {**cfg, "gate_up": {**cfg["gate_up"], "DESC": True}, "down": {**cfg["down"], "DESC": True}}
+        if self.persistent:
+            cfg = {**cfg, "gate_up": {**cfg["gate_up"], "PERSISTENT": True}}
         if self.tail:
             cfg = {**cfg, "BLOCK_M": self.tail[0], "TAIL_M": self.tail[1]}
         if self.combine:
@@ -42,7 +45,7 @@ class SmallLayer:
     def name(self) -> str:
         """The `model` column of its traffic.csv rows."""
         return (f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}"
-                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else "") + ("-combine" if self.combine else ""))
+                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else "") + ("-combine" if self.combine else "") + ("-persistent" if self.persistent else ""))
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, router_weight, w_gate_up, w_down) on the CPU."""
@@ -89,4 +92,9 @@ SMALL_LAYERS = (
     # off the blocks, and fp16 with two tokens sharing experts.
     SmallLayer(tokens=3, hidden=40, ffn=24, experts=8, top_k=3, seed=11, combine=True),
     SmallLayer(tokens=2, hidden=32, ffn=20, experts=4, top_k=2, dtype=torch.float16, seed=12, combine=True),
+    # The persistent gate/up kernel: tiles walked by a few programs, boxes clipped at H and F (fp32; TMA store), and
+    # fp16 rows of F*2 bytes off 16 (pointer store).
+    SmallLayer(tokens=30, hidden=40, ffn=24, experts=4, top_k=2, seed=13, desc=True, persistent=True),
+    SmallLayer(tokens=24, hidden=32, ffn=20, experts=4, top_k=2, dtype=torch.float16, seed=14, desc=True,
+               persistent=True),
 )

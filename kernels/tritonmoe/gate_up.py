@@ -20,14 +20,19 @@ Two ways to feed the tensor cores, chosen by the config's `DESC` flag (the tuner
   weights are viewed as `[2E, F, H]` and one `[2, BLOCK_N, BLOCK_K]` box brings the gate and the up
   tile together, so each K step is a single `[BLOCK_M, 2*BLOCK_N]` product whose two halves are split
   in registers for `silu(gate) * up`.
+  With `PERSISTENT` as well (and no tail blocks), one program per SM walks the tiles (`_gate_up_persistent_kernel`):
+  the next tile's loads overlap this tile's epilogue, which leaves through a descriptor store.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from ._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, grouped_pid
+from ._validate import interpreter_active
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
 
@@ -170,6 +175,71 @@ def _gate_up_desc_kernel(
                                    stride_om, stride_on, FUSE_SWIGLU, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
 
 
+@triton.jit
+def _gate_up_persistent_kernel(
+    a_desc, w_desc, out_desc, out_ptr, expert_ids_ptr, num_post_ptr, N, H, row_offset, stride_om, stride_on,
+    NUM_PROGRAMS: tl.constexpr, FUSE_SWIGLU: tl.constexpr, TMA_STORE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """`_gate_up_desc_kernel` (no tail blocks) as a persistent grid: NUM_PROGRAMS programs walk the used tiles in
+    grouped order. The flattened tile loop lets the pipeline load the next tile's first boxes while this tile's last
+    steps and epilogue run, and with TMA_STORE the tile leaves through a descriptor store (asynchronous on Hopper)."""
+    num_pid_m = tl.load(num_post_ptr) // BLOCK_M
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
+    k_tiles = tl.cdiv(H, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
+        pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
+        expert = tl.load(expert_ids_ptr + pid_m)
+        row0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        if FUSE_SWIGLU:
+            acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
+            for ki in range(k_tiles):
+                a = a_desc.load([row0, ki * BLOCK_K])
+                b = tl.reshape(w_desc.load([2 * expert, n0, ki * BLOCK_K]), (2 * BLOCK_N, BLOCK_K))
+                acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+            gate, up = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
+            out = gate * tl.sigmoid(gate) * up
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for ki in range(k_tiles):
+                a = a_desc.load([row0, ki * BLOCK_K])
+                b = tl.reshape(w_desc.load([expert, row_offset + n0, ki * BLOCK_K]), (BLOCK_N, BLOCK_K))
+                acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+            out = acc
+        out = out.to(out_ptr.dtype.element_ty)
+        if TMA_STORE:
+            out_desc.store([row0, n0], out)
+        else:
+            rows = row0 + tl.arange(0, BLOCK_M)
+            cols = n0 + tl.arange(0, BLOCK_N)
+            tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on, out,
+                     mask=(cols < N)[None, :])
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int) -> int:
+    """The device's SM (CU) count: the persistent kernels' program count."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+# Programs of a persistent launch under the interpreter (no device to ask; several, so the tile loop is walked).
+INTERPRETER_PROGRAMS = 3
+
+
+def persistent_programs(device: torch.device, max_tiles: int) -> int:
+    """Programs a persistent GEMM launches: one per SM (INTERPRETER_PROGRAMS on the CPU), at most one per tile."""
+    sms = num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" and not interpreter_active() else INTERPRETER_PROGRAMS
+    return max(1, min(sms, max_tiles))
+
+
+def uses_persistent(cfg: dict, align: Alignment) -> bool:
+    """The config asks for the persistent descriptor kernel (`PERSISTENT`) and the alignment has one tile height."""
+    return bool(cfg.get("PERSISTENT")) and not align.has_tails
+
+
 def uses_descriptors(cfg: dict, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
     """The config asks for descriptors and the tensors allow them (contiguous 16-byte aligned weights,
     rows of x a multiple of 16 bytes); otherwise the pointer kernel runs."""
@@ -187,6 +257,17 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
         w_desc = descriptor(w_gate_up, [2, bn, bk], shape=[2 * E, F, H])
     else:
         w_desc = descriptor(w_gate_up, [1, bn, bk])
+    if uses_persistent(cfg, align):
+        programs = persistent_programs(x_sorted.device, align.max_blocks * triton.cdiv(n, bn))
+        tma_store = descriptor_ok(out)
+        _gate_up_persistent_kernel[(programs,)](
+            a_desc, w_desc, descriptor(out, [bm, bn]) if tma_store else out, out, align.expert_ids,
+            align.num_post_padded, n, H, row_offset, out.stride(0), out.stride(1),
+            NUM_PROGRAMS=programs, FUSE_SWIGLU=fuse_swiglu, TMA_STORE=tma_store, PRECISION=dot_precision(x_sorted.dtype),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+            num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
+        )
+        return out
     grid = (align.max_blocks * triton.cdiv(n, bn),)
     _gate_up_desc_kernel[grid](
         a_desc, a_tail_desc, w_desc, out, align.expert_ids, align.block_rows, align.num_post_padded,

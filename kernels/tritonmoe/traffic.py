@@ -34,7 +34,7 @@ import triton
 from .align import align_meta, check_tail, expert_blocks, layout_plan, max_blocks, max_rows
 from .config import default_config, tail_of
 from .descriptors import wants_descriptors
-from .gate_up import GATHER_BLOCK_R
+from .gate_up import GATHER_BLOCK_R, INTERPRETER_PROGRAMS
 from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
 from .route_align import SPLIT_BLOCK_E, SPLIT_H
 from .routing import route
@@ -59,6 +59,7 @@ KERNEL_STAGES = {
     # With the config's DESC flag: the tokens gathered into aligned order, then the descriptor GEMMs.
     "_gather_rows_kernel": "gate_up",
     "_gate_up_desc_kernel": "gate_up",
+    "_gate_up_persistent_kernel": "gate_up",  # with PERSISTENT as well: one program per SM walks the tiles
     "_down_desc_kernel": "down",
     # The decode path's one kernel does gate+up, SwiGLU and down; a DRAM counter sees it whole, so
     # its bytes count under gate_up (that call's act and down stages are empty).
@@ -419,6 +420,25 @@ def gate_up_desc_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: b
     ))
 
 
+def gate_up_persistent_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool, row_offset: int = 0,
+                              sms: int = INTERPRETER_PROGRAMS) -> Launch:
+    """`gate_up._gate_up_persistent_kernel` (`PERSISTENT`, no tail blocks): the bytes of `gate_up_desc_launch`, except
+    that each of its min(sms, tiles) programs reads the used-row count once (not every tile program), and the tile
+    leaves through the output's descriptor (`out_desc`: the same bytes whether stored by TMA or by pointers)."""
+    bn = cfg["BLOCK_N"]
+    n_blocks = _cdiv(n, bn)
+    rows = 2 * s.ffn if fused else min(n_blocks * bn, 2 * s.ffn - row_offset)
+    e = s.elem_bytes
+    programs = max(1, min(sms, b.max_blocks * n_blocks))
+    return Launch("_gate_up_persistent_kernel", "gate_up", (
+        Access("a_desc", False, read=b.padded_rows * s.hidden * e * n_blocks, unique_read=b.padded_rows * s.hidden * e),
+        Access("w_desc", True, read=b.used_blocks * rows * s.hidden * e, unique_read=b.hit_experts * rows * s.hidden * e),
+        _same("out_desc", write=b.padded_rows * n * e),
+        Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
+        Access("expert_ids_ptr", False, read=b.used_blocks * n_blocks * _I32, unique_read=b.used_blocks * _I32),
+    ))
+
+
 def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
     """`swiglu._swiglu_kernel`: gate and up of the used rows in, act out."""
     block_f = max(16, min(256, 8192 // b.block_m, triton.next_power_of_2(s.ffn)))
@@ -508,17 +528,22 @@ def combine_launch(s: LayerShape, splits: int, partial_bytes: int) -> Launch:
     ))
 
 
-def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict) -> list[Launch]:
+def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict, sms: int = INTERPRETER_PROGRAMS) -> list[Launch]:
     """The variant-specific part (`tritonmoe.variants`)."""
     gu, F = cfg["gate_up"], s.ffn
     if wants_descriptors(gu, s.hidden, s.elem_bytes):  # `gate_up.uses_descriptors`; one gather of the tokens, shared by the GEMMs of the variant
+        if gu.get("PERSISTENT") and not b.has_tails:  # `gate_up.uses_persistent`
+            def gemm(n, fused, row_offset=0):
+                return gate_up_persistent_launch(s, b, gu, n=n, fused=fused, row_offset=row_offset, sms=sms)
+        else:
+            def gemm(n, fused, row_offset=0):
+                return gate_up_desc_launch(s, b, gu, n=n, fused=fused, row_offset=row_offset)
         if impl == "tritonmoe_fused":
-            return [gather_launch(s, b), gate_up_desc_launch(s, b, gu, n=F, fused=True)]
+            return [gather_launch(s, b), gemm(F, True)]
         if impl == "tritonmoe_w13":
-            return [gather_launch(s, b), gate_up_desc_launch(s, b, gu, n=2 * F, fused=False), swiglu_launch(s, b)]
+            return [gather_launch(s, b), gemm(2 * F, False), swiglu_launch(s, b)]
         if impl == "tritonmoe_unfused":
-            return [gather_launch(s, b), gate_up_desc_launch(s, b, gu, n=F, fused=False),
-                    gate_up_desc_launch(s, b, gu, n=F, fused=False, row_offset=F), swiglu_launch(s, b)]
+            return [gather_launch(s, b), gemm(F, False), gemm(F, False, F), swiglu_launch(s, b)]
     if impl == "tritonmoe_fused":
         return [gate_up_launch(s, b, gu, n=F, fused=True)]
     if impl == "tritonmoe_w13":
@@ -529,21 +554,24 @@ def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict) -> list[Launch
     raise ValueError(f"impl: expected one of {TRITON_IMPLS}, got {impl!r}")
 
 
-def launches(impl: str, shape: LayerShape, expert_counts, config: dict) -> list[Launch]:
+def launches(impl: str, shape: LayerShape, expert_counts, config: dict, *, sms: int = INTERPRETER_PROGRAMS) -> list[Launch]:
     """The kernel launches of `tritonmoe.moe(..., impl=impl)`, in order, with their bytes.
 
     `expert_counts[e]` is the number of routed slots of expert e (sum T*K); `config` is the layer
     config the call resolves (`tritonmoe.api.resolve_config`; `gpu_config` for a GPU's defaults).
-    Peers (`PEER_IMPLS`) get their ideal-kernel model (`peer_launches`)."""
+    Peers (`PEER_IMPLS`) get their ideal-kernel model (`peer_launches`). `sms` is the program count of the
+    persistent GEMMs (one per SM on a GPU; `gate_up.INTERPRETER_PROGRAMS` in the interpreter), which sets how often
+    they read the used-row count."""
     if impl in PEER_IMPLS:
         return peer_launches(impl, shape, expert_counts)
     if impl not in TRITON_IMPLS:
         raise ValueError(f"impl: expected one of {TRITON_IMPLS + PEER_IMPLS}, got {impl!r}")
     blocks = Blocks.from_counts(shape, expert_counts, config["BLOCK_M"], tail_of(config))
-    return _triton_launches(impl, shape, blocks, config)
+    return _triton_launches(impl, shape, blocks, config, sms)
 
 
-def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict) -> list[Launch]:
+def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict,
+                     sms: int = INTERPRETER_PROGRAMS) -> list[Launch]:
     if impl == "tritonmoe_fused" and config.get("expert"):  # the decode path (`api._experts_aligned`)
         return [
             *routing_launches(shape, b),
@@ -552,11 +580,12 @@ def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict) -> l
         ]
     down_cfg = config["down"]
     if down_cfg.get("COMBINE"):  # few tokens: each token's choices summed by the down kernel
-        return [*routing_launches(shape, b), *_act_launches(impl, shape, b, config), down_combine_launch(shape, b, down_cfg)]
+        return [*routing_launches(shape, b), *_act_launches(impl, shape, b, config, sms),
+                down_combine_launch(shape, b, down_cfg)]
     splits = down_splits(shape, down_cfg)
     return [
         *routing_launches(shape, b),
-        *_act_launches(impl, shape, b, config),
+        *_act_launches(impl, shape, b, config, sms),
         down_launch(shape, b, down_cfg),
         combine_launch(shape, splits, down_partial_bytes(shape, splits)),
     ]
