@@ -230,8 +230,10 @@ INTERPRETER_PROGRAMS = 3
 
 def persistent_programs(device: torch.device, max_tiles: int) -> int:
     """Programs a persistent GEMM launches: one per SM (INTERPRETER_PROGRAMS on the CPU), at most one per tile."""
-    sms = num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" and not interpreter_active() else INTERPRETER_PROGRAMS
+    if device.type in ("cpu", "meta") or interpreter_active():  # the interpreter, or a build that records launches
+        sms = INTERPRETER_PROGRAMS
+    else:
+        sms = num_sms(device.index if device.index is not None else torch.cuda.current_device())
     return max(1, min(sms, max_tiles))
 
 
