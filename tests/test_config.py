@@ -26,3 +26,15 @@ def test_fit_shared_memory_shrinks_only_what_does_not_fit():
     assert _staged_bytes(out, "gate_up", 2, 4) <= SMEM_BUDGET
     assert out["gate_up"]["BLOCK_K"] < 128
     assert out["down"] == big["down"]
+
+
+def test_fit_shared_memory_counts_the_persistent_output_tile():
+    """The persistent gate/up stages its [BLOCK_M, BLOCK_N] output for the descriptor store: in fp32 the ridge tile
+    (4 x 64 x (128 + 256) x 4 B = 384 KB of stages) needs fewer stages than without that tile."""
+    gu = {"BLOCK_N": 128, "BLOCK_K": 64, "num_stages": 4, "DESC": True}
+    plain = fit_shared_memory({"BLOCK_M": 128, "gate_up": gu, "down": {"BLOCK_N": 64, "BLOCK_K": 64}}, 4)["gate_up"]
+    pers = fit_shared_memory({"BLOCK_M": 128, "gate_up": {**gu, "PERSISTENT": True},
+                              "down": {"BLOCK_N": 64, "BLOCK_K": 64}}, 4)["gate_up"]
+    staged = lambda c: c["num_stages"] * c["BLOCK_K"] * (128 + 256) * 4  # noqa: E731
+    assert staged(plain) <= SMEM_BUDGET and staged(pers) + 128 * 128 * 4 <= SMEM_BUDGET
+    assert staged(pers) < staged(plain)

@@ -88,8 +88,8 @@ SMEM_BUDGET = 200 * 1024
 
 
 def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET) -> dict:
-    """Halves BLOCK_K, then drops pipeline stages, until each GEMM's staged tiles fit `budget` bytes
-    (the defaults are sized for 2-byte inputs; fp32 needs twice the room)."""
+    """Halves BLOCK_K, then drops pipeline stages, until each GEMM's staged tiles (and the persistent gate/up's output
+    tile) fit `budget` bytes (the defaults are sized for 2-byte inputs; fp32 needs twice the room)."""
     bm = cfg["BLOCK_M"]
     out = {**cfg}
     for stage, b_tiles in (("gate_up", 2), ("down", 1), ("expert", 2)):
@@ -99,7 +99,9 @@ def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET) -> 
         bn = c.get("BLOCK_N", c.get("BLOCK_F"))
 
         def need(c):
-            return c.get("num_stages", 2) * c["BLOCK_K"] * (bm + b_tiles * bn) * elem_bytes
+            # The persistent gate/up also stages its output tile for the descriptor store.
+            store = bm * bn * elem_bytes if c.get("PERSISTENT") else 0
+            return c.get("num_stages", 2) * c["BLOCK_K"] * (bm + b_tiles * bn) * elem_bytes + store
         while need(c) > budget and c["BLOCK_K"] > 32:
             c["BLOCK_K"] //= 2
         while need(c) > budget and c.get("num_stages", 2) > 1:
