@@ -200,11 +200,11 @@ def _down_combine_kernel(
     H, F, stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_yt,
     TOP_K: tl.constexpr, BLOCK_KK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    """y[t, cols] for token t = program_id(1) and a block of H columns: all TOP_K choices at once, each a
+    """y[t, cols] for token t = program_id(0) and a block of H columns (program_id(1)): all TOP_K choices at once, each a
     [BLOCK_N, F] slice of its expert's down weights times the choice's act row (found through `slot_rows`), on the
     FMA units; weighted and summed over the choices in registers (a fixed reduction order: deterministic)."""
-    t = tl.program_id(1).to(tl.int64)
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    t = tl.program_id(0).to(tl.int64)  # tokens on the grid's first axis (up to 2^31 - 1 of them)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < H
     ks = tl.arange(0, BLOCK_KK)
     k_ok = ks < TOP_K
@@ -249,7 +249,7 @@ def down_combine(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk
     T, K = topk_ids.shape
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
     y = out if out is not None else torch.empty((T, H), dtype=act.dtype, device=act.device)
-    _down_combine_kernel[(triton.cdiv(H, bn), T)](
+    _down_combine_kernel[(T, triton.cdiv(H, bn))](
         act, w_down, y, topk_weights.reshape(-1), topk_ids.reshape(-1), align.slot_rows,
         H, F, act.stride(0), act.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2), y.stride(0),
         TOP_K=K, BLOCK_KK=triton.next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=(F % bk == 0),
