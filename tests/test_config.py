@@ -38,3 +38,14 @@ def test_fit_shared_memory_counts_the_persistent_output_tile():
     staged = lambda c: c["num_stages"] * c["BLOCK_K"] * (128 + 256) * 4  # noqa: E731
     assert staged(plain) <= SMEM_BUDGET and staged(pers) + 128 * 128 * 4 <= SMEM_BUDGET
     assert staged(pers) < staged(plain)
+
+
+def test_persistent_programs_without_a_device():
+    """The persistent gate/up launches one program per SM, at most one per tile; without a device (the interpreter, the
+    AOT build's meta tensors) a fixed few, so the tile loop is still walked."""
+    import torch
+    from tritonmoe.gate_up import INTERPRETER_PROGRAMS, persistent_programs
+    for dev in ("cpu", "meta"):
+        assert persistent_programs(torch.device(dev), 1000) == INTERPRETER_PROGRAMS
+        assert persistent_programs(torch.device(dev), 2) == 2
+        assert persistent_programs(torch.device(dev), 0) == 1
