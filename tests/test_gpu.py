@@ -247,15 +247,16 @@ def test_down_combine_weight_offsets_past_int32(deepseek_weights):
     check_rows(y, x, weights, ids, w_gate_up, w_down, [0, T - 1])
 
 
+@pytest.mark.parametrize("desc", [True, False], ids=["desc", "gather-inside"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("T,bm", [(1000, 128), (77, 64)])
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
-def test_persistent_gate_up_on_gpu(impl, T, bm, dtype):
-    """The persistent gate/up kernel (`PERSISTENT`: one program per SM, TMA store) at GPU tiles, every dtype, against
-    float64 and replayed as a CUDA graph."""
+def test_persistent_gate_up_on_gpu(impl, T, bm, dtype, desc):
+    """The persistent gate/up kernels (`PERSISTENT`: one program per SM, TMA store; tokens from a gathered copy with
+    `DESC`, gathered inside the loop without) at GPU tiles, every dtype, against float64 and as a CUDA graph."""
     layer = gpu_layer(T, 8, MID["H"], MID["F"], dtype, seed=T + 3)
     cfg = _desc_config(bm, 1)
-    cfg = {**cfg, "gate_up": {**cfg["gate_up"], "PERSISTENT": True, "num_stages": 4}}
+    cfg = {**cfg, "gate_up": {**cfg["gate_up"], "PERSISTENT": True, "num_stages": 4, "DESC": desc}}
     if dtype == torch.float32:
         cfg = tritonmoe.config.fit_shared_memory(cfg, 4)
     y = tritonmoe.moe(layer.x, *layer.weights, 2, impl=impl, config=cfg)

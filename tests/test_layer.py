@@ -239,21 +239,26 @@ def test_down_combine_decode(impl, shape, dtype, device, monkeypatch):
 
 class _Refuse:
     def __getitem__(self, grid):
-        raise AssertionError("the persistent config must not launch the per-tile descriptor kernel")
+        raise AssertionError("the persistent config must launch neither the per-tile kernels nor (without DESC) a gather")
 
 
 @pytest.mark.parametrize("shape,dtype", [((70, 8, 2, 40, 56), torch.float32), ((33, 4, 3, 32, 52), torch.float16),
                                          ((5, 8, 2, 40, 24), torch.float32)],
                          ids=["fp32-tma-store", "fp16-pointer-store", "few-tiles"])
+@pytest.mark.parametrize("desc", [True, False], ids=["desc", "gather-inside"])
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
-def test_persistent_gate_up(impl, shape, dtype, device, monkeypatch):
+def test_persistent_gate_up(impl, shape, dtype, desc, device, monkeypatch):
     """`PERSISTENT` gate/up: a few programs walk every tile (more tiles than programs, and fewer), the tile stored
-    through a descriptor where the output's rows allow it (else by pointers); fused, concatenated and separate."""
+    through a descriptor where the output's rows allow it (else by pointers); fused, concatenated and separate; the
+    tokens from a gathered copy (with `DESC`) or gathered inside the loop (without)."""
     import tritonmoe.gate_up as gu
     T, E, K, H, F = shape
     layer = make_layer(T, E, H, F, dtype, device, seed=T + F)
     cfg = _desc_config(16, 16, 16, 2, 1)
-    cfg = {**cfg, "gate_up": {**cfg["gate_up"], "PERSISTENT": True}}
+    cfg = {**cfg, "gate_up": {**cfg["gate_up"], "PERSISTENT": True, "DESC": desc}}
     monkeypatch.setattr(gu, "_gate_up_desc_kernel", _Refuse())
+    monkeypatch.setattr(gu, "_gate_up_kernel", _Refuse())
+    if not desc:
+        monkeypatch.setattr(gu, "gather_rows", _Refuse().__getitem__)
     y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=cfg)
     assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), dtype, impl)

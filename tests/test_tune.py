@@ -95,14 +95,16 @@ def test_persistent_variants_drop_tails_and_keep_the_rest():
     desc = {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 16, "num_warps": 8, "num_stages": 4, "DESC": True}
     cfg = {"BLOCK_M": 128, "gate_up": desc, "down": {"BLOCK_N": 256}, "TAIL_M": 64}
     vs = tune.persistent_variants(cfg)
-    assert [v["gate_up"]["num_stages"] for v in vs] == [3, 4]
+    assert [(v["gate_up"]["DESC"], v["gate_up"]["num_stages"]) for v in vs] == [(True, 3), (True, 4), (False, 3),
+                                                                                 (False, 4)]
     for v in vs:
         assert "TAIL_M" not in v and v["down"] == cfg["down"] and v["gate_up"]["PERSISTENT"]
         assert v["gate_up"]["GROUP_M"] == 16  # the table's own descriptor tile
     ptr = {**cfg, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}}
-    assert all(v["gate_up"]["DESC"] for v in tune.persistent_variants(ptr))
+    assert {v["gate_up"]["DESC"] for v in tune.persistent_variants(ptr)} == {True, False}
     assert tune.persistent_variants({**cfg, "BLOCK_M": 32}) == []
     # a table entry that is already persistent and tail-free is not offered again
     same = {**cfg, "gate_up": {**desc, "num_stages": 4, "PERSISTENT": True}}
     same.pop("TAIL_M")
-    assert [v["gate_up"]["num_stages"] for v in tune.persistent_variants(same)] == [3]
+    assert [(v["gate_up"]["DESC"], v["gate_up"]["num_stages"]) for v in tune.persistent_variants(same)] == [
+        (True, 3), (False, 3), (False, 4)]

@@ -13,7 +13,8 @@ draw, the one with the smaller worst slowdown over the two draws is kept (`pick_
 `--tails-only` runs just the last step on the configs already in the tables. For up to COMBINE_MAX_ROUTED slots the
 down step also tries the down projection that sums each token's choices itself (`down.down_combine`);
 `--combine-only` makes just that choice on the configs already in the tables, decided on whole-layer times;
-`--persistent-only` likewise for the persistent descriptor gate/up (`PERSISTENT`, no tail blocks) at `--tokens`.
+`--persistent-only` likewise for the persistent gate/up (`PERSISTENT`, no tail blocks; tokens gathered first or inside
+the loop) at `--tokens`.
 """
 from __future__ import annotations
 
@@ -85,10 +86,11 @@ def gate_up_candidates(bm: int, backend: str):
         for g, s in itertools.product((4, 16), (3, 4)):
             if bm == 128:
                 yield {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": g, "num_warps": 8, "num_stages": s, "DESC": True}
-        # The same tile as a persistent grid (one program per SM; no tail blocks).
-        for s in (3, 4):
+        # The same tile as a persistent grid (one program per SM; no tail blocks), the tokens from the gathered copy
+        # (DESC) or gathered inside the loop.
+        for s, d in itertools.product((3, 4), (True, False)):
             if _fits_smem(bm, 2 * 128, 64, s):
-                yield {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": s, "DESC": True,
+                yield {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": s, "DESC": d,
                        "PERSISTENT": True}
 
 
@@ -361,17 +363,18 @@ def combine_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
 
 
 def persistent_variants(cfg: dict) -> list[dict]:
-    """The persistent descriptor gate/up (`PERSISTENT`, no tail blocks) at the ridge's [128, 2x128] tile, 3 and 4
-    stages, beside a table config of BLOCK_M >= 64 (its own gate/up tile where that is a descriptor one)."""
+    """The persistent gate/up (`PERSISTENT`, no tail blocks) at the ridge's [128, 2x128] tile, 3 and 4 stages, the
+    tokens from a gathered copy (`DESC`) or gathered inside the loop, beside a table config of BLOCK_M >= 64 (its own
+    gate/up tile where that is a descriptor one)."""
     if cfg.get("expert") or cfg["BLOCK_M"] < 64:
         return []
     gu = cfg["gate_up"]
-    base = ({k: v for k, v in gu.items() if k != "PERSISTENT"} if gu.get("DESC") else
-            {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "DESC": True})
+    base = ({k: v for k, v in gu.items() if k not in ("PERSISTENT", "DESC")} if gu.get("DESC") else
+            {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4})
     out = []
-    for s in (3, 4):
+    for d, s in itertools.product((True, False), (3, 4)):
         c = {k: v for k, v in cfg.items() if k != "TAIL_M"}
-        c["gate_up"] = {**base, "num_stages": s, "PERSISTENT": True}
+        c["gate_up"] = {**base, "num_stages": s, "DESC": d, "PERSISTENT": True}
         if c["gate_up"] != gu or cfg.get("TAIL_M"):
             out.append(c)
     return out

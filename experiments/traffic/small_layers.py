@@ -27,7 +27,7 @@ class SmallLayer:
     desc: bool = False  # run with the config's DESC flag on both GEMMs (the tensor-descriptor kernels)
     tail: tuple[int, int] | None = None  # (BLOCK_M, TAIL_M): run with tail blocks
     combine: bool = False  # the down projection that sums each token's choices itself (the down config's COMBINE)
-    persistent: bool = False  # with desc: the persistent gate/up kernel (the gate_up config's PERSISTENT)
+    persistent: bool = False  # the persistent gate/up kernel (the gate_up config's PERSISTENT; with desc or without)
 
     def config(self, cfg: dict) -> dict:
         """The layer config the count runs: `cfg` (the resolved default) with this layer's overrides."""
@@ -97,4 +97,6 @@ SMALL_LAYERS = (
     SmallLayer(tokens=30, hidden=40, ffn=24, experts=4, top_k=2, seed=13, desc=True, persistent=True),
     SmallLayer(tokens=24, hidden=32, ffn=20, experts=4, top_k=2, dtype=torch.float16, seed=14, desc=True,
                persistent=True),
+    # PERSISTENT without DESC: the tokens gathered inside the persistent loop (pointer loads of x, K = 3).
+    SmallLayer(tokens=21, hidden=40, ffn=24, experts=6, top_k=3, seed=15, persistent=True),
 )

@@ -13,8 +13,9 @@ on per shape and token bucket where it wins (H100: the Mixtral shapes from ~512 
 sends `tritonmoe_fused` down the one-kernel decode path (`tritonmoe.fused_expert`). A top-level `"TAIL_M"`
 (a power of two, 16 <= TAIL_M < BLOCK_M) gives each expert's rest tail blocks of TAIL_M rows instead of one more
 BLOCK_M block (`tritonmoe.align`); both GEMMs then run their tile at both heights. The tuner sets it where it wins.
-`"PERSISTENT": True` beside `"DESC"` in `gate_up` runs that GEMM as a persistent grid (`tritonmoe.gate_up`; one
-program per SM, descriptor store of each tile; alignments with tail blocks fall back to one program per tile).
+`"PERSISTENT": True` in `gate_up` runs that GEMM as a persistent grid (`tritonmoe.gate_up`; one program per SM,
+descriptor store of each tile; alignments with tail blocks fall back to one program per tile): beside `"DESC"` on the
+gathered copy of the tokens, without it gathering the tokens inside the loop (weights still by descriptor boxes).
 `"COMBINE": True` in `down` (with BLOCK_N, BLOCK_K, num_warps, num_stages) computes the down projection and the combine
 in one launch, a program per token and block of H (`tritonmoe.down.down_combine`; for few tokens).
 """

@@ -22,6 +22,9 @@ Two ways to feed the tensor cores, chosen by the config's `DESC` flag (the tuner
   in registers for `silu(gate) * up`.
   With `PERSISTENT` as well (and no tail blocks), one program per SM walks the tiles (`_gate_up_persistent_kernel`):
   the next tile's loads overlap this tile's epilogue, which leaves through a descriptor store.
+- `PERSISTENT` without `DESC` (no tail blocks): the same persistent loop with the tokens gathered inside it by
+  pointer loads and the weights as descriptor boxes (`_gate_up_persistent_gather_kernel`): no gather launch, which
+  writes K copies of x on the top-k = 8 models.
 """
 from __future__ import annotations
 
@@ -218,6 +221,57 @@ def _gate_up_persistent_kernel(
                      mask=(cols < N)[None, :])
 
 
+@triton.jit
+def _gate_up_persistent_gather_kernel(
+    x_ptr, w_desc, out_desc, out_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_ptr,
+    N, H, num_routed, row_offset, stride_xt, stride_xh, stride_om, stride_on,
+    TOP_K: tl.constexpr, NUM_PROGRAMS: tl.constexpr, FUSE_SWIGLU: tl.constexpr, TMA_STORE: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """`_gate_up_persistent_kernel` with the tokens gathered inside it: each tile loads its slots' rows of `x` by
+    pointers (as `_gate_up_kernel` does), so no gather launch writes K copies of x first; the weights still come as
+    descriptor boxes. Selected by `PERSISTENT` without `DESC`."""
+    num_pid_m = tl.load(num_post_ptr) // BLOCK_M
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
+    k_tiles = tl.cdiv(H, BLOCK_K)
+    ks = tl.arange(0, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
+        pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
+        expert = tl.load(expert_ids_ptr + pid_m)
+        row0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        slot = tl.load(sorted_ids_ptr + row0 + tl.arange(0, BLOCK_M))
+        row_ok = slot < num_routed
+        a_ptrs = x_ptr + (slot // TOP_K).to(tl.int64)[:, None] * stride_xt + ks[None, :] * stride_xh
+        if FUSE_SWIGLU:
+            acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
+            for ki in range(k_tiles):
+                a = tl.load(a_ptrs + ki * BLOCK_K * stride_xh, mask=row_ok[:, None] & (ks < H - ki * BLOCK_K)[None, :],
+                            other=0.0)
+                b = tl.reshape(w_desc.load([2 * expert, n0, ki * BLOCK_K]), (2 * BLOCK_N, BLOCK_K))
+                acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+            gate, up = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
+            out = gate * tl.sigmoid(gate) * up
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for ki in range(k_tiles):
+                a = tl.load(a_ptrs + ki * BLOCK_K * stride_xh, mask=row_ok[:, None] & (ks < H - ki * BLOCK_K)[None, :],
+                            other=0.0)
+                b = tl.reshape(w_desc.load([expert, row_offset + n0, ki * BLOCK_K]), (BLOCK_N, BLOCK_K))
+                acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+            out = acc
+        out = out.to(out_ptr.dtype.element_ty)
+        if TMA_STORE:
+            out_desc.store([row0, n0], out)
+        else:
+            rows = row0 + tl.arange(0, BLOCK_M)
+            cols = n0 + tl.arange(0, BLOCK_N)
+            tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on, out,
+                     mask=(cols < N)[None, :])
+
+
 @functools.lru_cache(maxsize=None)
 def num_sms(device_index: int) -> int:
     """The device's SM (CU) count: the persistent kernels' program count."""
@@ -238,8 +292,15 @@ def persistent_programs(device: torch.device, max_tiles: int) -> int:
 
 
 def uses_persistent(cfg: dict, align: Alignment) -> bool:
-    """The config asks for the persistent descriptor kernel (`PERSISTENT`) and the alignment has one tile height."""
+    """The config asks for a persistent kernel (`PERSISTENT`) and the alignment has one tile height."""
     return bool(cfg.get("PERSISTENT")) and not align.has_tails
+
+
+def uses_persistent_gather(cfg: dict, align: Alignment, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
+    """`PERSISTENT` without `DESC`: the persistent kernel that gathers the tokens itself, where the weights allow
+    descriptor boxes (contiguous, 16-byte rows) and x has the weights' dtype; else the pointer kernel runs."""
+    return (uses_persistent(cfg, align) and not cfg.get("DESC") and w_gate_up.is_contiguous()
+            and descriptor_ok(w_gate_up) and x.dtype == w_gate_up.dtype)
 
 
 def uses_descriptors(cfg: dict, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
@@ -301,6 +362,21 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
             x_sorted = gather_rows(x, align)
         return _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, out)
     bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
+    if uses_persistent_gather(cfg, align, x, w_gate_up):
+        E = w_gate_up.shape[0]
+        w_desc = (descriptor(w_gate_up, [2, bn, bk], shape=[2 * E, F, H]) if fuse_swiglu
+                  else descriptor(w_gate_up, [1, bn, bk]))
+        programs = persistent_programs(x.device, align.max_blocks * triton.cdiv(n, bn))
+        tma_store = descriptor_ok(out)
+        _gate_up_persistent_gather_kernel[(programs,)](
+            x, w_desc, descriptor(out, [bm, bn]) if tma_store else out, out,
+            align.sorted_ids, align.expert_ids, align.num_post_padded,
+            n, H, align.num_routed, row_offset, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+            TOP_K=align.num_routed // x.shape[0], NUM_PROGRAMS=programs, FUSE_SWIGLU=fuse_swiglu, TMA_STORE=tma_store,
+            PRECISION=dot_precision(x.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+            num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
+        )
+        return out
     num_pid_m = align.max_blocks
     grid = (num_pid_m * triton.cdiv(n, bn),)
     _gate_up_kernel[grid](

@@ -60,6 +60,7 @@ KERNEL_STAGES = {
     "_gather_rows_kernel": "gate_up",
     "_gate_up_desc_kernel": "gate_up",
     "_gate_up_persistent_kernel": "gate_up",  # with PERSISTENT as well: one program per SM walks the tiles
+    "_gate_up_persistent_gather_kernel": "gate_up",  # PERSISTENT without DESC: the same, tokens gathered inside
     "_down_desc_kernel": "down",
     # The decode path's one kernel does gate+up, SwiGLU and down; a DRAM counter sees it whole, so
     # its bytes count under gate_up (that call's act and down stages are empty).
@@ -439,6 +440,26 @@ def gate_up_persistent_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fu
     ))
 
 
+def gate_up_persistent_gather_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool, row_offset: int = 0,
+                                     sms: int = INTERPRETER_PROGRAMS) -> Launch:
+    """`gate_up._gate_up_persistent_gather_kernel` (`PERSISTENT` without `DESC`, no tail blocks): each used tile
+    reads its block's slot ids and its real slots' token rows of x over H (as `_gate_up_kernel`), the weight boxes of
+    `gate_up_desc_launch`, and stores through `out_desc`; each program reads the used-row count once."""
+    bn = cfg["BLOCK_N"]
+    n_blocks = _cdiv(n, bn)
+    rows = 2 * s.ffn if fused else min(n_blocks * bn, 2 * s.ffn - row_offset)
+    e = s.elem_bytes
+    programs = max(1, min(sms, b.max_blocks * n_blocks))
+    return Launch("_gate_up_persistent_gather_kernel", "gate_up", (
+        Access("x_ptr", False, read=s.routed * s.hidden * e * n_blocks, unique_read=s.tokens * s.hidden * e),
+        Access("w_desc", True, read=b.used_blocks * rows * s.hidden * e, unique_read=b.hit_experts * rows * s.hidden * e),
+        _same("out_desc", write=b.padded_rows * n * e),
+        Access("sorted_ids_ptr", False, read=b.padded_rows * n_blocks * _I32, unique_read=b.padded_rows * _I32),
+        Access("expert_ids_ptr", False, read=b.used_blocks * n_blocks * _I32, unique_read=b.used_blocks * _I32),
+        Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
+    ))
+
+
 def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
     """`swiglu._swiglu_kernel`: gate and up of the used rows in, act out."""
     block_f = max(16, min(256, 8192 // b.block_m, triton.next_power_of_2(s.ffn)))
@@ -544,13 +565,18 @@ def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict, sms: int = INT
             return [gather_launch(s, b), gemm(2 * F, False), swiglu_launch(s, b)]
         if impl == "tritonmoe_unfused":
             return [gather_launch(s, b), gemm(F, False), gemm(F, False, F), swiglu_launch(s, b)]
+    if gu.get("PERSISTENT") and not b.has_tails:  # `gate_up.uses_persistent_gather` (contiguous weights)
+        def gemm(n, fused, row_offset=0):
+            return gate_up_persistent_gather_launch(s, b, gu, n=n, fused=fused, row_offset=row_offset, sms=sms)
+    else:
+        def gemm(n, fused, row_offset=0):
+            return gate_up_launch(s, b, gu, n=n, fused=fused)
     if impl == "tritonmoe_fused":
-        return [gate_up_launch(s, b, gu, n=F, fused=True)]
+        return [gemm(F, True)]
     if impl == "tritonmoe_w13":
-        return [gate_up_launch(s, b, gu, n=2 * F, fused=False), swiglu_launch(s, b)]
+        return [gemm(2 * F, False), swiglu_launch(s, b)]
     if impl == "tritonmoe_unfused":
-        return [gate_up_launch(s, b, gu, n=F, fused=False), gate_up_launch(s, b, gu, n=F, fused=False),
-                swiglu_launch(s, b)]
+        return [gemm(F, False), gemm(F, False, F), swiglu_launch(s, b)]
     raise ValueError(f"impl: expected one of {TRITON_IMPLS}, got {impl!r}")
 
 
