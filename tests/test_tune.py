@@ -108,3 +108,51 @@ def test_persistent_variants_drop_tails_and_keep_the_rest():
     same.pop("TAIL_M")
     assert [(v["gate_up"]["DESC"], v["gate_up"]["num_stages"]) for v in tune.persistent_variants(same)] == [
         (True, 3), (False, 3), (False, 4)]
+
+
+class _M:
+    name, top_k = "m", 8
+
+
+def _fake_times(monkeypatch, times):
+    """`layer_times` replaced: each config's ms per draw from `times` (None: the config did not run)."""
+    def fake(m, w, tokens, variants, draws=("uniform", "zipf"), describe=str):
+        out = []
+        for c in variants:
+            t = times(c)
+            if t is not None:
+                out.append((c, list(t[:len(draws)]), [1e-3] * len(draws)))
+        return out
+    monkeypatch.setattr(tune, "layer_times", fake)
+
+
+def test_combine_point_keeps_the_table_unless_one_percent_faster(monkeypatch):
+    cfg = {"BLOCK_M": 16, "gate_up": {}, "down": {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1}}
+    first = next(tune.combine_candidates(8, "cuda"))
+    for cand_ms, kept_combine in ((0.995, False), (0.98, True)):
+        _fake_times(monkeypatch, lambda c: (1.0,) if not c["down"].get("COMBINE") else
+                    ((cand_ms,) if c["down"] == first else (2.0,)))
+        got = tune.combine_point(_M, None, 1, cfg, [])
+        assert (got["down"] == first) == kept_combine and (got is cfg) != kept_combine
+    _fake_times(monkeypatch, lambda c: None if not c["down"].get("COMBINE") else (0.5,))
+    assert tune.combine_point(_M, None, 1, cfg, []) is cfg  # the table's own config did not run
+    assert tune.combine_point(_M, None, 16, cfg, []) is cfg  # 128 slots: past COMBINE_MAX_ROUTED
+
+
+def test_persistent_point_needs_one_percent_on_uniform_then_the_smaller_worst_slowdown(monkeypatch):
+    cfg = {"BLOCK_M": 128, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4,
+                                       "DESC": True}, "down": {}, "TAIL_M": 64}
+
+    def times(c):
+        g = c["gate_up"]
+        if not g.get("PERSISTENT"):
+            return (1.0, 1.0)
+        return {(True, 3): (0.995, 0.9), (True, 4): (0.97, 1.2), (False, 3): (0.98, 1.0), (False, 4): None}[
+            (g["DESC"], g["num_stages"])]
+    _fake_times(monkeypatch, times)
+    got = tune.persistent_point(_M, None, 4096, cfg, [])
+    # (True, 3) is not 1% faster on uniform; of the rest, (False, 3) has the smaller worst slowdown (1.0 vs 1.2)
+    assert got["gate_up"]["PERSISTENT"] and not got["gate_up"]["DESC"] and got["gate_up"]["num_stages"] == 3
+    assert "TAIL_M" not in got
+    _fake_times(monkeypatch, lambda c: None if not c["gate_up"].get("PERSISTENT") else (0.5, 0.5))
+    assert tune.persistent_point(_M, None, 4096, cfg, []) is cfg

@@ -231,39 +231,55 @@ def pick_robust(results: list[tuple[dict, float, float]]) -> tuple[dict, float, 
                key=lambda r: (max(r[1] / best_u, r[2] / best_z), r[1]))
 
 
-def robust_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
-    """Times `cfg` and its tail variants as whole layers (CUDA graph of `tritonmoe.moe`) on the uniform and
-    the zipf draw, each checked against the float64 reference; returns the `pick_robust` choice."""
-    variants = tail_variants(cfg)
-    if len(variants) == 1:
-        return cfg
-    wr_zipf = zipf_router(w.router_weight.float(), w.routing_dir).to(w.router_weight.dtype)
-    draws = {
-        "uniform": (make_tokens(m, tokens, w, "uniform", torch.bfloat16, "cuda", seed=1000 + tokens), w.router_weight),
-        "zipf": (make_tokens(m, tokens, w, "zipf", torch.bfloat16, "cuda", seed=2000 + tokens), wr_zipf),
-    }
+def layer_times(m, w, tokens: int, variants: list[dict], draws=("uniform", "zipf"),
+                describe=lambda c: str(c)) -> list[tuple[dict, list[float], list[float]]]:
+    """Times each config of `variants` as whole layers (CUDA graph of `tritonmoe.moe`) on the named draws (uniform:
+    the tuner's tokens, seed 1000 + T; zipf: the skewed router, seed 2000 + T), each call first checked against the
+    float64 reference. Returns (config, ms per draw, rel_err per draw) for those that ran and were right, in order;
+    the others are printed as skipped (`describe` names them)."""
+    inputs = {}
+    if "uniform" in draws:
+        inputs["uniform"] = (make_tokens(m, tokens, w, "uniform", torch.bfloat16, "cuda", seed=1000 + tokens),
+                             w.router_weight)
+    if "zipf" in draws:
+        wr_zipf = zipf_router(w.router_weight.float(), w.routing_dir).to(w.router_weight.dtype)
+        inputs["zipf"] = (make_tokens(m, tokens, w, "zipf", torch.bfloat16, "cuda", seed=2000 + tokens), wr_zipf)
 
     def layer(c, draw):
-        x, wr = draws[draw]
+        x, wr = inputs[draw]
         return lambda: tritonmoe.moe(x, wr, w.w_gate_up, w.w_down, m.top_k, config=c)
     # One reference per draw, on the kernel's expert choice (a near-tie decided differently in fp64 is not an
     # error of the experts' arithmetic).
     refs = {d: tritonmoe.reference_moe(x, wr, w.w_gate_up, w.w_down, m.top_k,
-                                       topk_ids=tritonmoe.route(x, wr, m.top_k)[1]) for d, (x, wr) in draws.items()}
-    warm(lambda c: [layer(c, d)() for d in draws], variants)
+                                       topk_ids=tritonmoe.route(x, wr, m.top_k)[1]) for d, (x, wr) in inputs.items()}
+    warm(lambda c: [layer(c, d)() for d in inputs], variants)
     results = []
     for c in variants:
         try:
-            times = []
+            times, errs = [], []
             for d, ref in refs.items():
                 y = layer(c, d)()
                 err = float((y.double() - ref).norm() / ref.norm())
                 if not err <= 1e-2:
                     raise RuntimeError(f"rel_err {err:.3g} on the {d} draw")
+                errs.append(err)
                 times.append(graph_time(layer(c, d)))
         except Exception as e:  # out of resources, wrong: not a candidate
-            print(f"  skip tail variant {c.get('BLOCK_M')}/{c.get('TAIL_M')}: {type(e).__name__}: {e}", flush=True)
+            print(f"  skip {describe(c)}: {type(e).__name__}: {e}", flush=True)
             continue
+        results.append((c, times, errs))
+    return results
+
+
+def robust_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
+    """Times `cfg` and its tail variants as whole layers (`layer_times`) on the uniform and the zipf draw; returns
+    the `pick_robust` choice."""
+    variants = tail_variants(cfg)
+    if len(variants) == 1:
+        return cfg
+    results = []
+    for c, times, _ in layer_times(m, w, tokens, variants,
+                                   describe=lambda c: f"tail variant {c.get('BLOCK_M')}/{c.get('TAIL_M')}"):
         results.append((c, *times))
         log.append({"model": m.name, "tokens": tokens, "BLOCK_M": c["BLOCK_M"], "TAIL_M": c.get("TAIL_M", ""),
                     "uniform_us": round(times[0] * 1e3, 2), "zipf_us": round(times[1] * 1e3, 2)})
@@ -325,38 +341,22 @@ def tune_point(m, w, tokens: int, backend: str) -> tuple[dict, float, dict]:
 
 def combine_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
     """The table's config, or the same with another `down_combine` down config where one is faster as a whole layer
-    (graph replays, the uniform draw) by at least 1%; every candidate is checked against the float64 reference."""
+    (`layer_times`, the uniform draw) by at least 1%; every candidate is checked against the float64 reference. If the
+    table's own config does not run, it is kept (there is nothing to compare with)."""
     if cfg.get("expert") or tokens * m.top_k > COMBINE_MAX_ROUTED:
         return cfg
     backend = "hip" if torch.version.hip else "cuda"
-    x = make_tokens(m, tokens, w, "uniform", torch.bfloat16, "cuda", seed=1000 + tokens)
-    _, ids = tritonmoe.route(x, w.router_weight, m.top_k)
-    ref = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, topk_ids=ids)
-
-    def layer(c):
-        return lambda: tritonmoe.moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, config=c)
-    base = cfg  # the table's choice, whichever down it has
-    cands = [base] + [{**base, "down": c} for c in combine_candidates(m.top_k, backend) if c != base["down"]]
-    warm(lambda c: layer(c)(), cands)
-    best, best_ms = base, None
-    for c in cands:
-        try:
-            err = float((layer(c)().double() - ref).norm() / ref.norm())
-            if not err <= 1e-2:
-                print(f"  skip wrong {c['down']} rel_err {err:.3g}", flush=True)
-                continue
-            ms = graph_time(layer(c))
-        except Exception as e:  # out of resources etc.
-            print(f"  skip {c['down']}: {type(e).__name__}", flush=True)
-            continue
+    cands = [cfg] + [{**cfg, "down": c} for c in combine_candidates(m.top_k, backend) if c != cfg["down"]]
+    results = layer_times(m, w, tokens, cands, draws=("uniform",), describe=lambda c: str(c["down"]))
+    for c, (ms,), (err,) in results:
         log.append({"model": m.name, "tokens": tokens, "down": json.dumps(c["down"]), "layer_us": ms * 1e3,
                     "rel_err": err})
-        if best_ms is None:
-            base_ms = ms
-        if best_ms is None or ms < best_ms:
-            best, best_ms = c, ms
-    if best is not base and best_ms > 0.99 * base_ms:
-        best, best_ms = base, base_ms
+    if not results or results[0][0] is not cfg:
+        return cfg
+    base_ms = results[0][1][0]
+    best, (best_ms,), _ = min(results, key=lambda r: r[1][0])
+    if best is not cfg and best_ms > 0.99 * base_ms:
+        best, best_ms = cfg, base_ms
     print(f"{m.name} T={tokens}: table's down {base_ms*1e3:.1f} us, kept {best['down']} {best_ms*1e3:.1f} us",
           flush=True)
     return best
@@ -386,30 +386,8 @@ def persistent_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
     variants = persistent_variants(cfg)
     if not variants:
         return cfg
-    wr_zipf = zipf_router(w.router_weight.float(), w.routing_dir).to(w.router_weight.dtype)
-    draws = {
-        "uniform": (make_tokens(m, tokens, w, "uniform", torch.bfloat16, "cuda", seed=1000 + tokens), w.router_weight),
-        "zipf": (make_tokens(m, tokens, w, "zipf", torch.bfloat16, "cuda", seed=2000 + tokens), wr_zipf),
-    }
-    refs = {d: tritonmoe.reference_moe(x, wr, w.w_gate_up, w.w_down, m.top_k,
-                                       topk_ids=tritonmoe.route(x, wr, m.top_k)[1]) for d, (x, wr) in draws.items()}
-
-    def layer(c, d):
-        x, wr = draws[d]
-        return lambda: tritonmoe.moe(x, wr, w.w_gate_up, w.w_down, m.top_k, config=c)
-    warm(lambda c: [layer(c, d)() for d in draws], [cfg] + variants)
     results = []
-    for c in [cfg] + variants:
-        try:
-            times = []
-            for d, ref in refs.items():
-                err = float((layer(c, d)().double() - ref).norm() / ref.norm())
-                if not err <= 1e-2:
-                    raise RuntimeError(f"rel_err {err:.3g} on the {d} draw")
-                times.append(graph_time(layer(c, d)))
-        except Exception as e:
-            print(f"  skip {c['gate_up']}: {type(e).__name__}: {e}", flush=True)
-            continue
+    for c, times, _ in layer_times(m, w, tokens, [cfg] + variants, describe=lambda c: str(c["gate_up"])):
         results.append((c, *times))
         log.append({"model": m.name, "tokens": tokens, "gate_up": json.dumps(c["gate_up"]), "TAIL_M": c.get("TAIL_M", ""),
                     "uniform_us": round(times[0] * 1e3, 2), "zipf_us": round(times[1] * 1e3, 2)})
