@@ -422,41 +422,31 @@ def gate_up_desc_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: b
 
 
 def gate_up_persistent_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool, row_offset: int = 0,
-                              sms: int = INTERPRETER_PROGRAMS) -> Launch:
+                              sms: int = INTERPRETER_PROGRAMS, gather: bool = False) -> Launch:
     """`gate_up._gate_up_persistent_kernel` (`PERSISTENT`, no tail blocks): the bytes of `gate_up_desc_launch`, except
     that each of its min(sms, tiles) programs reads the used-row count once (not every tile program), and the tile
-    leaves through the output's descriptor (`out_desc`: the same bytes whether stored by TMA or by pointers)."""
+    leaves through the output's descriptor (`out_desc`: the same bytes whether stored by TMA or by pointers).
+    `gather` (`PERSISTENT` without `DESC`): `gate_up._gate_up_persistent_gather_kernel`, whose used tiles read their
+    block's slot ids and their real slots' token rows of x over H (as `_gate_up_kernel`) instead of gathered rows."""
     bn = cfg["BLOCK_N"]
     n_blocks = _cdiv(n, bn)
     rows = 2 * s.ffn if fused else min(n_blocks * bn, 2 * s.ffn - row_offset)
     e = s.elem_bytes
     programs = max(1, min(sms, b.max_blocks * n_blocks))
-    return Launch("_gate_up_persistent_kernel", "gate_up", (
-        Access("a_desc", False, read=b.padded_rows * s.hidden * e * n_blocks, unique_read=b.padded_rows * s.hidden * e),
+    if gather:
+        tokens = (
+            Access("x_ptr", False, read=s.routed * s.hidden * e * n_blocks, unique_read=s.tokens * s.hidden * e),
+            Access("sorted_ids_ptr", False, read=b.padded_rows * n_blocks * _I32, unique_read=b.padded_rows * _I32),
+        )
+    else:
+        tokens = (Access("a_desc", False, read=b.padded_rows * s.hidden * e * n_blocks,
+                         unique_read=b.padded_rows * s.hidden * e),)
+    return Launch("_gate_up_persistent_gather_kernel" if gather else "_gate_up_persistent_kernel", "gate_up", (
+        *tokens,
         Access("w_desc", True, read=b.used_blocks * rows * s.hidden * e, unique_read=b.hit_experts * rows * s.hidden * e),
         _same("out_desc", write=b.padded_rows * n * e),
         Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
         Access("expert_ids_ptr", False, read=b.used_blocks * n_blocks * _I32, unique_read=b.used_blocks * _I32),
-    ))
-
-
-def gate_up_persistent_gather_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool, row_offset: int = 0,
-                                     sms: int = INTERPRETER_PROGRAMS) -> Launch:
-    """`gate_up._gate_up_persistent_gather_kernel` (`PERSISTENT` without `DESC`, no tail blocks): each used tile
-    reads its block's slot ids and its real slots' token rows of x over H (as `_gate_up_kernel`), the weight boxes of
-    `gate_up_desc_launch`, and stores through `out_desc`; each program reads the used-row count once."""
-    bn = cfg["BLOCK_N"]
-    n_blocks = _cdiv(n, bn)
-    rows = 2 * s.ffn if fused else min(n_blocks * bn, 2 * s.ffn - row_offset)
-    e = s.elem_bytes
-    programs = max(1, min(sms, b.max_blocks * n_blocks))
-    return Launch("_gate_up_persistent_gather_kernel", "gate_up", (
-        Access("x_ptr", False, read=s.routed * s.hidden * e * n_blocks, unique_read=s.tokens * s.hidden * e),
-        Access("w_desc", True, read=b.used_blocks * rows * s.hidden * e, unique_read=b.hit_experts * rows * s.hidden * e),
-        _same("out_desc", write=b.padded_rows * n * e),
-        Access("sorted_ids_ptr", False, read=b.padded_rows * n_blocks * _I32, unique_read=b.padded_rows * _I32),
-        Access("expert_ids_ptr", False, read=b.used_blocks * n_blocks * _I32, unique_read=b.used_blocks * _I32),
-        Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
     ))
 
 
@@ -567,7 +557,7 @@ def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict, sms: int = INT
             return [gather_launch(s, b), gemm(F, False), gemm(F, False, F), swiglu_launch(s, b)]
     if gu.get("PERSISTENT") and not b.has_tails:  # `gate_up.uses_persistent_gather` (contiguous weights)
         def gemm(n, fused, row_offset=0):
-            return gate_up_persistent_gather_launch(s, b, gu, n=n, fused=fused, row_offset=row_offset, sms=sms)
+            return gate_up_persistent_launch(s, b, gu, n=n, fused=fused, row_offset=row_offset, sms=sms, gather=True)
     else:
         def gemm(n, fused, row_offset=0):
             return gate_up_launch(s, b, gu, n=n, fused=fused)
