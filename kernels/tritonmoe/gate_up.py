@@ -126,6 +126,14 @@ def gather_rows(x: torch.Tensor, align: Alignment) -> torch.Tensor:
 
 
 @triton.jit
+def _swiglu_of_pairs(acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """`silu(gate) * up` from one [BLOCK_M, 2*BLOCK_N] product over a [2, BLOCK_N, BLOCK_K] weight box, whose columns
+    hold the gate and the up tile one after the other."""
+    gate, up = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
+    return gate * tl.sigmoid(gate) * up
+
+
+@triton.jit
 def _gate_up_desc_tile(
     a_desc, w_desc, out_ptr, expert, row0, n0, N, H, row_offset, stride_om, stride_on,
     FUSE_SWIGLU: tl.constexpr, PRECISION: tl.constexpr,
@@ -139,8 +147,7 @@ def _gate_up_desc_tile(
             a = a_desc.load([row0, k0])
             b = tl.reshape(w_desc.load([2 * expert, n0, k0]), (2 * BLOCK_N, BLOCK_K))
             acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
-        gate, up = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
-        out = gate * tl.sigmoid(gate) * up
+        out = _swiglu_of_pairs(acc, BLOCK_M, BLOCK_N)
     else:
         # w_desc is [E, 2F, H] with a [1, BLOCK_N, BLOCK_K] box: rows past 2F read as zeros, never
         # another expert's; columns past N are not stored.
@@ -179,6 +186,30 @@ def _gate_up_desc_kernel(
 
 
 @triton.jit
+def _persistent_weight_box(expert, n0, row_offset, FUSE_SWIGLU: tl.constexpr):
+    """Where a persistent tile's weight boxes start: fused, the gate/up pair 2e of the [2E, F, H] view; plain, row
+    `row_offset + n0` of expert e's [2F, H] rows."""
+    if FUSE_SWIGLU:
+        return 2 * expert, n0
+    else:
+        return expert, row_offset + n0
+
+
+@triton.jit
+def _persistent_store(out, out_desc, out_ptr, row0, n0, N, stride_om, stride_on,
+                      TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A persistent tile's output: through the descriptor (asynchronous on Hopper), else by pointers (columns < N)."""
+    out = out.to(out_ptr.dtype.element_ty)
+    if TMA_STORE:
+        out_desc.store([row0, n0], out)
+    else:
+        rows = row0 + tl.arange(0, BLOCK_M)
+        cols = n0 + tl.arange(0, BLOCK_N)
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on, out,
+                 mask=(cols < N)[None, :])
+
+
+@triton.jit
 def _gate_up_persistent_kernel(
     a_desc, w_desc, out_desc, out_ptr, expert_ids_ptr, num_post_ptr, N, H, row_offset, stride_om, stride_on,
     NUM_PROGRAMS: tl.constexpr, FUSE_SWIGLU: tl.constexpr, TMA_STORE: tl.constexpr, PRECISION: tl.constexpr,
@@ -187,38 +218,24 @@ def _gate_up_persistent_kernel(
     """`_gate_up_desc_kernel` (no tail blocks) as a persistent grid: NUM_PROGRAMS programs walk the used tiles in
     grouped order. The flattened tile loop lets the pipeline load the next tile's first boxes while this tile's last
     steps and epilogue run, and with TMA_STORE the tile leaves through a descriptor store (asynchronous on Hopper)."""
+    W_ROWS: tl.constexpr = (1 + FUSE_SWIGLU) * BLOCK_N  # the box's rows: gate and up tiles, or one tile
     num_pid_m = tl.load(num_post_ptr) // BLOCK_M
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = num_pid_m * num_pid_n
     k_tiles = tl.cdiv(H, BLOCK_K)
     for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
         pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
-        expert = tl.load(expert_ids_ptr + pid_m)
         row0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
+        box_e, box_n = _persistent_weight_box(tl.load(expert_ids_ptr + pid_m), n0, row_offset, FUSE_SWIGLU)
+        acc = tl.zeros((BLOCK_M, W_ROWS), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = a_desc.load([row0, ki * BLOCK_K])
+            b = tl.reshape(w_desc.load([box_e, box_n, ki * BLOCK_K]), (W_ROWS, BLOCK_K))
+            acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
         if FUSE_SWIGLU:
-            acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
-            for ki in range(k_tiles):
-                a = a_desc.load([row0, ki * BLOCK_K])
-                b = tl.reshape(w_desc.load([2 * expert, n0, ki * BLOCK_K]), (2 * BLOCK_N, BLOCK_K))
-                acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
-            gate, up = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
-            out = gate * tl.sigmoid(gate) * up
-        else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for ki in range(k_tiles):
-                a = a_desc.load([row0, ki * BLOCK_K])
-                b = tl.reshape(w_desc.load([expert, row_offset + n0, ki * BLOCK_K]), (BLOCK_N, BLOCK_K))
-                acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
-            out = acc
-        out = out.to(out_ptr.dtype.element_ty)
-        if TMA_STORE:
-            out_desc.store([row0, n0], out)
-        else:
-            rows = row0 + tl.arange(0, BLOCK_M)
-            cols = n0 + tl.arange(0, BLOCK_N)
-            tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on, out,
-                     mask=(cols < N)[None, :])
+            acc = _swiglu_of_pairs(acc, BLOCK_M, BLOCK_N)
+        _persistent_store(acc, out_desc, out_ptr, row0, n0, N, stride_om, stride_on, TMA_STORE, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -232,6 +249,7 @@ def _gate_up_persistent_gather_kernel(
     """`_gate_up_persistent_kernel` with the tokens gathered inside it: each tile loads its slots' rows of `x` by
     pointers (as `_gate_up_kernel` does), so no gather launch writes K copies of x first; the weights still come as
     descriptor boxes. Selected by `PERSISTENT` without `DESC`."""
+    W_ROWS: tl.constexpr = (1 + FUSE_SWIGLU) * BLOCK_N
     num_pid_m = tl.load(num_post_ptr) // BLOCK_M
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = num_pid_m * num_pid_n
@@ -239,37 +257,21 @@ def _gate_up_persistent_gather_kernel(
     ks = tl.arange(0, BLOCK_K)
     for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
         pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
-        expert = tl.load(expert_ids_ptr + pid_m)
         row0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
+        box_e, box_n = _persistent_weight_box(tl.load(expert_ids_ptr + pid_m), n0, row_offset, FUSE_SWIGLU)
         slot = tl.load(sorted_ids_ptr + row0 + tl.arange(0, BLOCK_M))
         row_ok = slot < num_routed
         a_ptrs = x_ptr + (slot // TOP_K).to(tl.int64)[:, None] * stride_xt + ks[None, :] * stride_xh
+        acc = tl.zeros((BLOCK_M, W_ROWS), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = tl.load(a_ptrs + ki * BLOCK_K * stride_xh, mask=row_ok[:, None] & (ks < H - ki * BLOCK_K)[None, :],
+                        other=0.0)
+            b = tl.reshape(w_desc.load([box_e, box_n, ki * BLOCK_K]), (W_ROWS, BLOCK_K))
+            acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
         if FUSE_SWIGLU:
-            acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
-            for ki in range(k_tiles):
-                a = tl.load(a_ptrs + ki * BLOCK_K * stride_xh, mask=row_ok[:, None] & (ks < H - ki * BLOCK_K)[None, :],
-                            other=0.0)
-                b = tl.reshape(w_desc.load([2 * expert, n0, ki * BLOCK_K]), (2 * BLOCK_N, BLOCK_K))
-                acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
-            gate, up = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
-            out = gate * tl.sigmoid(gate) * up
-        else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for ki in range(k_tiles):
-                a = tl.load(a_ptrs + ki * BLOCK_K * stride_xh, mask=row_ok[:, None] & (ks < H - ki * BLOCK_K)[None, :],
-                            other=0.0)
-                b = tl.reshape(w_desc.load([expert, row_offset + n0, ki * BLOCK_K]), (BLOCK_N, BLOCK_K))
-                acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
-            out = acc
-        out = out.to(out_ptr.dtype.element_ty)
-        if TMA_STORE:
-            out_desc.store([row0, n0], out)
-        else:
-            rows = row0 + tl.arange(0, BLOCK_M)
-            cols = n0 + tl.arange(0, BLOCK_N)
-            tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on, out,
-                     mask=(cols < N)[None, :])
+            acc = _swiglu_of_pairs(acc, BLOCK_M, BLOCK_N)
+        _persistent_store(acc, out_desc, out_ptr, row0, n0, N, stride_om, stride_on, TMA_STORE, BLOCK_M, BLOCK_N)
 
 
 @functools.lru_cache(maxsize=None)
