@@ -298,18 +298,21 @@ def uses_persistent(cfg: dict, align: Alignment) -> bool:
     return bool(cfg.get("PERSISTENT")) and not align.has_tails
 
 
+def _weight_boxes_ok(x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
+    """The weights can be read as descriptor boxes (contiguous, 16-byte aligned) beside tokens of their dtype."""
+    return w_gate_up.is_contiguous() and descriptor_ok(w_gate_up) and x.dtype == w_gate_up.dtype
+
+
 def uses_persistent_gather(cfg: dict, align: Alignment, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
     """`PERSISTENT` without `DESC`: the persistent kernel that gathers the tokens itself, where the weights allow
-    descriptor boxes (contiguous, 16-byte rows) and x has the weights' dtype; else the pointer kernel runs."""
-    return (uses_persistent(cfg, align) and not cfg.get("DESC") and w_gate_up.is_contiguous()
-            and descriptor_ok(w_gate_up) and x.dtype == w_gate_up.dtype)
+    descriptor boxes (`_weight_boxes_ok`); else the pointer kernel runs."""
+    return uses_persistent(cfg, align) and not cfg.get("DESC") and _weight_boxes_ok(x, w_gate_up)
 
 
 def uses_descriptors(cfg: dict, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
     """The config asks for descriptors and the tensors allow them (contiguous 16-byte aligned weights,
     rows of x a multiple of 16 bytes); otherwise the pointer kernel runs."""
-    return (wants_descriptors(cfg, w_gate_up.shape[2], x.element_size()) and w_gate_up.is_contiguous()
-            and descriptor_ok(w_gate_up) and x.dtype == w_gate_up.dtype)
+    return wants_descriptors(cfg, w_gate_up.shape[2], x.element_size()) and _weight_boxes_ok(x, w_gate_up)
 
 
 def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, out):
