@@ -99,8 +99,10 @@ _SLAB_E = 16
 _SLAB_ROWS = 128
 # Serial steps of the one-program `_offsets_kernel` (two passes over the chunk table, one over the blocks) above
 # which the layout runs in parallel (`_totals_kernel` + `_layout_kernel`): one program took 46 us at qwen3-30b-a3b
-# T=4096 and 248 us at deepseek-v3 T=8192 (session 6, run 14); one more launch costs a few us.
-PARALLEL_LAYOUT_STEPS = 16
+# T=4096 and 248 us at deepseek-v3 T=8192 (session 6, run 14); one more launch costs a few us. At 15 steps it
+# still took 17 us (olmoe-1b-7b T=2048, qwen2-moe-57b T=4096; session 9, run 3) against 7 us for the two parallel
+# launches at 41 steps (qwen3-30b-a3b T=4096): ~1.1 us a step, so from 8 steps on the layout runs in parallel.
+PARALLEL_LAYOUT_STEPS = 8
 
 
 @triton.jit
