@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import triton
 import tritonmoe
 from helpers import make_layer, near_ties, strided_view
 
@@ -117,70 +116,3 @@ def test_route_no_tokens(device):
     layer = make_layer(0, 8, 40, 1, torch.float32, device)
     weights, ids = tritonmoe.route(layer.x, layer.router_weight, 2)
     assert weights.shape == (0, 2) and ids.shape == (0, 2)
-
-
-# --- the logits GEMM then the selection (`routing.router_plan`), for many tokens --------------------------------
-
-@pytest.fixture
-def logits_gemm(monkeypatch):
-    """The routing's logits GEMM takes over from one program on (the GPU default needs thousands of tokens), so
-    that small T take that path; tests assert that it did."""
-    monkeypatch.setattr(tritonmoe.routing, "ROUTER_GEMM_PROGRAMS", 1)
-
-
-def _takes_gemm(T, H, E, dtype, device):
-    plan = tritonmoe.routing.router_plan(T, H, E, dtype.itemsize)
-    assert plan is not None, "the case should take the logits GEMM"
-    return plan
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T,E,K,H", [
-    (32, 8, 2, 40), (70, 130, 4, 40), (130, 64, 8, 300), (200, 256, 8, 72), (64, 1, 1, 16), (129, 3, 2, 1),
-])
-def test_route_logits_gemm_matches_reference(T, E, K, H, dtype, logits_gemm, device):
-    """Token tiles and expert tiles with masked rows and columns, H off the GEMM's step, one expert."""
-    _takes_gemm(T, H, E, dtype, device)
-    layer = make_layer(T, E, H, 1, dtype, device, seed=T + E + K + H)
-    weights, _ = check_routing(layer.x, layer.router_weight, K, True)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(T, device=device), rtol=0, atol=1e-6)
-
-
-def test_route_logits_gemm_ties_and_nan(logits_gemm, device):
-    """The GEMM path keeps the tie rule (lower id) and the NaN policy (K valid ids, NaN weights, others untouched)."""
-    E, K, H, T = 8, 3, 40, 40
-    layer = make_layer(T, E, H, 1, torch.float32, device, seed=6)
-    _takes_gemm(T, H, E, torch.float32, device)
-    router = layer.router_weight[:1].expand(E, H).contiguous()
-    weights, ids = tritonmoe.route(layer.x, router, K)
-    assert torch.equal(ids.long().cpu(), torch.arange(K).expand(T, K))
-    torch.testing.assert_close(weights, torch.full_like(weights, 1 / K))
-    x = layer.x.clone()
-    x[33, 5] = float("nan")
-    weights, ids = tritonmoe.route(x, layer.router_weight, K)
-    ref_w, ref_ids = tritonmoe.route(layer.x, layer.router_weight, K)
-    assert torch.isnan(weights[33]).all() and ((ids[33] >= 0) & (ids[33] < E)).all()
-    assert len(set(ids[33].tolist())) == K
-    keep = torch.arange(T, device=device) != 33
-    assert torch.equal(ids[keep], ref_ids[keep]) and torch.equal(weights[keep], ref_w[keep])
-
-
-def test_router_plan():
-    """The plan's token tile is the largest that still gives ROUTER_GEMM_PROGRAMS programs; its staged tiles fit the
-    smallest LDS (MI300X, 64 KB); too few tokens keep the one-kernel routing."""
-    plan = tritonmoe.routing.router_plan
-    target = tritonmoe.routing.ROUTER_GEMM_PROGRAMS
-    assert plan(8192, 7168, 256, 2)["BLOCK_T"] == 128  # deepseek-v3: 64 x 2 programs
-    assert plan(4096, 2048, 128, 2)["BLOCK_T"] == 64   # qwen3-30b-a3b: 64 programs
-    assert plan(1024, 2048, 128, 2) is None and plan(1, 4096, 8, 2) is None
-    for T in (1, 31, 500, 2048, 4096, 8192, 65536):
-        for E in (1, 8, 60, 128, 256, 300):
-            for eb in (2, 4):
-                p = plan(T, 4096, E, eb)
-                if p is None:
-                    assert triton.cdiv(T, 32) * triton.cdiv(E, 128) < target or T < 32
-                    continue
-                t_blocks, e_blocks = p["grid"]
-                assert t_blocks * e_blocks >= target and t_blocks * p["BLOCK_T"] >= T
-                assert e_blocks * p["BLOCK_E"] >= E and p["BLOCK_E"] <= 128
-                assert p["num_stages"] * (p["BLOCK_T"] + p["BLOCK_E"]) * p["BLOCK_H"] * eb <= 48 * 1024

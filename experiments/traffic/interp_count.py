@@ -55,12 +55,11 @@ def count_layer(layer: SmallLayer, impl: str) -> LayerCount:
     E, H, F, K = layer.experts, layer.hidden, layer.ffn, layer.top_k
     shape = LayerShape.of(layer.tokens, H, F, E, K, layer.dtype)
     cfg = layer.config(resolve_config(x, shape.routed, E, H, F, None))
-    with layer.router_programs_set():
-        _, _, align = route_and_align(x, wr, K, True, cfg["BLOCK_M"], tail_of(cfg))
-        blocks = Blocks.from_alignment(shape, align)
-        with InterpreterCounter(weights=(wr, w_gate_up, w_down)) as counter:
-            tritonmoe.moe(x, wr, w_gate_up, w_down, K, impl=impl, config=cfg)
-        modelled = launches(impl, shape, blocks.expert_counts, cfg)
+    _, _, align = route_and_align(x, wr, K, True, cfg["BLOCK_M"], tail_of(cfg))
+    blocks = Blocks.from_alignment(shape, align)
+    with InterpreterCounter(weights=(wr, w_gate_up, w_down)) as counter:
+        tritonmoe.moe(x, wr, w_gate_up, w_down, K, impl=impl, config=cfg)
+    modelled = launches(impl, shape, blocks.expert_counts, cfg)
     return LayerCount(layer, impl, shape, blocks, cfg, counter.launches, modelled)
 
 

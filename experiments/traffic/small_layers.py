@@ -7,11 +7,9 @@ Each `SmallLayer` builds its inputs deterministically. Routings:
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
-from tritonmoe import routing
 
 ROUTINGS = ("uniform", "skewed", "empty_expert")
 
@@ -30,9 +28,6 @@ class SmallLayer:
     tail: tuple[int, int] | None = None  # (BLOCK_M, TAIL_M): run with tail blocks
     combine: bool = False  # the down projection that sums each token's choices itself (the down config's COMBINE)
     persistent: bool = False  # the persistent gate/up kernel (the gate_up config's PERSISTENT; with desc or without)
-    # The logits GEMM of the routing (`routing.router_plan`) from this many programs on (instead of the GPU's
-    # ROUTER_GEMM_PROGRAMS, which only thousands of tokens reach): see `router_programs`.
-    router_programs: int | None = None
 
     def config(self, cfg: dict) -> dict:
         """The layer config the count runs: `cfg` (the resolved default) with this layer's overrides."""
@@ -50,20 +45,7 @@ class SmallLayer:
     def name(self) -> str:
         """The `model` column of its traffic.csv rows."""
         return (f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}"
-                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else "") + ("-combine" if self.combine else "") + ("-persistent" if self.persistent else "")
-                + (f"-router{self.router_programs}" if self.router_programs else ""))
-
-    @contextlib.contextmanager
-    def router_programs_set(self):
-        """Within the block, the routing's logits GEMM takes over from `router_programs` programs on (when set),
-        for the layer's run and for its model alike."""
-        saved = routing.ROUTER_GEMM_PROGRAMS
-        if self.router_programs:
-            routing.ROUTER_GEMM_PROGRAMS = self.router_programs
-        try:
-            yield
-        finally:
-            routing.ROUTER_GEMM_PROGRAMS = saved
+                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else "") + ("-combine" if self.combine else "") + ("-persistent" if self.persistent else ""))
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, router_weight, w_gate_up, w_down) on the CPU."""
@@ -117,7 +99,4 @@ SMALL_LAYERS = (
                persistent=True),
     # PERSISTENT without DESC: the tokens gathered inside the persistent loop (pointer loads of x, K = 3).
     SmallLayer(tokens=21, hidden=40, ffn=24, experts=6, top_k=3, seed=15, persistent=True),
-    # The routing's logits GEMM then the selection (`routing.router_plan`), from two programs on: 70 tokens in
-    # 64-token tiles over 130 experts in 128-expert tiles (rows and columns masked), H off the 16-column step.
-    SmallLayer(tokens=70, hidden=40, ffn=16, experts=130, top_k=2, seed=16, router_programs=2),
 )

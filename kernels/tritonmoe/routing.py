@@ -1,10 +1,6 @@
 """Routing: router logits, softmax in fp32, top-k and optional renormalisation, in one kernel.
 
 `route(x, router_weight, top_k)` returns `(topk_weights [T, K] fp32, topk_ids [T, K] int32)`.
-One kernel routes BLOCK_T = 16 tokens per program (logits, softmax, top-k) while that gives few programs; with
-many tokens each such program would read the whole router again (deepseek-v3 at 8192 tokens: 512 reads of a
-3.7 MB router, 195 us on an H100), so the logits are then one GEMM launch over [BLOCK_T, BLOCK_E] tiles of up
-to 128 tokens (`router_plan`), written as fp32 and selected by a second launch.
 Ties are broken towards the lower expert index. A token whose logits hold NaN still gets K
 distinct, valid expert ids (so no kernel downstream reads out of bounds) and NaN weights, so its
 output row is NaN and no other row is touched.
@@ -14,7 +10,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 
 
 @triton.jit
@@ -120,55 +115,6 @@ def _routing_kernel(
                  TOP_K, RENORMALIZE, BLOCK_T, BLOCK_H, BLOCK_E, BLOCK_K)
 
 
-@triton.jit
-def _logits_kernel(
-    x_ptr, wr_ptr, logits_ptr, T, H, E,
-    stride_xt, stride_xh, stride_re, stride_rh,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr,
-):
-    """fp32 logits [T, E] of a [BLOCK_T, BLOCK_E] tile (tokens on the grid's first axis, experts on the second)."""
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    logits = router_logits(x_ptr, wr_ptr, rows, cols, T, E, 0, H,
-                           stride_xt, stride_xh, stride_re, stride_rh, BLOCK_T, BLOCK_H, BLOCK_E)
-    tl.store(logits_ptr + rows[:, None].to(tl.int64) * E + cols[None, :], logits,
-             mask=(rows[:, None] < T) & (cols[None, :] < E))
-
-
-@triton.jit
-def _select_kernel(
-    logits_ptr, weights_ptr, ids_ptr, T, E,
-    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """`select_experts` of BLOCK_T tokens' fp32 logits rows."""
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_E)
-    logits = tl.load(logits_ptr + rows[:, None].to(tl.int64) * E + cols[None, :],
-                     mask=(rows[:, None] < T) & (cols[None, :] < E), other=0.0)
-    select_experts(logits, weights_ptr, ids_ptr, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
-
-
-# Programs the logits GEMM must have to take over from the one-kernel routing (about half an H100's SMs: fewer
-# would leave the L2's bandwidth unused). Its token tile is the largest of ROUTER_BLOCKS_T that still gives that
-# many programs; where even the smallest does not, the one-kernel routing (16 tokens a program) runs.
-ROUTER_GEMM_PROGRAMS = 64
-ROUTER_BLOCKS_T = (128, 64, 32)
-
-
-def router_plan(T: int, H: int, E: int, elem_bytes: int) -> dict | None:
-    """Launch parameters of the logits GEMM (`_logits_kernel`) for T tokens, or None where the one-kernel routing
-    runs. Its staged tiles take at most 48 KB (3 stages of [128 + 128, 64 bytes]) on every target (an MI300X CU has
-    64 KB of LDS)."""
-    block_e = min(128, max(16, triton.next_power_of_2(E)))
-    e_blocks = triton.cdiv(E, block_e)
-    for block_t in ROUTER_BLOCKS_T:
-        if triton.cdiv(T, block_t) * e_blocks >= ROUTER_GEMM_PROGRAMS and T >= block_t:
-            return dict(BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_H=64 // elem_bytes, num_stages=3,
-                        num_warps=8 if block_t * block_e >= 16384 else 4, grid=(triton.cdiv(T, block_t), e_blocks))
-    return None
-
-
 def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool = True,
           block_t: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k softmax routing. Inputs are assumed checked (see `tritonmoe.api.moe`)."""
@@ -177,21 +123,6 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize:
     weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
     if T == 0:
-        return weights, ids
-    plan = router_plan(T, H, E, x.element_size())
-    if plan is not None:
-        logits = torch.empty((T, E), dtype=torch.float32, device=x.device)
-        _logits_kernel[plan["grid"]](
-            x, router_weight, logits, T, H, E,
-            x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
-            BLOCK_T=plan["BLOCK_T"], BLOCK_H=plan["BLOCK_H"], BLOCK_E=plan["BLOCK_E"],
-            num_warps=plan["num_warps"], num_stages=plan["num_stages"],
-        )
-        meta = routing_meta(H, E, top_k, renormalize, block_t)
-        _select_kernel[(triton.cdiv(T, block_t),)](
-            logits, weights, ids, T, E, TOP_K=top_k, RENORMALIZE=renormalize,
-            BLOCK_T=block_t, BLOCK_E=meta["BLOCK_E"], BLOCK_K=meta["BLOCK_K"], num_warps=4,
-        )
         return weights, ids
     _routing_kernel[(triton.cdiv(T, block_t),)](
         x, router_weight, weights, ids, T, H, E,

@@ -37,7 +37,7 @@ from .descriptors import wants_descriptors
 from .gate_up import GATHER_BLOCK_R, INTERPRETER_PROGRAMS
 from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
 from .route_align import SPLIT_BLOCK_E, SPLIT_H
-from .routing import route, router_plan
+from .routing import route
 
 STAGES = ("routing", "gate_up", "act", "down", "combine")
 FLAVOURS = ("logical", "unique")
@@ -49,8 +49,6 @@ KERNEL_STAGES = {
     "_router_partials_kernel": "routing",
     "_route_align_partials_kernel": "routing",
     "_routing_kernel": "routing",
-    "_logits_kernel": "routing",
-    "_select_kernel": "routing",
     "_align_small_kernel": "routing",
     "_count_kernel": "routing",
     "_offsets_kernel": "routing",
@@ -308,27 +306,7 @@ def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
                 _same("slot_rows_ptr", write=n * _I32),
             )),
         ]
-    rplan = router_plan(s.tokens, s.hidden, s.experts, s.elem_bytes)
-    if rplan is None:
-        out = [Launch("_routing_kernel", "routing", (*_route_accesses(s, steps), _same("ids_ptr", write=n * _I32)))]
-    else:
-        t_blocks, e_blocks = rplan["grid"]
-        x = s.tokens * s.hidden * s.elem_bytes
-        wr = s.experts * s.hidden * s.elem_bytes
-        logits = s.tokens * s.experts * _F32
-        out = [
-            Launch("_logits_kernel", "routing", (
-                # Every block of experts reads the tokens' x rows; every block of tokens the router.
-                Access("x_ptr", False, read=e_blocks * x, unique_read=x),
-                Access("wr_ptr", True, read=t_blocks * wr, unique_read=wr),
-                _same("logits_ptr", write=logits),
-            )),
-            Launch("_select_kernel", "routing", (
-                _same("logits_ptr", read=logits),
-                _same("weights_ptr", write=s.routed * _F32),
-                _same("ids_ptr", write=n * _I32),
-            )),
-        ]
+    out = [Launch("_routing_kernel", "routing", (*_route_accesses(s, steps), _same("ids_ptr", write=n * _I32)))]
     if n <= meta["CHUNK"]:
         return out + [Launch("_align_small_kernel", "routing", (
             _same("ids_ptr", read=n * _I32),
