@@ -116,3 +116,15 @@ def test_route_no_tokens(device):
     layer = make_layer(0, 8, 40, 1, torch.float32, device)
     weights, ids = tritonmoe.route(layer.x, layer.router_weight, 2)
     assert weights.shape == (0, 2) and ids.shape == (0, 2)
+
+
+def test_route_block_t_and_an_explicit_block_give_the_same_routing(device):
+    """From BLOCK_T_LARGE_T tokens on each routing program takes 32 tokens (fewer reads of the router); the block is a
+    launch choice only: 16 and 32 token programs route alike (masked last block: T = 50)."""
+    from tritonmoe.routing import BLOCK_T_LARGE_T, route_block_t
+    assert route_block_t(BLOCK_T_LARGE_T - 1) == 16 and route_block_t(BLOCK_T_LARGE_T) == 32
+    layer = make_layer(50, 8, 40, 1, torch.float32, device, seed=9)
+    w16, ids16 = tritonmoe.route(layer.x, layer.router_weight, 2, block_t=16)
+    w32, ids32 = tritonmoe.route(layer.x, layer.router_weight, 2, block_t=32)
+    assert torch.equal(ids16, ids32)
+    torch.testing.assert_close(w16, w32, rtol=1e-6, atol=1e-7)

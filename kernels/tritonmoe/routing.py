@@ -115,10 +115,24 @@ def _routing_kernel(
                  TOP_K, RENORMALIZE, BLOCK_T, BLOCK_H, BLOCK_E, BLOCK_K)
 
 
+# Tokens per routing program: 16, and 32 from LARGE_T tokens on. Every program reads the whole router, and at 8192
+# tokens 32-token programs (256 of them) took qwen3-30b-a3b 39.8 -> 29.4 us, deepseek-v3 172.7 -> 129.0 and
+# mixtral-8x7b 38.0 -> 29.4; at 2048-4096 tokens the fewer programs are as fast or slower (olmoe-1b-7b T=2048
+# 13.3 -> 15.3 us). `experiments/bench/routing_lab.py`, session 9 run 6, H100; eight warps lost everywhere.
+BLOCK_T_LARGE_T = 8192
+
+
+def route_block_t(T: int) -> int:
+    """Tokens each program of `_routing_kernel` routes, for T tokens."""
+    return 32 if T >= BLOCK_T_LARGE_T else 16
+
+
 def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool = True,
-          block_t: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k softmax routing. Inputs are assumed checked (see `tritonmoe.api.moe`)."""
+          block_t: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k softmax routing (`block_t` tokens a program, by default `route_block_t`). Inputs are assumed checked
+    (see `tritonmoe.api.moe`)."""
     T, H = x.shape
+    block_t = block_t or route_block_t(T)
     E = router_weight.shape[0]
     weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)

@@ -25,7 +25,6 @@ L2 write-back timing of dirty lines; `experiments/traffic/compare.py` explains t
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -37,7 +36,7 @@ from .descriptors import wants_descriptors
 from .gate_up import GATHER_BLOCK_R, INTERPRETER_PROGRAMS
 from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
 from .route_align import SPLIT_BLOCK_E, SPLIT_H
-from .routing import route
+from .routing import route_block_t
 
 STAGES = ("routing", "gate_up", "act", "down", "combine")
 FLAVOURS = ("logical", "unique")
@@ -248,10 +247,6 @@ def _cdiv(a: int, b: int) -> int:
 
 # --- the kernels, one function each, in the order of their modules --------------------------------
 
-def _route_block_t() -> int:
-    return inspect.signature(route).parameters["block_t"].default
-
-
 def _route_accesses(s: LayerShape, programs: int) -> tuple[Access, ...]:
     """`routing.route_tokens` run by `programs` programs (or loop iterations) of BLOCK_T tokens:
     x rows once, the whole router weight once per program, fp32 weights and int32 ids out."""
@@ -283,7 +278,7 @@ def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
     a stable scatter)."""
     n = s.routed
     meta = align_meta(n, s.experts, b.block_m, b.tail_m)
-    steps = _cdiv(s.tokens, _route_block_t())
+    steps = _cdiv(s.tokens, route_block_t(s.tokens))
     if s.tokens <= ROUTE_ALIGN_MAX_TOKENS and n <= meta["CHUNK"]:
         splits = _cdiv(s.hidden, SPLIT_H)
         e_blocks = _cdiv(s.experts, SPLIT_BLOCK_E)
