@@ -1,5 +1,5 @@
 """Lab code that experiments/NOTES.md reports on: the one-launch decode layer (`decode_layer_lab.py`, not in the
-package) and the benchmarks' timing function (`timing.py`).
+package), the last-arriver combine (`lastcombine_lab.py`) and the benchmarks' timing function (`timing.py`).
 
 The decode layer's barrier launch spins on global counters, which Triton's interpreter (one program after
 another) cannot run; here it runs as three phased launches of the same kernel, and on the GPU the barrier
@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "be
 
 from decode_layer_lab import MAX_TOKENS, decode_layer  # noqa: E402
 from helpers import assert_rel_close, make_layer  # noqa: E402
+import tritonmoe  # noqa: E402
 from tritonmoe.reference import reference_moe, reference_routing  # noqa: E402
 
 SMALL = dict(BLOCK_F=16, BLOCK_K=16, BLOCK_H=16, BLOCK_KD=16)
@@ -106,3 +107,24 @@ def test_splittail_lab_matches_down(num_sms, device):
         assert not st.flags.any()
     written = int(torch.isfinite(st.work.flatten(1)).all(1).sum())
     assert written == (rem * (split - 1) if split > 1 else 0), (tiles, rem, split)
+
+
+# --- the last-arriver combine lab (NOTES v12): y from the down projection's epilogue, the combine's order -----------
+
+@pytest.mark.parametrize("T,E,K,H,F", [(37, 8, 2, 96, 64), (50, 16, 8, 64, 32), (5, 4, 4, 128, 32)],
+                         ids=lambda v: str(v))
+def test_last_arriver_combine_lab_is_bit_identical_to_down_and_combine(T, E, K, H, F, device):
+    """Whichever program counts a token's K-th arrival sums its K partial rows in the order k = 0..K-1, its own
+    row as stored: bit-identical to `down` + `combine`, also with H off the column block (H = 96, BLOCK_N = 32)."""
+    from lastcombine_lab import down_last
+    from tritonmoe.align import align_tokens
+    from tritonmoe.down import combine, down
+    g = torch.Generator().manual_seed(T * 7 + E)
+    x = torch.randn(T, H, generator=g)
+    weights, ids = tritonmoe.route(x.to(device), torch.randn(E, H, generator=g).to(device), K)
+    align = align_tokens(ids, E, 16)
+    act = torch.randn(int(align.max_blocks) * 16, F, generator=g).to(device)
+    w_down = (torch.randn(E, H, F, generator=g) / F ** 0.5).to(device)
+    cfg = {"BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 2, "SPLIT_K": 1}
+    ref = combine(down(act, w_down, align, weights, cfg), T, K, act.dtype)
+    assert torch.equal(down_last(act, w_down, align, weights, T, K, cfg, desc=False), ref)

@@ -98,16 +98,19 @@ def _desc_config(block_m, bn, bk, group_m, split_k, gate_up=True, down=True):
     _combine_config(16, 16, 16),
     _combine_config(32, 8, 32),
     {**_combine_config(64, 32, 16, DESC=True), "TAIL_M": 16},
+    {**_config(32, 32, 16, 4, 1), "ROUTE_SPLIT": True},
 ], ids=["bm16-split1", "bm32-split3", "bm64-split4", "expert-bm16", "expert-bm32", "desc-bm16", "desc-bm32-split3",
         "desc-gate-up-only", "desc-down-only", "tail16-bm64-split4", "tail16-bm32", "desc-tail32-bm64",
-        "expert-ignores-tail", "persistent-bm16", "persistent-falls-back-with-tails", "combine-bm16", "combine-bm32-uneven-f", "combine-desc-tail16"])
+        "expert-ignores-tail", "persistent-bm16", "persistent-falls-back-with-tails", "combine-bm16", "combine-bm32-uneven-f", "combine-desc-tail16",
+        "route-split"])
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
 def test_moe_launch_configs(impl, config, device):
     """Any block sizes, program grouping and split of the down projection give the same layer; an
     `expert` entry sends tritonmoe_fused down the one-kernel decode path (others ignore it) at any T;
     `DESC` feeds the GEMMs through tensor descriptors (tokens gathered first), per GEMM; `TAIL_M` gives each
     expert's rest shorter tail blocks (the decode path ignores it); `COMBINE` in the down config sums each token's
-    choices in the down kernel (no partial rows, no combine launch)."""
+    choices in the down kernel (no partial rows, no combine launch); `ROUTE_SPLIT` routes through split partial
+    logits and a selection launch."""
     T, E, K, H, F = 70, 8, 2, 40, 56
     layer = make_layer(T, E, H, F, torch.float32, device, seed=7)
     y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=config)

@@ -8,11 +8,11 @@ from helpers import make_layer, near_ties, strided_view
 DTYPES = [torch.float32, torch.float16]
 
 
-def check_routing(x, router_weight, top_k, renormalize, max_tied=0.1):
+def check_routing(x, router_weight, top_k, renormalize, max_tied=0.1, split=None):
     """ids exactly, except where a near-tie lets fp32 and float64 choose (or order) differently;
     weights to fp32 accuracy, matched by expert id. More than `max_tied` of the tokens at a near-tie
-    would make the check vacuous, so it fails."""
-    weights, ids = tritonmoe.route(x, router_weight, top_k, renormalize)
+    would make the check vacuous, so it fails. `split` as in `tritonmoe.route`."""
+    weights, ids = tritonmoe.route(x, router_weight, top_k, renormalize, split=split)
     ref_w, ref_ids = tritonmoe.reference_routing(x, router_weight, top_k, renormalize)
     T, E = x.shape[0], router_weight.shape[0]
     assert weights.shape == (T, top_k) and weights.dtype == torch.float32
@@ -128,3 +128,59 @@ def test_route_block_t_and_an_explicit_block_give_the_same_routing(device):
     w32, ids32 = tritonmoe.route(layer.x, layer.router_weight, 2, block_t=32)
     assert torch.equal(ids16, ids32)
     torch.testing.assert_close(w16, w32, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,E,K,H", [
+    (1, 4, 2, 40), (17, 8, 2, 256), (40, 20, 3, 300), (33, 64, 8, 700), (5, 256, 8, 520),
+])
+def test_split_route_matches_reference(T, E, K, H, dtype, renormalize, device):
+    """The router read through split partial logits (`routing.route_split`): H over one slice or several with a
+    partial last one, experts over blocks with a partial last one, tokens off the selection block."""
+    layer = make_layer(T, E, H, 1, dtype, device, seed=T * 1000 + E * 10 + K)
+    weights, _ = check_routing(layer.x, layer.router_weight, K, renormalize, split=True)
+    if renormalize:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(T, device=device), rtol=0, atol=1e-6)
+
+
+def test_split_route_selection_tile_fallback(device, monkeypatch):
+    """Where all the splits do not fit one selection tile, they are summed a tile at a time: the same routing."""
+    from tritonmoe import routing
+    layer = make_layer(19, 16, 600, 1, torch.float32, device, seed=11)
+    w_one, ids_one = check_routing(layer.x, layer.router_weight, 4, True, split=True)
+    monkeypatch.setattr(routing, "SELECT_TILE", 32)
+    meta = routing.select_meta(3, 16, 4, True)
+    assert (meta["BLOCK_S"], meta["BLOCK_T"]) == (1, 2)
+    w_tiled, ids_tiled = check_routing(layer.x, layer.router_weight, 4, True, split=True)
+    assert torch.equal(ids_one, ids_tiled)
+    torch.testing.assert_close(w_one, w_tiled, rtol=1e-6, atol=1e-7)
+
+
+def test_split_route_ties_and_nan_rows(device):
+    """The split routing keeps the policies of the one kernel: exact ties to the lower expert, a NaN row gets K
+    distinct valid ids and NaN weights, other rows untouched."""
+    E, K, H = 8, 3, 300
+    layer = make_layer(18, E, H, 1, torch.float32, device, seed=1)
+    router = layer.router_weight[:1].expand(E, H).contiguous()
+    weights, ids = tritonmoe.route(layer.x, router, K, split=True)
+    assert torch.equal(ids.long().cpu(), torch.arange(K).expand(18, K))
+    torch.testing.assert_close(weights, torch.full_like(weights, 1 / K))
+    x = layer.x.clone()
+    x[7, 250] = float("nan")
+    weights, ids = tritonmoe.route(x, layer.router_weight, K, split=True)
+    assert torch.isnan(weights[7]).all()
+    assert ((ids[7] >= 0) & (ids[7] < E)).all() and len(set(ids[7].tolist())) == K
+    keep = torch.arange(18, device=device) != 7
+    w_one, ids_one = tritonmoe.route(layer.x, layer.router_weight, K, split=False)
+    assert torch.equal(ids[keep], ids_one[keep])
+    torch.testing.assert_close(weights[keep], w_one[keep], rtol=1e-5, atol=1e-6)
+
+
+def test_route_split_policy():
+    """Split where the one kernel would run few programs over a large router: deepseek-v3's 3.7 MB router up to
+    256 tokens (16 programs); never the 64 KB-0.5 MB routers of the other models, nor 512 tokens."""
+    from tritonmoe.routing import route_split
+    assert route_split(1, 7168, 256) and route_split(256, 7168, 256)
+    assert not route_split(257, 7168, 256) and not route_split(512, 7168, 256)
+    assert not route_split(32, 2048, 128) and not route_split(32, 4096, 8) and not route_split(32, 3584, 64)

@@ -28,6 +28,7 @@ class SmallLayer:
     tail: tuple[int, int] | None = None  # (BLOCK_M, TAIL_M): run with tail blocks
     combine: bool = False  # the down projection that sums each token's choices itself (the down config's COMBINE)
     persistent: bool = False  # the persistent gate/up kernel (the gate_up config's PERSISTENT; with desc or without)
+    route_split: bool = False  # the routing through split partial logits and a selection launch (ROUTE_SPLIT)
 
     def config(self, cfg: dict) -> dict:
         """The layer config the count runs: `cfg` (the resolved default) with this layer's overrides."""
@@ -39,13 +40,15 @@ class SmallLayer:
             cfg = {**cfg, "BLOCK_M": self.tail[0], "TAIL_M": self.tail[1]}
         if self.combine:
             cfg = {**cfg, "down": {"BLOCK_N": 16, "BLOCK_K": 16, "COMBINE": True}}
+        if self.route_split:
+            cfg = {**cfg, "ROUTE_SPLIT": True}
         return cfg
 
     @property
     def name(self) -> str:
         """The `model` column of its traffic.csv rows."""
         return (f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}"
-                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else "") + ("-combine" if self.combine else "") + ("-persistent" if self.persistent else ""))
+                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else "") + ("-combine" if self.combine else "") + ("-persistent" if self.persistent else "") + ("-split" if self.route_split else ""))
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, router_weight, w_gate_up, w_down) on the CPU."""
@@ -99,4 +102,7 @@ SMALL_LAYERS = (
                persistent=True),
     # PERSISTENT without DESC: the tokens gathered inside the persistent loop (pointer loads of x, K = 3).
     SmallLayer(tokens=21, hidden=40, ffn=24, experts=6, top_k=3, seed=15, persistent=True),
+    # The split routing (`routing.route_split`, forced by ROUTE_SPLIT): past the one routing-and-alignment program
+    # (T > 32); H over two slices, the second partial; experts over two blocks, the second partial.
+    SmallLayer(tokens=40, hidden=300, ffn=24, experts=20, top_k=3, seed=16, route_split=True),
 )

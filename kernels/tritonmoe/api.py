@@ -66,7 +66,8 @@ def moe(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.Tensor, w
     if x.shape[0] == 0:
         return x.new_empty((0, H))
     cfg = resolve_config(x, x.shape[0] * top_k, E, H, F, config)
-    topk_weights, topk_ids, align = route_and_align(x, router_weight, top_k, renormalize, cfg["BLOCK_M"], tail_of(cfg))
+    topk_weights, topk_ids, align = route_and_align(x, router_weight, top_k, renormalize, cfg["BLOCK_M"], tail_of(cfg),
+                                                    split=cfg.get("ROUTE_SPLIT"))
     return _experts_aligned(x, topk_weights, topk_ids, align, w_gate_up, w_down, impl, cfg)
 
 

@@ -17,7 +17,9 @@ BLOCK_M block (`tritonmoe.align`); both GEMMs then run their tile at both height
 descriptor store of each tile; alignments with tail blocks fall back to one program per tile): beside `"DESC"` on the
 gathered copy of the tokens, without it gathering the tokens inside the loop (weights still by descriptor boxes).
 `"COMBINE": True` in `down` (with BLOCK_N, BLOCK_K, num_warps, num_stages) computes the down projection and the combine
-in one launch, a program per token and block of H (`tritonmoe.down.down_combine`; for few tokens).
+in one launch, a program per token and block of H (`tritonmoe.down.down_combine`; for few tokens). A top-level
+`"ROUTE_SPLIT"` (bool) overrides `tritonmoe.routing.route_split`, the choice of reading the router through partial
+logits over many programs then a selection launch instead of one kernel whose programs each read all of it.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .align import Alignment, align_meta, align_one_chunk, align_tokens, alloc_alignment
-from .routing import route, router_logits, routing_meta, select_experts
+from .routing import route, router_partials, routing_meta, select_experts, sum_split_logits
 
 # Largest T routed by the single program (more tokens are better spread over many programs).
 MAX_TOKENS = 32
@@ -29,25 +29,6 @@ _SPLIT_TILE = 2048
 
 
 @triton.jit
-def _router_partials_kernel(
-    x_ptr, wr_ptr, partial_ptr, T, H, E,
-    stride_xt, stride_xh, stride_re, stride_rh,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, SPLIT_H: tl.constexpr,
-):
-    """Partial logits over H columns [s*SPLIT_H, (s+1)*SPLIT_H) for a block of experts: partial[s, t, e]."""
-    cols = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
-    s = tl.program_id(1)
-    h_start = s * SPLIT_H
-    h_end = tl.minimum(h_start + SPLIT_H, H)
-    for t0 in range(0, T, BLOCK_T):
-        rows = t0 + tl.arange(0, BLOCK_T)
-        logits = router_logits(x_ptr, wr_ptr, rows, cols, T, E, h_start, h_end,
-                               stride_xt, stride_xh, stride_re, stride_rh, BLOCK_T, BLOCK_H, BLOCK_E)
-        offs = (s * T + rows[:, None]).to(tl.int64) * E + cols[None, :]
-        tl.store(partial_ptr + offs, logits, mask=(rows[:, None] < T) & (cols[None, :] < E))
-
-
-@triton.jit
 def _route_align_partials_kernel(
     partial_ptr, weights_ptr, ids_ptr,
     sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
@@ -59,16 +40,9 @@ def _route_align_partials_kernel(
     """Sums the partial logits in a fixed order (deterministic), routes, then aligns, in one program.
     The splits are summed BLOCK_S at a time as one [BLOCK_S, BLOCK_T, BLOCK_E] tile (one split per load waited
     for each in turn); the selection runs on BLOCK_T tokens at once (its reductions are serial steps)."""
-    cols = tl.arange(0, BLOCK_E)
-    splits = tl.arange(0, BLOCK_S)
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
-        logits = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
-        for s0 in range(0, num_splits, BLOCK_S):
-            s = s0 + splits
-            mask = (s[:, None, None] < num_splits) & (rows[None, :, None] < T) & (cols[None, None, :] < E)
-            offs = (s[:, None, None] * T + rows[None, :, None]).to(tl.int64) * E + cols[None, None, :]
-            logits += tl.sum(tl.load(partial_ptr + offs, mask=mask, other=0.0), axis=0)
+        logits = sum_split_logits(partial_ptr, rows, T, E, num_splits, BLOCK_T, BLOCK_E, BLOCK_S)
         select_experts(logits, weights_ptr, ids_ptr, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
     tl.debug_barrier()
     align_one_chunk(ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
@@ -76,14 +50,16 @@ def _route_align_partials_kernel(
 
 
 def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool,
-                    block_m: int, tail_m: int | None = None) -> tuple[torch.Tensor, torch.Tensor, Alignment]:
-    """Returns (topk_weights [T, K] fp32, topk_ids [T, K] int32, alignment); `tail_m` as in `align_tokens`."""
+                    block_m: int, tail_m: int | None = None,
+                    split: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, Alignment]:
+    """Returns (topk_weights [T, K] fp32, topk_ids [T, K] int32, alignment); `tail_m` as in `align_tokens`, `split`
+    as in `routing.route` (where the sizes do not fit the one routing-and-alignment program)."""
     T, H = x.shape
     E = router_weight.shape[0]
     N = T * top_k
     meta = align_meta(N, E, block_m, tail_m)
     if T > MAX_TOKENS or N > meta["CHUNK"]:
-        weights, ids = route(x, router_weight, top_k, renormalize)
+        weights, ids = route(x, router_weight, top_k, renormalize, split=split)
         return weights, ids, align_tokens(ids, E, block_m, tail_m)
     weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
@@ -94,12 +70,7 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     block_t = max(1, min(16, triton.next_power_of_2(T)))
     rmeta = routing_meta(H, E, top_k, renormalize, block_t=block_t)
     block_s = max(1, min(triton.next_power_of_2(splits), _SPLIT_TILE // (block_t * rmeta["BLOCK_E"])))
-    partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
-    _router_partials_kernel[(triton.cdiv(E, SPLIT_BLOCK_E), splits)](
-        x, router_weight, partial, T, H, E,
-        x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
-        BLOCK_T=16, BLOCK_H=min(128, SPLIT_H), BLOCK_E=SPLIT_BLOCK_E, SPLIT_H=SPLIT_H, num_warps=4,
-    )
+    partial = router_partials(x, router_weight, SPLIT_H, SPLIT_BLOCK_E)
     # Four warps: one warp (shuffle-only reductions) left every other block's padding rows unwritten at
     # E=64 on the H100 (Triton 3.6; session 5, run 3), so the program keeps the warps it was validated with.
     _route_align_partials_kernel[(1,)](

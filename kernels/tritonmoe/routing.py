@@ -1,6 +1,11 @@
-"""Routing: router logits, softmax in fp32, top-k and optional renormalisation, in one kernel.
+"""Routing: router logits, softmax in fp32, top-k and optional renormalisation.
 
-`route(x, router_weight, top_k)` returns `(topk_weights [T, K] fp32, topk_ids [T, K] int32)`.
+`route(x, router_weight, top_k)` returns `(topk_weights [T, K] fp32, topk_ids [T, K] int32)`. Mostly one kernel
+whose programs each route a block of tokens and read the whole router. Where that gives few programs a large
+router (`route_split`: deepseek-v3's 3.7 MB router at up to 256 tokens, one program per 16 tokens each
+streaming all of it), the router is read by many programs instead: partial logits over slices of H and blocks of
+experts (`_router_partials_kernel`), then a selection launch that sums them in a fixed order (deterministic)
+and picks the top k (`_select_partials_kernel`).
 Ties are broken towards the lower expert index. A token whose logits hold NaN still gets K
 distinct, valid expert ids (so no kernel downstream reads out of bounds) and NaN weights, so its
 output row is NaN and no other row is touched.
@@ -115,6 +120,101 @@ def _routing_kernel(
                  TOP_K, RENORMALIZE, BLOCK_T, BLOCK_H, BLOCK_E, BLOCK_K)
 
 
+@triton.jit
+def _router_partials_kernel(
+    x_ptr, wr_ptr, partial_ptr, T, H, E,
+    stride_xt, stride_xh, stride_re, stride_rh,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, SPLIT_H: tl.constexpr,
+):
+    """Partial logits over H columns [s*SPLIT_H, (s+1)*SPLIT_H) for a block of experts: partial[s, t, e]."""
+    cols = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    s = tl.program_id(1)
+    h_start = s * SPLIT_H
+    h_end = tl.minimum(h_start + SPLIT_H, H)
+    for t0 in range(0, T, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T)
+        logits = router_logits(x_ptr, wr_ptr, rows, cols, T, E, h_start, h_end,
+                               stride_xt, stride_xh, stride_re, stride_rh, BLOCK_T, BLOCK_H, BLOCK_E)
+        offs = (s * T + rows[:, None]).to(tl.int64) * E + cols[None, :]
+        tl.store(partial_ptr + offs, logits, mask=(rows[:, None] < T) & (cols[None, :] < E))
+
+
+@triton.jit
+def sum_split_logits(partial_ptr, rows, T, E, num_splits,
+                     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The logits of tokens `rows` as the sum of their `num_splits` partial logits, split 0 first, BLOCK_S splits
+    a load (one [BLOCK_S, BLOCK_T, BLOCK_E] tile, summed over its first axis): a fixed order for a given
+    BLOCK_S."""
+    cols = tl.arange(0, BLOCK_E)
+    splits = tl.arange(0, BLOCK_S)
+    logits = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
+    for s0 in range(0, num_splits, BLOCK_S):
+        s = s0 + splits
+        mask = (s[:, None, None] < num_splits) & (rows[None, :, None] < T) & (cols[None, None, :] < E)
+        offs = (s[:, None, None] * T + rows[None, :, None]).to(tl.int64) * E + cols[None, None, :]
+        logits += tl.sum(tl.load(partial_ptr + offs, mask=mask, other=0.0), axis=0)
+    return logits
+
+
+@triton.jit
+def _select_partials_kernel(
+    partial_ptr, weights_ptr, ids_ptr, T, E, num_splits,
+    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Sums the split logits of BLOCK_T tokens (`sum_split_logits`) and stores their top-k weights and ids."""
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    logits = sum_split_logits(partial_ptr, rows, T, E, num_splits, BLOCK_T, BLOCK_E, BLOCK_S)
+    select_experts(logits, weights_ptr, ids_ptr, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
+
+
+def router_partials(x: torch.Tensor, router_weight: torch.Tensor, split_h: int, block_e: int) -> torch.Tensor:
+    """`partial [cdiv(H, split_h), T, E]` fp32: each slice of H's logits, `block_e` experts a program."""
+    T, H = x.shape
+    E = router_weight.shape[0]
+    splits = triton.cdiv(H, split_h)
+    partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
+    _router_partials_kernel[(triton.cdiv(E, block_e), splits)](
+        x, router_weight, partial, T, H, E,
+        x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
+        BLOCK_T=16, BLOCK_H=min(128, split_h), BLOCK_E=block_e, SPLIT_H=split_h, num_warps=4,
+    )
+    return partial
+
+
+# The split routing (`route_split`): H columns and experts a partial-logits program reads (256 and 16, as the decode
+# routing's), and the elements of the [BLOCK_S, BLOCK_T, BLOCK_E] tile of partial logits a selection program sums at
+# once. It is taken where the one-kernel routing would run at most ROUTE_SPLIT_MAX_PROGRAMS programs, each reading a
+# router of at least ROUTE_SPLIT_MIN_BYTES. `routing_lab.py`, session 10 run 9 (H100, graph replays): deepseek-v3's
+# 3.7 MB router 65-68 us one-kernel at 16-2048 tokens; split 12.2 / 14.9 / 18.6 / 26.5 / 42.4 us at 16 / 32 / 64 /
+# 128 / 256 tokens, 74.5 at 512 (its programs loop over the tokens, each expert block re-reading x). On routers of
+# 0.1-0.5 MB (qwen3-30b-a3b, qwen2-moe-57b, olmoe-1b-7b, mixtral-8x7b) the one kernel took 11-17 us and the split
+# 16-34 us at 32-128 tokens.
+ROUTE_SPLIT_H = 256
+ROUTE_SPLIT_BLOCK_E = 16
+SELECT_TILE = 8192
+ROUTE_SPLIT_MAX_PROGRAMS = 16
+ROUTE_SPLIT_MIN_BYTES = 1 << 20
+
+
+def route_split(T: int, H: int, E: int, elem_bytes: int = 2) -> bool:
+    """Whether `route` reads the router through many programs (partial logits, then a selection launch)."""
+    return triton.cdiv(T, route_block_t(T)) <= ROUTE_SPLIT_MAX_PROGRAMS and E * H * elem_bytes >= ROUTE_SPLIT_MIN_BYTES
+
+
+def select_meta(splits: int, E: int, top_k: int, renormalize: bool) -> dict:
+    """Constexprs of `_select_partials_kernel`: all splits in one tile where SELECT_TILE allows, with as many tokens
+    as then fit (1 to 16), else 16 tokens and the splits in tiles of SELECT_TILE elements."""
+    block_e = max(16, triton.next_power_of_2(E))
+    block_s = triton.next_power_of_2(splits)
+    block_t = min(16, SELECT_TILE // (block_s * block_e))
+    if block_t < 1:
+        block_t = min(16, max(1, SELECT_TILE // block_e))
+        block_s = max(1, SELECT_TILE // (block_t * block_e))
+    return dict(TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=block_t, BLOCK_E=block_e,
+                BLOCK_K=triton.next_power_of_2(top_k), BLOCK_S=block_s)
+
+
 # Tokens per routing program: 16, and 32 from LARGE_T tokens on. Every program reads the whole router, and at 8192
 # tokens 32-token programs (256 of them) took qwen3-30b-a3b 39.8 -> 29.4 us, deepseek-v3 172.7 -> 129.0 and
 # mixtral-8x7b 38.0 -> 29.4; at 2048-4096 tokens the fewer programs are as fast or slower (olmoe-1b-7b T=2048
@@ -128,15 +228,23 @@ def route_block_t(T: int) -> int:
 
 
 def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool = True,
-          block_t: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k softmax routing (`block_t` tokens a program, by default `route_block_t`). Inputs are assumed checked
-    (see `tritonmoe.api.moe`)."""
+          block_t: int | None = None, split: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k softmax routing (`block_t` tokens a program, by default `route_block_t`; through split partial logits
+    where `split`, by default `route_split`). Inputs are assumed checked (see `tritonmoe.api.moe`)."""
     T, H = x.shape
     block_t = block_t or route_block_t(T)
     E = router_weight.shape[0]
     weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
     if T == 0:
+        return weights, ids
+    if split is None:
+        split = route_split(T, H, E, router_weight.element_size())
+    if split:
+        partial = router_partials(x, router_weight, ROUTE_SPLIT_H, ROUTE_SPLIT_BLOCK_E)
+        meta = select_meta(partial.shape[0], E, top_k, renormalize)
+        _select_partials_kernel[(triton.cdiv(T, meta["BLOCK_T"]),)](
+            partial, weights, ids, T, E, partial.shape[0], **meta, num_warps=4)
         return weights, ids
     _routing_kernel[(triton.cdiv(T, block_t),)](
         x, router_weight, weights, ids, T, H, E,

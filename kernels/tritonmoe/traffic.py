@@ -36,7 +36,7 @@ from .descriptors import wants_descriptors
 from .gate_up import GATHER_BLOCK_R, INTERPRETER_PROGRAMS
 from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
 from .route_align import SPLIT_BLOCK_E, SPLIT_H
-from .routing import route_block_t
+from .routing import ROUTE_SPLIT_BLOCK_E, ROUTE_SPLIT_H, route_block_t, route_split
 
 STAGES = ("routing", "gate_up", "act", "down", "combine")
 FLAVOURS = ("logical", "unique")
@@ -48,6 +48,7 @@ KERNEL_STAGES = {
     "_router_partials_kernel": "routing",
     "_route_align_partials_kernel": "routing",
     "_routing_kernel": "routing",
+    "_select_partials_kernel": "routing",
     "_align_small_kernel": "routing",
     "_count_kernel": "routing",
     "_offsets_kernel": "routing",
@@ -271,27 +272,46 @@ def _block_table_accesses(s: LayerShape, b: Blocks, *, sorted_ids_write: int, co
     )
 
 
-def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
+def _router_partials_launch(s: LayerShape, split_h: int, block_e: int) -> tuple[Launch, int]:
+    """`routing._router_partials_kernel` and the bytes of the partial logits it writes."""
+    splits = _cdiv(s.hidden, split_h)
+    x = s.tokens * s.hidden * s.elem_bytes
+    wr = s.experts * s.hidden * s.elem_bytes
+    partial = splits * s.tokens * s.experts * _F32
+    return Launch("_router_partials_kernel", "routing", (
+        # Every expert block reads all of x over its H slice; the router once per 16-token block.
+        Access("x_ptr", False, read=_cdiv(s.experts, block_e) * x, unique_read=x),
+        Access("wr_ptr", True, read=_cdiv(s.tokens, 16) * wr, unique_read=wr),
+        _same("partial_ptr", write=partial),
+    )), partial
+
+
+def route_launches(s: LayerShape, split: bool | None = None) -> list[Launch]:
+    """`routing.route`: one kernel, or (`split`, by default `routing.route_split`) partial logits then a selection."""
+    if split is None:
+        split = route_split(s.tokens, s.hidden, s.experts, s.elem_bytes)
+    if not split:
+        return [Launch("_routing_kernel", "routing", (*_route_accesses(s, _cdiv(s.tokens, route_block_t(s.tokens))),
+                                                      _same("ids_ptr", write=s.routed * _I32)))]
+    partials, partial = _router_partials_launch(s, ROUTE_SPLIT_H, ROUTE_SPLIT_BLOCK_E)
+    return [partials, Launch("_select_partials_kernel", "routing", (
+        _same("partial_ptr", read=partial),
+        _same("weights_ptr", write=s.routed * _F32),
+        _same("ids_ptr", write=s.routed * _I32),
+    ))]
+
+
+def routing_launches(s: LayerShape, b: Blocks, split: bool | None = None) -> list[Launch]:
     """Routing and alignment as `route_align.route_and_align` dispatches them: split router logits then
-    one program for the rest at small sizes, else `route` then `align_tokens` (itself one program when the N slots fit
-    one chunk, else per-chunk histograms, the layout (one program of offsets, or totals then a parallel layout), and
-    a stable scatter)."""
+    one program for the rest at small sizes, else `route` (`route_launches`; `split` as there) then `align_tokens`
+    (itself one program when the N slots fit one chunk, else per-chunk histograms, the layout (one program of
+    offsets, or totals then a parallel layout), and a stable scatter)."""
     n = s.routed
     meta = align_meta(n, s.experts, b.block_m, b.tail_m)
-    steps = _cdiv(s.tokens, route_block_t(s.tokens))
     if s.tokens <= ROUTE_ALIGN_MAX_TOKENS and n <= meta["CHUNK"]:
-        splits = _cdiv(s.hidden, SPLIT_H)
-        e_blocks = _cdiv(s.experts, SPLIT_BLOCK_E)
-        x = s.tokens * s.hidden * s.elem_bytes
-        wr = s.experts * s.hidden * s.elem_bytes
-        partial = splits * s.tokens * s.experts * _F32
+        partials, partial = _router_partials_launch(s, SPLIT_H, SPLIT_BLOCK_E)
         return [
-            Launch("_router_partials_kernel", "routing", (
-                # Every expert block reads all of x over its H slice; the router once per token block.
-                Access("x_ptr", False, read=e_blocks * x, unique_read=x),
-                Access("wr_ptr", True, read=steps * wr, unique_read=wr),
-                _same("partial_ptr", write=partial),
-            )),
+            partials,
             Launch("_route_align_partials_kernel", "routing", (
                 _same("partial_ptr", read=partial),
                 _same("weights_ptr", write=s.routed * _F32),
@@ -301,7 +321,7 @@ def routing_launches(s: LayerShape, b: Blocks) -> list[Launch]:
                 _same("slot_rows_ptr", write=n * _I32),
             )),
         ]
-    out = [Launch("_routing_kernel", "routing", (*_route_accesses(s, steps), _same("ids_ptr", write=n * _I32)))]
+    out = route_launches(s, split)
     if n <= meta["CHUNK"]:
         return out + [Launch("_align_small_kernel", "routing", (
             _same("ids_ptr", read=n * _I32),
@@ -585,17 +605,17 @@ def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict,
                      sms: int = INTERPRETER_PROGRAMS) -> list[Launch]:
     if impl == "tritonmoe_fused" and config.get("expert"):  # the decode path (`api._experts_aligned`)
         return [
-            *routing_launches(shape, b),
+            *routing_launches(shape, b, config.get("ROUTE_SPLIT")),
             fused_expert_launch(shape, b, config["expert"]),
             combine_launch(shape, fused_expert_chunks(shape, config["expert"]), _F32),
         ]
     down_cfg = config["down"]
     if down_cfg.get("COMBINE"):  # few tokens: each token's choices summed by the down kernel
-        return [*routing_launches(shape, b), *_act_launches(impl, shape, b, config, sms),
+        return [*routing_launches(shape, b, config.get("ROUTE_SPLIT")), *_act_launches(impl, shape, b, config, sms),
                 down_combine_launch(shape, b, down_cfg)]
     splits = down_splits(shape, down_cfg)
     return [
-        *routing_launches(shape, b),
+        *routing_launches(shape, b, config.get("ROUTE_SPLIT")),
         *_act_launches(impl, shape, b, config, sms),
         down_launch(shape, b, down_cfg),
         combine_launch(shape, splits, down_partial_bytes(shape, splits)),
