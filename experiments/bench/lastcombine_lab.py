@@ -27,7 +27,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import tritonmoe  # noqa: E402
-from tritonmoe._gemm_common import block_slots, grouped_pid  # noqa: E402
+from tritonmoe._gemm_common import block_slots, dot_precision, grouped_pid  # noqa: E402
 from tritonmoe.align import align_tokens  # noqa: E402
 from tritonmoe.descriptors import descriptor  # noqa: E402
 from tritonmoe.down import combine, down, uses_descriptors  # noqa: E402
@@ -77,7 +77,7 @@ def _down_last_kernel(a_ptr, w_ptr, partial_ptr, y_ptr, cnt_ptr, topk_weights_pt
                       num_post_ptr, H, F, num_routed, num_pid_m,
                       stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_pm, stride_yt,
                       TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      GROUP_M: tl.constexpr, MODE: tl.constexpr):
+                      GROUP_M: tl.constexpr, MODE: tl.constexpr, PRECISION: tl.constexpr):
     num_pid_n = tl.cdiv(H, BLOCK_N)
     pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
     row0 = pid_m * BLOCK_M
@@ -92,7 +92,7 @@ def _down_last_kernel(a_ptr, w_ptr, partial_ptr, y_ptr, cnt_ptr, topk_weights_pt
         for k0 in range(0, F, BLOCK_K):
             a = tl.load(a_ptrs)
             w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
-            acc = tl.dot(a, w, acc)
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
             a_ptrs += BLOCK_K * stride_af
             w_ptrs += BLOCK_K * stride_wf
         _last_arriver_epilogue(acc, partial_ptr, y_ptr, cnt_ptr, topk_weights_ptr, slot, row_ok, cols, col_ok, pid_n,
@@ -103,7 +103,7 @@ def _down_last_kernel(a_ptr, w_ptr, partial_ptr, y_ptr, cnt_ptr, topk_weights_pt
 def _down_last_desc_kernel(a_desc, w_desc, partial_ptr, y_ptr, cnt_ptr, topk_weights_ptr, sorted_ids_ptr,
                            expert_ids_ptr, num_post_ptr, H, F, num_routed, num_pid_m, stride_pm, stride_yt,
                            TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                           GROUP_M: tl.constexpr, MODE: tl.constexpr):
+                           GROUP_M: tl.constexpr, MODE: tl.constexpr, PRECISION: tl.constexpr):
     num_pid_n = tl.cdiv(H, BLOCK_N)
     pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
     row0 = pid_m * BLOCK_M
@@ -114,7 +114,7 @@ def _down_last_desc_kernel(a_desc, w_desc, partial_ptr, y_ptr, cnt_ptr, topk_wei
         for k0 in range(0, F, BLOCK_K):
             a = a_desc.load([row0, k0])
             w = tl.reshape(w_desc.load([expert.to(tl.int32), n0, k0]), (BLOCK_N, BLOCK_K))
-            acc = tl.dot(a, w.T, acc)
+            acc = tl.dot(a, w.T, acc, input_precision=PRECISION)
         cols = n0 + tl.arange(0, BLOCK_N)
         _last_arriver_epilogue(acc, partial_ptr, y_ptr, cnt_ptr, topk_weights_ptr, slot, row_ok, cols, cols < H,
                                pid_n, num_pid_n, stride_pm, stride_yt, TOP_K, MODE)
@@ -129,6 +129,7 @@ def down_last(act, w_down, align, topk_weights, T: int, K: int, cfg: dict, desc:
     num_pid_m = align.max_blocks
     grid = (num_pid_m * triton.cdiv(H, bn),)
     common = dict(TOP_K=K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1), MODE=mode,
+                  PRECISION=dot_precision(act.dtype),
                   num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
     if desc:
         _down_last_desc_kernel[grid](descriptor(act, [bm, bk]), descriptor(w_down, [1, bn, bk]), partial, y, cnt,
