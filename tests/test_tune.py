@@ -79,6 +79,24 @@ def test_tail_variants():
     assert tune.tail_variants({**cfg16, "expert": {"BLOCK_F": 16}}) == [{**cfg16, "expert": {"BLOCK_F": 16}}]
 
 
+def test_skew_variants_add_narrower_gate_up_tiles_once():
+    """Each variant, then the same with gate_up's BLOCK_N halved (shared memory refitted), duplicates dropped; not
+    below 32 columns, nor for the decode path or a persistent gate/up."""
+    cfg = {"BLOCK_M": 64, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "num_stages": 3},
+           "down": {"BLOCK_N": 64, "BLOCK_K": 128, "num_stages": 4, "SPLIT_K": 1}}
+    vs = tune.skew_variants(tune.tail_variants(cfg))
+    assert [(c.get("TAIL_M"), c["gate_up"]["BLOCK_N"]) for c in vs] == [
+        (None, 128), (None, 64), (32, 128), (32, 64), (16, 128), (16, 64)]
+    assert all(c["down"] == cfg["down"] for c in vs)
+    assert tune.skew_variants([cfg, cfg]) == tune.skew_variants([cfg])
+    narrow = {**cfg, "gate_up": {**cfg["gate_up"], "BLOCK_N": 32}}
+    assert tune.skew_variants([narrow]) == [narrow]
+    persistent = {**cfg, "gate_up": {**cfg["gate_up"], "PERSISTENT": True}}
+    assert tune.skew_variants([persistent]) == [persistent]
+    decode = {**cfg, "expert": {"BLOCK_F": 16}}
+    assert tune.skew_variants([decode]) == [decode]
+
+
 @pytest.mark.parametrize("top_k", [1, 2, 3, 6, 8])
 def test_combine_candidates_bound_the_loaded_tile(top_k):
     """`down_combine` loads [next_pow2(K), BLOCK_N, BLOCK_K] per step: every candidate holds 2K-16K elements, each

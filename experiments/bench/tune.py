@@ -42,7 +42,7 @@ from problems import load_models, make_tokens, make_weights, zipf_router  # noqa
 from timing import bench  # noqa: E402
 from tritonmoe.config import fit_shared_memory  # noqa: E402
 
-TUNE_TOKENS = (1, 4, 16, 64, 256, 1024, 2048, 4096, 8192)
+TUNE_TOKENS = (1, 4, 16, 64, 128, 256, 1024, 2048, 4096, 8192)
 
 
 def graph_time(fn, warmup_ms=5, rep_ms=25) -> float:
@@ -213,6 +213,26 @@ def tail_variants(cfg: dict) -> list[dict]:
     return out
 
 
+def skew_variants(variants: list[dict]) -> list[dict]:
+    """The variants and, for each, the same with gate_up's BLOCK_N halved (down to 32; not for the one-kernel
+    decode path nor a persistent gate/up): a skewed draw hits few experts, and the fused gate/up's [BM, 2*BN] tiles
+    then make too few programs to stream the hot experts' weights from every SM (deepseek-v3 on the zipf draw at
+    T=32-256: 15-18 of 256 experts hit, and the unfused layer's separate gate and up tiles ran 2-4% faster,
+    session 10 run 10). Duplicates are dropped, in order."""
+    out, seen = [], set()
+    for c in variants:
+        extra = []
+        gu = c.get("gate_up", {})
+        if not c.get("expert") and not gu.get("PERSISTENT") and gu.get("BLOCK_N", 0) >= 64:
+            extra.append(fit_shared_memory({**c, "gate_up": {**gu, "BLOCK_N": gu["BLOCK_N"] // 2}}, 2))
+        for v in (c, *extra):
+            key = json.dumps(v, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                out.append(v)
+    return out
+
+
 # A tail variant may cost up to 5% on the uniform draw, and only for a larger saving on the skewed one (run 2 of
 # session 5: 64-row blocks with 16-row tails cost deepseek-v3 3-4% on even loads at T=256-512 and saved 29-30%
 # on the zipf draw, where its hot experts were split into 16-row blocks).
@@ -272,19 +292,21 @@ def layer_times(m, w, tokens: int, variants: list[dict], draws=("uniform", "zipf
 
 
 def robust_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
-    """Times `cfg` and its tail variants as whole layers (`layer_times`) on the uniform and the zipf draw; returns
-    the `pick_robust` choice."""
-    variants = tail_variants(cfg)
+    """Times `cfg`, its tail variants and their narrower gate/up tiles (`skew_variants`) as whole layers
+    (`layer_times`) on the uniform and the zipf draw; returns the `pick_robust` choice."""
+    variants = skew_variants(tail_variants(cfg))
     if len(variants) == 1:
         return cfg
     results = []
     for c, times, _ in layer_times(m, w, tokens, variants,
                                    describe=lambda c: f"tail variant {c.get('BLOCK_M')}/{c.get('TAIL_M')}"):
         results.append((c, *times))
+        gu_bn = c.get("gate_up", {}).get("BLOCK_N", "")
         log.append({"model": m.name, "tokens": tokens, "BLOCK_M": c["BLOCK_M"], "TAIL_M": c.get("TAIL_M", ""),
+                    "gate_up_BLOCK_N": gu_bn,
                     "uniform_us": round(times[0] * 1e3, 2), "zipf_us": round(times[1] * 1e3, 2)})
-        print(f"  T={tokens} BM={c['BLOCK_M']} TAIL={c.get('TAIL_M', '-')}: uniform {times[0]*1e3:.1f} us, "
-              f"zipf {times[1]*1e3:.1f} us", flush=True)
+        print(f"  T={tokens} BM={c['BLOCK_M']} TAIL={c.get('TAIL_M', '-')} gate_up BN={gu_bn}: "
+              f"uniform {times[0]*1e3:.1f} us, zipf {times[1]*1e3:.1f} us", flush=True)
     return pick_robust(results)[0] if results else cfg
 
 
@@ -409,7 +431,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config-dir", type=Path, default=CONFIG_DIR)
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--tails-only", action="store_true",
-                    help="only the tail-block step, on the configs already in the tables (their token buckets)")
+                    help="only the tail-block step, on the configs already in the tables (their token buckets, "
+                         "those of --tokens where given)")
     ap.add_argument("--combine-only", action="store_true",
                     help="only the down+combine choice, on the configs already in the tables (buckets up to "
                          f"{COMBINE_MAX_ROUTED} slots)")
@@ -432,6 +455,8 @@ def main(argv=None) -> int:
         table = json.loads(path.read_text()) if path.exists() else {}
         from_table = args.tails_only or args.combine_only or args.persistent_only
         tokens_list = sorted(int(b) // m.top_k for b in table) if from_table else args.tokens
+        if args.tails_only and args.tokens != list(TUNE_TOKENS):  # --tokens given: revisit just those buckets
+            tokens_list = [t for t in tokens_list if t in args.tokens]
         for tokens in tokens_list:
             if time.time() - t0 > args.budget_s:
                 print("# time budget reached", flush=True)
