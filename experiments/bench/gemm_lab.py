@@ -38,6 +38,7 @@ from tritonmoe.gate_up import gate_up as prod_gate_up, gather_rows  # noqa: E402
 from tritonmoe.routing import route  # noqa: E402
 from tritonmoe.align import align_tokens  # noqa: E402
 from timing import bench as timed_bench  # noqa: E402
+from problems import add_cases_argument  # noqa: E402
 
 
 @triton.jit
@@ -536,7 +537,7 @@ def run_case(model, T, rows_out, routing="uniform"):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", nargs="+", default=["mixtral-8x7b:1024"])
+    add_cases_argument(ap, "mixtral-8x7b:1024")
     ap.add_argument("--routing", default="uniform", choices=["uniform", "zipf"],
                     help="zipf: the skewed draw, to see what larger BLOCK_M gives hot experts (NOTES, zipf)")
     ap.add_argument("--out", type=Path, default=None, help="folder for gemm_lab.csv")
@@ -548,9 +549,8 @@ def main(argv=None):
         args.out.mkdir(parents=True, exist_ok=True)
         OUT_CSV[0] = args.out / "gemm_lab.csv"
     rows = []
-    for case in args.cases:
-        model, T = case.split(":")
-        run_case(model, int(T), rows, args.routing)
+    for model, T in args.cases:
+        run_case(model, T, rows, args.routing)
         torch.cuda.empty_cache()
 
 

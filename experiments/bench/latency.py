@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import gc
 import io
-import math
 import sys
 import time
 from datetime import datetime, timezone

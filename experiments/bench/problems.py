@@ -1,6 +1,7 @@
 """Model shapes and input generation shared by every benchmark: one generator, every provider."""
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,30 @@ def load_models(path: Path = MODELS_FILE) -> dict[str, Model]:
     with open(path) as f:
         raw = yaml.safe_load(f)
     return {name: Model(name, v["hidden"], v["ffn"], v["experts"], v["top_k"]) for name, v in raw.items()}
+
+
+def lab_case(spec: str) -> tuple[str, int]:
+    """A lab's `--cases` item, `model:tokens`, as (model name, tokens); as an argparse type a bad item is a usage
+    error that names it."""
+    name, sep, tokens = spec.partition(":")
+    models = load_models()
+    if not sep or name not in models or not tokens.isdigit() or int(tokens) < 1:
+        raise argparse.ArgumentTypeError(f"expected model:tokens with a model of {sorted(models)} and "
+                                         f"tokens >= 1, got {spec!r}")
+    return name, int(tokens)
+
+
+def add_cases_argument(ap: argparse.ArgumentParser, *defaults: str, required: bool = False) -> None:
+    """The labs' `--cases model:tokens ...` (parsed by `lab_case`; `defaults` likewise)."""
+    ap.add_argument("--cases", nargs="+", type=lab_case, required=required,
+                    default=None if required else [lab_case(d) for d in defaults], help="model:tokens ...")
+
+
+def write_lab_csv(rows: list[dict], out: Path) -> None:
+    """A lab's rows so far, rewritten after every case (a timeout keeps what ran)."""
+    import pandas as pd
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out, index=False)
 
 
 @dataclass

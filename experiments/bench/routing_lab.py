@@ -19,11 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from problems import load_models, make_tokens, make_weights  # noqa: E402
+from problems import add_cases_argument, load_models, make_tokens, make_weights, write_lab_csv  # noqa: E402
 from tune import graph_time  # noqa: E402
 from tritonmoe.routing import (_routing_kernel, _select_partials_kernel, router_partials,  # noqa: E402
                                 routing_meta, select_meta)
@@ -50,15 +49,14 @@ def launch(x, wr, top_k, block_t, warps, weights, ids):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", required=True, help="model:tokens")
+    add_cases_argument(ap, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     models = load_models()
     rows = []
     cache: dict = {}
-    for case in args.cases:
-        name, tokens = case.split(":")
-        m, T = models[name], int(tokens)
+    for name, T in args.cases:
+        m = models[name]
         if name not in cache:  # one model's weights at a time, made once for all its token counts
             cache.clear()
             torch.cuda.empty_cache()
@@ -83,8 +81,7 @@ def main(argv=None) -> int:
             rows.append(dict(device=torch.cuda.get_device_name(), model=name, tokens=T, variant=str(v),
                              us=round(us, 2), same_ids=same_ids, max_weight_diff=max_dw))
             print(rows[-1], flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(args.out, index=False)  # after every case, as the other labs: a timeout keeps them
+        write_lab_csv(rows, args.out)
     return 0
 
 

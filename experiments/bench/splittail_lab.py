@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -34,6 +33,7 @@ from tritonmoe.align import align_tokens  # noqa: E402
 from tritonmoe.descriptors import descriptor  # noqa: E402
 from tritonmoe.down import combine, down  # noqa: E402
 from tritonmoe.gate_up import gate_up  # noqa: E402
+from problems import add_cases_argument, write_lab_csv  # noqa: E402
 
 
 @triton.jit
@@ -163,18 +163,16 @@ def run_case(name: str, T: int, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=["mixtral-8x7b:512"])
+    add_cases_argument(ap, "mixtral-8x7b:512")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("splittail_lab.py: no GPU here", file=sys.stderr)
         return 2
     rows: list[dict] = []
-    for case in args.cases:
-        name, T = case.split(":")
-        run_case(name, int(T), rows)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(args.out, index=False)
+    for name, T in args.cases:
+        run_case(name, T, rows)
+        write_lab_csv(rows, args.out)
         torch.cuda.empty_cache()
     return 0
 

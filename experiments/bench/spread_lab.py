@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
-from problems import load_models, make_tokens, make_weights  # noqa: E402
+from problems import add_cases_argument, load_models, make_tokens, make_weights  # noqa: E402
 from timing import bench  # noqa: E402
 
 
@@ -32,14 +32,13 @@ def smi() -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", nargs="+", default=["mixtral-8x7b:1024", "mixtral-8x7b:4096", "qwen3-30b-a3b:4096"])
+    add_cases_argument(ap, "mixtral-8x7b:1024", "mixtral-8x7b:4096", "qwen3-30b-a3b:4096")
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     models = load_models()
     rows = []
-    for case in args.cases:
-        name, T = case.split(":")
+    for name, T in args.cases:
         m = models[name]
         w = make_weights(m, torch.bfloat16, "cuda", "uniform")
         x = make_tokens(m, int(T), w, "uniform", torch.bfloat16, "cuda", seed=int(T))

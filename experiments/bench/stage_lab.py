@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from problems import load_models, make_tokens, make_weights  # noqa: E402
+from problems import add_cases_argument, load_models, make_tokens, make_weights  # noqa: E402
 from timing import bench  # noqa: E402
 from tritonmoe.api import resolve_config  # noqa: E402
 from tritonmoe.config import tail_of  # noqa: E402
@@ -61,13 +61,12 @@ def graph_ms(fn) -> list[float]:
 def main(argv=None):
     models = load_models()
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", nargs="+", default=["olmoe-1b-7b:1", "qwen3-30b-a3b:1"])
+    add_cases_argument(ap, "olmoe-1b-7b:1", "qwen3-30b-a3b:1")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     rows = []
-    for case in args.cases:
-        name, t = case.split(":")
-        m, t = models[name], int(t)
+    for name, t in args.cases:
+        m = models[name]
         w = make_weights(m, torch.bfloat16, "cuda", "uniform")
         x = make_tokens(m, t, w, "uniform", torch.bfloat16, "cuda", seed=t)
         cfg = resolve_config(x, t * m.top_k, m.experts, m.hidden, m.ffn, None)

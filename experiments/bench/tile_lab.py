@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
@@ -29,7 +28,7 @@ from tritonmoe.align import align_tokens  # noqa: E402
 from tritonmoe.down import combine, down  # noqa: E402
 from tritonmoe.gate_up import gate_up  # noqa: E402
 from tritonmoe.tuned import lookup  # noqa: E402
-from problems import layer_flops, load_models, make_tokens, make_weights  # noqa: E402
+from problems import add_cases_argument, layer_flops, load_models, make_tokens, make_weights, write_lab_csv  # noqa: E402
 from tune import graph_time, warm  # noqa: E402
 
 
@@ -170,7 +169,7 @@ def run_case(m, T: int, rows: list[dict]) -> None:
 def main(argv=None) -> int:
     models = load_models()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=["mixtral-8x7b:1024"])
+    add_cases_argument(ap, "mixtral-8x7b:1024")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budget-s", type=float, default=500)
     args = ap.parse_args(argv)
@@ -179,14 +178,12 @@ def main(argv=None) -> int:
         return 2
     rows: list[dict] = []
     t0 = time.time()
-    for case in args.cases:
+    for name, T in args.cases:
         if time.time() - t0 > args.budget_s:
-            print("# time budget reached before", case, flush=True)
+            print(f"# time budget reached before {name}:{T}", flush=True)
             break
-        name, T = case.split(":")
-        run_case(models[name], int(T), rows)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(args.out, index=False)
+        run_case(models[name], T, rows)
+        write_lab_csv(rows, args.out)
     return 0
 
 
