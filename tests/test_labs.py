@@ -1,5 +1,6 @@
 """Lab code that experiments/NOTES.md reports on: the one-launch decode layer (`decode_layer_lab.py`, not in the
-package), the last-arriver combine (`lastcombine_lab.py`) and the benchmarks' timing function (`timing.py`).
+package), the last-arriver combine (`lastcombine_lab.py`), the block-and-tail pair (`pair_lab.py`) and the benchmarks'
+timing function (`timing.py`).
 
 The decode layer's barrier launch spins on global counters, which Triton's interpreter (one program after
 another) cannot run; here it runs as three phased launches of the same kernel, and on the GPU the barrier
@@ -128,3 +129,27 @@ def test_last_arriver_combine_lab_is_bit_identical_to_down_and_combine(T, E, K, 
     cfg = {"BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 2, "SPLIT_K": 1}
     ref = combine(down(act, w_down, align, weights, cfg), T, K, act.dtype)
     assert torch.equal(down_last(act, w_down, align, weights, T, K, cfg, desc=False), ref)
+
+
+# --- the block-and-tail pair lab (NOTES v12): a full block and its expert's tail in one gate/up program ------------
+
+@pytest.mark.parametrize("T,E,K,bm,tm", [(100, 2, 2, 64, 16), (70, 3, 2, 32, 16), (9, 4, 2, 32, 16), (150, 3, 2, 64, 32)],
+                         ids=lambda v: str(v))
+def test_pair_lab_matches_gate_up(T, E, K, bm, tm, device):
+    """Paired blocks (a full block and its expert's first tail), later tails and tail-only experts: the used rows of
+    `gate_up` exactly (the same products in the same order). T=100, E=2: each expert a 64-row block and three tails;
+    T=9: tails only."""
+    from pair_lab import gate_up_pair
+    from tritonmoe.align import align_tokens
+    from tritonmoe.gate_up import gate_up
+    g = torch.Generator().manual_seed(T + E)
+    H, F = 32, 24
+    x = torch.randn(T, H, generator=g).to(device)
+    wr = torch.randn(E, H, generator=g).to(device)
+    w_gate_up = (torch.randn(E, 2 * F, H, generator=g) / H ** 0.5).to(device)
+    _, ids = tritonmoe.route(x, wr, K)
+    align = align_tokens(ids, E, bm, tail_m=tm)
+    cfg = {"BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 2}
+    used = int(align.num_post_padded)
+    ref = gate_up(x, w_gate_up, align, cfg, fuse_swiglu=True)
+    assert torch.equal(gate_up_pair(x, w_gate_up, align, K, cfg)[:used], ref[:used])
