@@ -144,14 +144,17 @@ def test_split_route_matches_reference(T, E, K, H, dtype, renormalize, device):
         torch.testing.assert_close(weights.sum(-1), torch.ones(T, device=device), rtol=0, atol=1e-6)
 
 
-def test_split_route_selection_tile_fallback(device, monkeypatch):
-    """Where all the splits do not fit one selection tile, they are summed a tile at a time: the same routing."""
+@pytest.mark.parametrize("tile,block_s,block_t", [(64, 4, 1), (32, 1, 2)], ids=["one-token", "splits-tiled"])
+def test_split_route_selection_tiles(tile, block_s, block_t, device, monkeypatch):
+    """The selection tile holds all splits of as many tokens as fit (one token a program on deepseek-v3's 28 splits
+    of 256 experts), else the splits a tile at a time: the same routing either way."""
     from tritonmoe import routing
+    assert (routing.select_meta(28, 256, 8, True)["BLOCK_S"], routing.select_meta(28, 256, 8, True)["BLOCK_T"]) == (32, 1)
     layer = make_layer(19, 16, 600, 1, torch.float32, device, seed=11)
     w_one, ids_one = check_routing(layer.x, layer.router_weight, 4, True, split=True)
-    monkeypatch.setattr(routing, "SELECT_TILE", 32)
+    monkeypatch.setattr(routing, "SELECT_TILE", tile)
     meta = routing.select_meta(3, 16, 4, True)
-    assert (meta["BLOCK_S"], meta["BLOCK_T"]) == (1, 2)
+    assert (meta["BLOCK_S"], meta["BLOCK_T"]) == (block_s, block_t)
     w_tiled, ids_tiled = check_routing(layer.x, layer.router_weight, 4, True, split=True)
     assert torch.equal(ids_one, ids_tiled)
     torch.testing.assert_close(w_one, w_tiled, rtol=1e-6, atol=1e-7)
