@@ -174,3 +174,12 @@ def test_persistent_point_needs_one_percent_on_uniform_then_the_smaller_worst_sl
     assert "TAIL_M" not in got
     _fake_times(monkeypatch, lambda c: None if not c["gate_up"].get("PERSISTENT") else (0.5, 0.5))
     assert tune.persistent_point(_M, None, 4096, cfg, []) is cfg
+
+
+def test_table_tokens_lists_the_buckets_and_filters_by_tokens():
+    """`--tails-only`, `--combine-only`, `--persistent-only` and `--seed-from` walk a table's buckets (slots // top_k),
+    ascending; `--tokens` keeps those it names."""
+    table = {"16": {}, "8": {}, "1024": {}, "65536": {}}
+    assert tune.table_tokens(table, 8) == [1, 2, 128, 8192]
+    assert tune.table_tokens(table, 8, [2, 8192, 4096]) == [2, 8192]
+    assert tune.table_tokens({}, 2) == []

@@ -14,7 +14,10 @@ draw, the one with the smaller worst slowdown over the two draws is kept (`pick_
 down step also tries the down projection that sums each token's choices itself (`down.down_combine`);
 `--combine-only` makes just that choice on the configs already in the tables, decided on whole-layer times;
 `--persistent-only` likewise for the persistent gate/up (`PERSISTENT`, no tail blocks; tokens gathered first or inside
-the loop) at `--tokens`.
+the loop) at `--tokens`. `--seed-from SLUG` skips the search for a card like one already tuned: each bucket of device
+SLUG's tables (those of `--tokens` where given) gets that config and its tail and skew variants timed here as whole
+layers (the robust pick), seconds a bucket instead of minutes (an H200 from the H100's tables:
+`tune.py --seed-from h100-sxm`).
 """
 from __future__ import annotations
 
@@ -423,11 +426,19 @@ def persistent_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
     return best[0]
 
 
+def table_tokens(table: dict, top_k: int, tokens: list[int] | None = None) -> list[int]:
+    """The token counts of a table's buckets (slots // top_k), ascending; only those in `tokens` where given."""
+    out = sorted(int(b) // top_k for b in table)
+    return out if tokens is None else [t for t in out if t in tokens]
+
+
 def main(argv=None) -> int:
     models = load_models()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(models), choices=list(models))
-    ap.add_argument("--tokens", nargs="+", type=int, default=list(TUNE_TOKENS))
+    ap.add_argument("--tokens", nargs="+", type=int, default=None,
+                    help=f"token counts to tune (default {' '.join(map(str, TUNE_TOKENS))}; with --tails-only, "
+                         "--persistent-only or --seed-from: which of the tables' buckets)")
     ap.add_argument("--config-dir", type=Path, default=CONFIG_DIR)
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--tails-only", action="store_true",
@@ -438,8 +449,13 @@ def main(argv=None) -> int:
                          f"{COMBINE_MAX_ROUTED} slots)")
     ap.add_argument("--persistent-only", action="store_true",
                     help="only the persistent gate/up choice, on the configs already in the tables (--tokens filters)")
+    ap.add_argument("--seed-from", metavar="SLUG",
+                    help="start from this device's tables (configs/SLUG/) instead of a full search: the robust pick "
+                         "over each bucket's config and its tail and skew variants, timed here")
     ap.add_argument("--log", type=Path, help="CSV of every tail variant's (or down+combine candidate's) layer times")
     args = ap.parse_args(argv)
+    tokens_given = args.tokens
+    args.tokens = args.tokens or list(TUNE_TOKENS)
     if not torch.cuda.is_available():
         print("tune.py: no GPU here", file=sys.stderr)
         return 2
@@ -453,10 +469,19 @@ def main(argv=None) -> int:
         path = config_path(slug, m.experts, m.hidden, m.ffn, torch.bfloat16)
         path = args.config_dir / path.relative_to(CONFIG_DIR)
         table = json.loads(path.read_text()) if path.exists() else {}
-        from_table = args.tails_only or args.combine_only or args.persistent_only
-        tokens_list = sorted(int(b) // m.top_k for b in table) if from_table else args.tokens
-        if args.tails_only and args.tokens != list(TUNE_TOKENS):  # --tokens given: revisit just those buckets
-            tokens_list = [t for t in tokens_list if t in args.tokens]
+        seed = {}
+        if args.seed_from:
+            seed_path = args.config_dir / config_path(args.seed_from, m.experts, m.hidden, m.ffn,
+                                                      torch.bfloat16).relative_to(CONFIG_DIR)
+            if not seed_path.exists():
+                print(f"{name}: no table of {args.seed_from} to start from ({seed_path}); skipped", flush=True)
+                continue
+            seed = json.loads(seed_path.read_text())
+            tokens_list = table_tokens(seed, m.top_k, tokens_given)
+        elif args.tails_only or args.combine_only or args.persistent_only:
+            tokens_list = table_tokens(table, m.top_k, tokens_given if args.tails_only else None)
+        else:
+            tokens_list = args.tokens
         for tokens in tokens_list:
             if time.time() - t0 > args.budget_s:
                 print("# time budget reached", flush=True)
@@ -474,7 +499,9 @@ def main(argv=None) -> int:
                     args.log.parent.mkdir(parents=True, exist_ok=True)
                     pd.DataFrame(log).to_csv(args.log, index=False)
                 continue
-            if args.tails_only:
+            if args.seed_from:
+                cfg = seed[str(tokens * m.top_k)]
+            elif args.tails_only:
                 cfg = table[str(tokens * m.top_k)]
             else:
                 cfg, ms, info = tune_point(m, w, tokens, backend)
