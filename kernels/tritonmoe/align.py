@@ -34,6 +34,7 @@ each write a range of blocks or the chunk offsets of a few experts.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -309,8 +310,9 @@ def max_rows(num_routed: int, num_experts: int, block_m: int, tail_m: int | None
     return rows
 
 
+@functools.lru_cache(maxsize=4096)
 def align_meta(N: int, num_experts: int, block_m: int, tail_m: int | None = None) -> dict:
-    """Tile sizes of the alignment kernels for N slots."""
+    """Tile sizes of the alignment kernels for N slots (memoised: computed on the host every call; read only)."""
     tail = check_tail(block_m, tail_m)
     block_e = max(16, triton.next_power_of_2(num_experts))
     # No larger than N needs: a 1024-row one-hot tile for 8 slots only costs registers.

@@ -12,6 +12,8 @@ output row is NaN and no other row is touched.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -254,6 +256,7 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize:
     return weights, ids
 
 
+@functools.lru_cache(maxsize=1024)
 def routing_meta(H: int, E: int, top_k: int, renormalize: bool, block_t: int) -> dict:
     """Constexprs of `route_tokens`: the [BLOCK_H, BLOCK_E] router tile stays within 16K elements."""
     block_e = max(16, triton.next_power_of_2(E))

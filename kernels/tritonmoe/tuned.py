@@ -23,7 +23,11 @@ def device_slug(device: torch.device) -> str | None:
     """The contract's device slug for a GPU, or None (CPU, or a GPU we have no name for)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
+    return _slug_of(torch.cuda.get_device_name(device))
+
+
+@functools.lru_cache(maxsize=16)
+def _slug_of(name: str) -> str:
     for key, slug in _DEVICE_SLUGS:
         if key in name:
             return slug
@@ -42,6 +46,9 @@ def _load(path: Path) -> dict[int, dict] | None:
         return {int(k): v for k, v in json.load(f).items()}
 
 
+# Memoised, as the files are (`_load`): a layer call looks its config up on the host every time (session 10 run 23:
+# the path building, hashing and bucket search were ~50 of an eager call's ~520 host microseconds).
+@functools.lru_cache(maxsize=4096)
 def lookup_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
     """The tuned config of device `slug` for this shape and T*K, or None (no file)."""
     # fp16 tiles have bf16's size: a card tuned in bf16 serves both.

@@ -1,0 +1,76 @@
+"""Lab (perf notes v12): the host's share of an eager layer call.
+
+The sweep's eager rows carry 0.2-0.6 ms more than the graph replays of the same call (v8, v11): the host's work to
+launch the layer. Here: the host time per call (a loop of eager calls that only enqueue, the GPU kept ahead by one
+long kernel first, so the host is timed alone), and a cProfile of those calls (the top functions by cumulative time).
+
+    python experiments/bench/host_lab.py --cases mixtral-8x7b:64 qwen3-30b-a3b:64 --out $OUT/host.txt
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import tritonmoe  # noqa: E402
+from problems import add_cases_argument, load_models, make_tokens, make_weights  # noqa: E402
+
+
+def host_us(fn, calls: int) -> float:
+    """Host microseconds per call while the GPU is busy (a long matmul queued first), so no call waits for it."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    for _ in range(20):
+        a @ a  # ~30 ms of queued GPU work
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_cases_argument(ap, "mixtral-8x7b:64")
+    ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("host_lab.py: no GPU here", file=sys.stderr)
+        return 2
+    models, lines = load_models(), [torch.cuda.get_device_name()]
+    for name, T in args.cases:
+        m = models[name]
+        w = make_weights(m, torch.bfloat16, "cuda", "uniform")
+        x = make_tokens(m, T, w, "uniform", torch.bfloat16, "cuda", seed=T)
+
+        def fn():
+            return tritonmoe.moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k)
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        us = host_us(fn, args.calls)
+        prof = cProfile.Profile()
+        prof.enable()
+        host_us(fn, args.calls)
+        prof.disable()
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(35)
+        lines += [f"## {name} T={T}: host {us:.1f} us per eager call ({args.calls} calls)", s.getvalue()]
+        print(lines[-2], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
