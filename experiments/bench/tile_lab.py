@@ -87,11 +87,10 @@ def run_case(m, T: int, rows: list[dict]) -> None:
     ref = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, topk_ids=ids)
     flops = layer_flops(m, T)
     base = {"model": m.name, "tokens": T, "device": torch.cuda.get_device_name()}
-    act_ref = y_ref = None
+    y_ref = None
     layer_best = []
     for bm, tail in alignments(tuned):
         align = align_tokens(ids, m.experts, bm, tail_m=tail)
-        used = int(align.num_post_padded)
         is_tuned = bm == tuned["BLOCK_M"] and tail == tuned.get("TAIL_M")
         gu = ([("tuned", tuned["gate_up"])] if is_tuned else []) + [("new", c) for c in gate_up_extra(bm)]
         dn = ([("tuned", tuned["down"])] if is_tuned else []) + [("new", c) for c in down_extra(bm)]
