@@ -15,7 +15,6 @@ Timed against production `down` + `combine` (the tuned down tile, no tail blocks
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from tritonmoe.align import align_tokens  # noqa: E402
 from tritonmoe.descriptors import descriptor  # noqa: E402
 from tritonmoe.down import combine, down, uses_descriptors  # noqa: E402
 from tritonmoe.gate_up import gate_up  # noqa: E402
-from problems import add_cases_argument, write_lab_csv  # noqa: E402
+from problems import lab_main  # noqa: E402
 
 
 @triton.jit
@@ -194,19 +193,7 @@ def run_case(name: str, T: int, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cases_argument(ap, "qwen3-30b-a3b:8192")
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("lastcombine_lab.py: no GPU here", file=sys.stderr)
-        return 2
-    rows: list[dict] = []
-    for name, T in args.cases:
-        run_case(name, T, rows)
-        torch.cuda.empty_cache()
-        write_lab_csv(rows, args.out)
-    return 0
+    return lab_main(argv, __doc__, "lastcombine_lab.py", "qwen3-30b-a3b:8192", lambda name, T, rows, args: run_case(name, T, rows))
 
 
 if __name__ == "__main__":

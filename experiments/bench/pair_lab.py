@@ -15,7 +15,6 @@ are compared with production's.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import tritonmoe  # noqa: E402
 from tritonmoe._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, grouped_pid  # noqa: E402
 from tritonmoe.align import align_tokens  # noqa: E402
 from tritonmoe.gate_up import gate_up  # noqa: E402
-from problems import add_cases_argument, write_lab_csv  # noqa: E402
+from problems import lab_main  # noqa: E402
 
 
 @triton.jit
@@ -177,19 +176,7 @@ def run_case(name: str, T: int, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cases_argument(ap, "mixtral-8x7b:512")
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("pair_lab.py: no GPU here", file=sys.stderr)
-        return 2
-    rows: list[dict] = []
-    for name, T in args.cases:
-        run_case(name, T, rows)
-        torch.cuda.empty_cache()
-        write_lab_csv(rows, args.out)
-    return 0
+    return lab_main(argv, __doc__, "pair_lab.py", "mixtral-8x7b:512", lambda name, T, rows, args: run_case(name, T, rows))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ as CUDA-graph replays (`tune.graph_time`); every output is checked against produ
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tritonmoe.align import align_tokens  # noqa: E402
 from tritonmoe.descriptors import descriptor  # noqa: E402
 from tritonmoe.down import down  # noqa: E402
 from tritonmoe.gate_up import gate_up, gather_rows  # noqa: E402
-from problems import add_cases_argument, write_lab_csv  # noqa: E402
+from problems import lab_main  # noqa: E402
 
 
 @triton.jit
@@ -181,19 +180,9 @@ def run_case(name: str, T: int, rows: list[dict], gate_up_only: bool = False) ->
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cases_argument(ap, "qwen3-30b-a3b:4096")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--gate-up-only", action="store_true")
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("persistent_lab.py: no GPU here", file=sys.stderr)
-        return 2
-    rows: list[dict] = []
-    for name, T in args.cases:
-        run_case(name, T, rows, args.gate_up_only)
-        write_lab_csv(rows, args.out)
-    return 0
+    return lab_main(argv, __doc__, "persistent_lab.py", "qwen3-30b-a3b:4096",
+                    lambda name, T, rows, args: run_case(name, T, rows, args.gate_up_only),
+                    lambda ap: ap.add_argument("--gate-up-only", action="store_true"))
 
 
 if __name__ == "__main__":

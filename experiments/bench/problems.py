@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,26 @@ def add_cases_argument(ap: argparse.ArgumentParser, *defaults: str, required: bo
     """The labs' `--cases model:tokens ...` (parsed by `lab_case`; `defaults` likewise)."""
     ap.add_argument("--cases", nargs="+", type=lab_case, required=required,
                     default=None if required else [lab_case(d) for d in defaults], help="model:tokens ...")
+
+
+def lab_main(argv, doc: str, prog: str, default_case: str, run_case, add_arguments=None) -> int:
+    """The labs' command line: `--cases model:tokens ...` (default `default_case`), `--out` CSV, the lab's own
+    arguments (`add_arguments(parser)`); `run_case(name, tokens, rows, args)` appends rows, written after every case."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_cases_argument(ap, default_case)
+    ap.add_argument("--out", type=Path, required=True)
+    if add_arguments is not None:
+        add_arguments(ap)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"{prog}: no GPU here", file=sys.stderr)
+        return 2
+    rows: list[dict] = []
+    for name, tokens in args.cases:
+        run_case(name, tokens, rows, args)
+        torch.cuda.empty_cache()
+        write_lab_csv(rows, args.out)
+    return 0
 
 
 def write_lab_csv(rows: list[dict], out: Path) -> None:

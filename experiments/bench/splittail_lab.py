@@ -17,7 +17,6 @@ CUDA-graph replays (`tune.graph_time`).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from tritonmoe.align import align_tokens  # noqa: E402
 from tritonmoe.descriptors import descriptor  # noqa: E402
 from tritonmoe.down import combine, down  # noqa: E402
 from tritonmoe.gate_up import gate_up  # noqa: E402
-from problems import add_cases_argument, write_lab_csv  # noqa: E402
+from problems import lab_main  # noqa: E402
 
 
 @triton.jit
@@ -162,19 +161,7 @@ def run_case(name: str, T: int, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cases_argument(ap, "mixtral-8x7b:512")
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("splittail_lab.py: no GPU here", file=sys.stderr)
-        return 2
-    rows: list[dict] = []
-    for name, T in args.cases:
-        run_case(name, T, rows)
-        write_lab_csv(rows, args.out)
-        torch.cuda.empty_cache()
-    return 0
+    return lab_main(argv, __doc__, "splittail_lab.py", "mixtral-8x7b:512", lambda name, T, rows, args: run_case(name, T, rows))
 
 
 if __name__ == "__main__":
