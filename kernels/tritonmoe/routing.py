@@ -170,6 +170,9 @@ def _select_partials_kernel(
     select_experts(logits, weights_ptr, ids_ptr, rows, T, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
 
 
+PARTIALS_BLOCK_T = 16  # tokens a partial-logits program takes at a time (each step re-reads its router slice)
+
+
 def router_partials(x: torch.Tensor, router_weight: torch.Tensor, split_h: int, block_e: int) -> torch.Tensor:
     """`partial [cdiv(H, split_h), T, E]` fp32: each slice of H's logits, `block_e` experts a program."""
     T, H = x.shape
@@ -179,7 +182,7 @@ def router_partials(x: torch.Tensor, router_weight: torch.Tensor, split_h: int, 
     _router_partials_kernel[(triton.cdiv(E, block_e), splits)](
         x, router_weight, partial, T, H, E,
         x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
-        BLOCK_T=16, BLOCK_H=min(128, split_h), BLOCK_E=block_e, SPLIT_H=split_h, num_warps=4,
+        BLOCK_T=PARTIALS_BLOCK_T, BLOCK_H=min(128, split_h), BLOCK_E=block_e, SPLIT_H=split_h, num_warps=4,
     )
     return partial
 

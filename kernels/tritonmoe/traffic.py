@@ -36,7 +36,7 @@ from .descriptors import wants_descriptors
 from .gate_up import GATHER_BLOCK_R, INTERPRETER_PROGRAMS
 from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
 from .route_align import SPLIT_BLOCK_E, SPLIT_H
-from .routing import ROUTE_SPLIT_BLOCK_E, ROUTE_SPLIT_H, route_block_t, route_split
+from .routing import PARTIALS_BLOCK_T, ROUTE_SPLIT_BLOCK_E, ROUTE_SPLIT_H, route_block_t, route_split
 
 STAGES = ("routing", "gate_up", "act", "down", "combine")
 FLAVOURS = ("logical", "unique")
@@ -279,9 +279,9 @@ def _router_partials_launch(s: LayerShape, split_h: int, block_e: int) -> tuple[
     wr = s.experts * s.hidden * s.elem_bytes
     partial = splits * s.tokens * s.experts * _F32
     return Launch("_router_partials_kernel", "routing", (
-        # Every expert block reads all of x over its H slice; the router once per 16-token block.
+        # Every expert block reads all of x over its H slice; the router once per block of tokens.
         Access("x_ptr", False, read=_cdiv(s.experts, block_e) * x, unique_read=x),
-        Access("wr_ptr", True, read=_cdiv(s.tokens, 16) * wr, unique_read=wr),
+        Access("wr_ptr", True, read=_cdiv(s.tokens, PARTIALS_BLOCK_T) * wr, unique_read=wr),
         _same("partial_ptr", write=partial),
     )), partial
 
