@@ -49,3 +49,112 @@ def test_persistent_programs_without_a_device():
         assert persistent_programs(torch.device(dev), 1000) == INTERPRETER_PROGRAMS
         assert persistent_programs(torch.device(dev), 2) == 2
         assert persistent_programs(torch.device(dev), 0) == 1
+
+
+# --- configs borrowed by shapes without a table of their own (tritonmoe.tuned.borrow_slug) -------------------------
+
+import json  # noqa: E402
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+from tritonmoe import tuned  # noqa: E402
+from tritonmoe.tuned import CONFIG_DIR, borrow_slug, load_distance, resolve_slug, shape_distance, tuned_shapes  # noqa: E402
+
+from helpers import REL_TOL, make_layer, rel_err  # noqa: E402
+
+
+def test_tuned_shapes_lists_every_table():
+    files = sorted(p.name for p in (CONFIG_DIR / "h100-sxm").glob("*.json"))
+    assert sorted(f"E{e}_H{h}_F{f}_{d}.json" for e, h, f, d in tuned_shapes("h100-sxm")) == files
+    assert tuned_shapes("no-such-card") == ()
+
+
+def test_a_tuned_shape_uses_its_own_table():
+    cfg, src = resolve_slug("h100-sxm", torch.bfloat16, 2048, 8, 4096, 14336)
+    assert src == "table:h100-sxm/E8_H4096_F14336_bfloat16.json"
+    assert cfg == tuned.lookup_slug("h100-sxm", torch.bfloat16, 2048, 8, 4096, 14336)
+    # fp16 is served by the bf16 table and says so.
+    assert resolve_slug("h100-sxm", torch.float16, 2048, 8, 4096, 14336)[1] == src
+
+
+def _nearest_by_hand(slug, num_routed, E, H, F, exclude=None):
+    shapes = [(e, h, f) for e, h, f, d in tuned_shapes(slug) if d == "bfloat16" and (e, h, f) != exclude]
+    # The distance written out: |log2| ratios of H and F, half that of E.
+    dist = {s: abs(math.log2(H / s[1])) + abs(math.log2(F / s[2])) + 0.5 * abs(math.log2(E / s[0])) for s in shapes}
+    e, h, f = min(shapes, key=lambda s: (dist[s], s))
+    with open(CONFIG_DIR / slug / f"E{e}_H{h}_F{f}_bfloat16.json") as fh:
+        table = {int(k): v for k, v in json.load(fh).items()}
+
+    def rows(n, experts):  # rows per hit expert, and experts hit
+        return n / min(n, experts), min(n, experts)
+    r, g = rows(num_routed, E)
+    bucket = min(table, key=lambda b: (abs(math.log2(r / rows(b, e)[0])) + 0.5 * abs(math.log2(g / rows(b, e)[1])), b))
+    return (e, h, f), bucket, table[bucket]
+
+
+@pytest.mark.parametrize("shape", [(16, 6144, 10752), (60, 2048, 1408), (32, 2880, 2880), (16, 5120, 8192),
+                                   (128, 4096, 1536), (3, 96, 200)])
+@pytest.mark.parametrize("num_routed", [1, 6, 64, 1000, 16384])
+def test_an_untuned_shape_borrows_the_nearest_tuned_shape(shape, num_routed):
+    (e, h, f), bucket, cfg = _nearest_by_hand("h100-sxm", num_routed, *shape)
+    got, src = resolve_slug("h100-sxm", torch.bfloat16, num_routed, *shape)
+    assert src == f"borrowed:h100-sxm/E{e}_H{h}_F{f}_bfloat16.json@{bucket}"
+    assert got == cfg
+
+
+def test_borrowing_follows_the_rows_per_expert():
+    # qwen1.5-moe's shape (60 experts) borrows olmoe-1b-7b's table (64 experts, same H); 16 rows per expert
+    # there is the bucket of 64 * 16 slots.
+    cfg, src = borrow_slug("h100-sxm", torch.bfloat16, 60 * 16, 60, 2048, 1408)
+    assert src.endswith("E64_H2048_F1024_bfloat16.json@1024")
+    assert load_distance(60 * 16, 60, 1024, 64) == pytest.approx(0.5 * abs(math.log2(60 / 64)))
+    assert shape_distance((60, 2048, 1408), (64, 2048, 1024)) < shape_distance((60, 2048, 1408), (128, 2048, 768))
+
+
+def test_leave_one_out_never_returns_the_left_out_shape():
+    for e, h, f, _ in tuned_shapes("h100-sxm"):
+        cfg, src = borrow_slug("h100-sxm", torch.bfloat16, 64, e, h, f, exclude=(e, h, f))
+        assert f"E{e}_H{h}_F{f}_" not in src
+        assert src.split("/")[1].split("@")[0] == "E{}_H{}_F{}_bfloat16.json".format(
+            *_nearest_by_hand("h100-sxm", 64, e, h, f, exclude=(e, h, f))[0])
+
+
+def test_a_sibling_cards_table_of_the_same_shape_comes_before_another_shape():
+    # The H200 has tables for two shapes; qwen2-moe-57b's comes from the H100's table of that shape.
+    assert (64, 3584, 2560) not in {s[:3] for s in tuned_shapes("h200")}
+    cfg, src = resolve_slug("h200", torch.bfloat16, 256, 64, 3584, 2560)
+    assert src == "borrowed:h100-sxm/E64_H3584_F2560_bfloat16.json@256"
+    # ... but a card's own table of the same shape comes first.
+    assert resolve_slug("h200", torch.bfloat16, 256, 8, 4096, 14336)[1] == "table:h200/E8_H4096_F14336_bfloat16.json"
+
+
+def test_nothing_to_borrow_leaves_the_defaults():
+    assert resolve_slug("h100-sxm", torch.float32, 64, 16, 6144, 10752) is None  # no fp32 tables
+    assert resolve_slug("a100-sxm4", torch.bfloat16, 64, 16, 6144, 10752) is None  # no tables on that card
+    assert tuned.lookup(torch.device("cpu"), torch.bfloat16, 64, 16, 6144, 10752) is None
+
+
+def _distinct_table_configs():
+    seen = {}
+    for path in sorted(CONFIG_DIR.glob("*/*.json")):
+        with open(path) as fh:
+            for bucket, cfg in json.load(fh).items():
+                seen.setdefault(json.dumps(cfg, sort_keys=True), f"{path.parent.name}/{path.stem}@{bucket}")
+    return [(json.loads(k), v) for k, v in seen.items()]
+
+
+@pytest.mark.parametrize("cfg,where", _distinct_table_configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_tuned_config_is_right_on_a_shape_it_was_not_tuned_for(cfg, where, device):
+    """Whatever a shape borrows must compute the layer on any shape: every distinct table entry, on a small odd shape
+    (7 experts, H = 40, F = 24: tiles far larger than the GEMMs) and a token count that is no multiple of its blocks.
+    In the interpreter in fp32 (descriptors and persistent loops run as loads); on a GPU in bf16, the dtype the
+    tables serve. The decode configs' down projection with the combine (a program per token and 8 columns) gets a
+    decode's few tokens."""
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    T = 5 if cfg["down"].get("COMBINE") else 19
+    layer = make_layer(T=T, E=7, H=40, F=24, dtype=dtype, device=device, seed=11)
+    from tritonmoe import moe, reference_moe, route
+    y = moe(layer.x, *layer.weights, 3, config=cfg)
+    ref = reference_moe(layer.x, *layer.weights, 3, topk_ids=route(layer.x, layer.router_weight, 3)[1])
+    assert rel_err(y, ref) <= REL_TOL[dtype], where

@@ -183,3 +183,30 @@ def test_table_tokens_lists_the_buckets_and_filters_by_tokens():
     assert tune.table_tokens(table, 8) == [1, 2, 128, 8192]
     assert tune.table_tokens(table, 8, [2, 8192, 4096]) == [2, 8192]
     assert tune.table_tokens({}, 2) == []
+
+
+def test_heldout_bench_rows_name_their_configs(monkeypatch):
+    """`heldout.py`: a held-out shape gets the borrowed config (what `moe` resolves) and the defaults; a tuned model
+    its own table, the configs it would borrow with its table left out, and the defaults."""
+    import heldout
+    from problems import load_models
+    from tritonmoe.config import default_config
+
+    monkeypatch.setattr(heldout, "backend_of", lambda device: "cuda")  # the GPU defaults, on any machine
+    dbrx = load_models(heldout.HELDOUT_FILE)["dbrx"]
+    rows = heldout.configs_for("h100-sxm", dbrx, 64 * dbrx.top_k, heldout=True)
+    assert [r[0] for r in rows] == ["borrowed", "default"]
+    assert rows[0][2].startswith("borrowed:h100-sxm/E8_H6144_F16384_bfloat16.json@")
+    assert rows[1][1] == default_config("cuda", 64 * dbrx.top_k, dbrx.experts, dbrx.hidden, dbrx.ffn)
+    qwen3 = load_models()["qwen3-30b-a3b"]
+    rows = heldout.configs_for("h100-sxm", qwen3, 4096 * 8, heldout=False)
+    assert [r[0] for r in rows] == ["own", "borrowed", "default"]
+    assert rows[0][2] == "table:h100-sxm/E128_H2048_F768_bfloat16.json"
+    assert "E128_H2048_F768" not in rows[1][2] and rows[1][1] != rows[0][1]
+    # No table on the card at all: nothing to borrow.
+    assert heldout.configs_for("a100-sxm4", dbrx, 64, heldout=True)[0][1] is None
+    # Every held-out shape is really without a table, and no name is in both model files.
+    tuned_shapes = {(m.experts, m.hidden, m.ffn) for m in load_models().values()}
+    held = load_models(heldout.HELDOUT_FILE)
+    assert not tuned_shapes & {(m.experts, m.hidden, m.ffn) for m in held.values()}
+    assert not set(held) & set(load_models())

@@ -3,12 +3,20 @@
 Files live in `tritonmoe/configs/<device>/E<E>_H<H>_F<F>_<dtype>.json` and map a token
 bucket (number of routed slots T*K, as a string) to a layer config (see `tritonmoe.config`). A call
 uses the bucket nearest its T*K on a log scale. `experiments/tune.py` writes them.
+
+A shape with no file of its own borrows the configs of the nearest tuned shape (`borrow_slug`): the file whose
+hidden size, FFN size and expert count are nearest on a log scale (a sibling card's file of the same shape counts
+as nearby: the H100 and H200 share the SM and its 132-SM grid), at the bucket with the nearest rows per hit expert.
+Only where the device has no file at all do the per-backend defaults of `tritonmoe.config` apply.
+`experiments/bench/heldout.py` measures what this is worth: leave-one-out on the tuned models and shapes no table
+was tuned for (paper, Table "heldout").
 """
 from __future__ import annotations
 
 import functools
-import math
 import json
+import math
+import re
 from pathlib import Path
 
 import torch
@@ -48,19 +56,97 @@ def _load(path: Path) -> dict[int, dict] | None:
 
 # Memoised, as the files are (`_load`): a layer call looks its config up on the host every time (session 10 run 23:
 # the path building, hashing and bucket search were ~50 of an eager call's ~520 host microseconds).
+def _own_table(slug: str, dtype: torch.dtype, E: int, H: int, F: int) -> tuple[Path, dict[int, dict]] | None:
+    # fp16 tiles have bf16's size: a card tuned in bf16 serves both.
+    for dt in (dtype, torch.bfloat16) if dtype == torch.float16 else (dtype,):
+        path = config_path(slug, E, H, F, dt)
+        table = _load(path)
+        if table:
+            return path, table
+    return None
+
+
 @functools.lru_cache(maxsize=4096)
 def lookup_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
     """The tuned config of device `slug` for this shape and T*K, or None (no file)."""
-    # fp16 tiles have bf16's size: a card tuned in bf16 serves both.
-    table = _load(config_path(slug, E, H, F, dtype))
-    if table is None and dtype == torch.float16:
-        table = _load(config_path(slug, E, H, F, torch.bfloat16))
-    if not table:
+    found = _own_table(slug, dtype, E, H, F)
+    if found is None:
         return None
+    table = found[1]
     bucket = min(table, key=lambda b: (abs(math.log2(b) - math.log2(max(1, num_routed))), b))
     return table[bucket]
 
 
+# Cards whose tables serve each other's shapes when their own has none (same SM, same number of SMs), and how far
+# such a table counts (in the units of `shape_distance`: a table of the same shape on a sibling is preferred to one
+# of a shape more than this far on the card itself).
+SIBLINGS = {"h100-sxm": ("h200",), "h200": ("h100-sxm",)}
+SIBLING_DISTANCE = 0.5
+_FILE = re.compile(r"E(\d+)_H(\d+)_F(\d+)_(\w+)\.json")
+
+
+@functools.lru_cache(maxsize=16)
+def tuned_shapes(slug: str) -> tuple[tuple[int, int, int, str], ...]:
+    """(E, H, F, dtype name) of every table of device `slug`."""
+    folder = CONFIG_DIR / slug
+    found = (_FILE.fullmatch(p.name) for p in folder.glob("*.json")) if folder.is_dir() else ()
+    return tuple(sorted((int(m[1]), int(m[2]), int(m[3]), m[4]) for m in found if m))
+
+
+def shape_distance(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """How far apart two expert shapes (E, H, F) are for a config: |log2| ratios of the GEMMs' sizes (H, F) and,
+    at half weight, of the expert count (which sets how many experts a token count spreads over)."""
+    (ea, ha, fa), (eb, hb, fb) = a, b
+    return abs(math.log2(ha / hb)) + abs(math.log2(fa / fb)) + 0.5 * abs(math.log2(ea / eb))
+
+
+def load_distance(num_routed: int, E: int, bucket: int, E_bucket: int) -> float:
+    """How far apart two token loads are: |log2| ratio of the rows per hit expert (the GEMMs' height) plus, at half
+    weight, that of the number of experts hit (the grid's width)."""
+    hit, hit_b = min(num_routed, E), min(bucket, E_bucket)
+    return abs(math.log2((num_routed / hit) / (bucket / hit_b))) + 0.5 * abs(math.log2(hit / hit_b))
+
+
+@functools.lru_cache(maxsize=4096)
+def borrow_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int,
+                exclude: tuple[int, int, int] | None = None) -> tuple[dict, str] | None:
+    """The config of the nearest tuned shape for a shape with no table of its own: the table of device `slug` or a
+    sibling (`SIBLINGS`) nearest by `shape_distance` (a sibling's counted `SIBLING_DISTANCE` further), then its
+    bucket nearest by `load_distance`. Returns (config, "<device>/<file>@<bucket>") or None (no table, or a dtype
+    whose tiles no table was tuned for). `exclude` leaves one shape (E, H, F) out, as the leave-one-out check does."""
+    names = ("bfloat16", "float16") if dtype in (torch.bfloat16, torch.float16) else (str(dtype).removeprefix("torch."),)
+    best = None
+    for i, s in enumerate((slug, *SIBLINGS.get(slug, ()))):
+        for e, h, f, name in tuned_shapes(s):
+            if name not in names or (e, h, f) == exclude:
+                continue
+            d = shape_distance((E, H, F), (e, h, f)) + (SIBLING_DISTANCE if i else 0.0)
+            key = (d, i, names.index(name), e, h, f)
+            if best is None or key < best[0]:
+                best = (key, s, e, h, f, name)
+    if best is None:
+        return None
+    _, s, e, h, f, name = best
+    path = CONFIG_DIR / s / f"E{e}_H{h}_F{f}_{name}.json"
+    table = _load(path)
+    if not table:
+        return None
+    bucket = min(table, key=lambda b: (load_distance(num_routed, E, b, e), b))
+    return table[bucket], f"{s}/{path.name}@{bucket}"
+
+
+def resolve_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> tuple[dict, str] | None:
+    """(config, where it came from): the shape's own table ("table:<device>/<file>"), else the nearest tuned shape's
+    ("borrowed:<device>/<file>@<bucket>", `borrow_slug`), else None (the per-backend defaults apply)."""
+    own = lookup_slug(slug, dtype, num_routed, E, H, F)
+    if own is not None:
+        return own, f"table:{slug}/{_own_table(slug, dtype, E, H, F)[0].name}"
+    found = borrow_slug(slug, dtype, num_routed, E, H, F)
+    return None if found is None else (found[0], f"borrowed:{found[1]}")
+
+
 def lookup(device: torch.device, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
+    """The config a call on `device` uses: its shape's table, else the nearest tuned shape's (`resolve_slug`)."""
     slug = device_slug(device)
-    return None if slug is None else lookup_slug(slug, dtype, num_routed, E, H, F)
+    found = None if slug is None else resolve_slug(slug, dtype, num_routed, E, H, F)
+    return None if found is None else found[0]
