@@ -138,8 +138,10 @@ def main(argv=None) -> int:
     path = args.device_out / "heldout.csv"
     if path.exists():
         old = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        keys = set(map(tuple, new[KEY].astype(str).values))
-        old = old[[tuple(r) not in keys for r in old[KEY].astype(str).values]]
+        def key_of(df):  # a peer's empty `config` reads back as NaN
+            return [tuple(r) for r in df[KEY].fillna("").astype(str).values]
+        keys = set(key_of(new))
+        old = old[[k not in keys for k in key_of(old)]]
         new = pd.concat([old, new], ignore_index=True)
     args.device_out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
