@@ -120,13 +120,42 @@ def test_leave_one_out_never_returns_the_left_out_shape():
             *_nearest_by_hand("h100-sxm", 64, e, h, f, exclude=(e, h, f))[0])
 
 
-def test_a_sibling_cards_table_of_the_same_shape_comes_before_another_shape():
-    # The H200 has tables for two shapes; qwen2-moe-57b's comes from the H100's table of that shape.
-    assert (64, 3584, 2560) not in {s[:3] for s in tuned_shapes("h200")}
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    """A configs/ folder of the test's own (the memoised lookups cleared before and after)."""
+    def clear():
+        for f in (tuned._load, tuned.tuned_shapes, tuned.lookup_slug, tuned.borrow_slug):
+            f.cache_clear()
+    monkeypatch.setattr(tuned, "CONFIG_DIR", tmp_path)
+    clear()
+    yield tmp_path
+    clear()
+
+
+def _write_table(folder, E, H, F, marker):
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 32, "BLOCK_K": 64, "marker": marker}, "down": {"BLOCK_N": 32}}
+    (folder / f"E{E}_H{H}_F{F}_bfloat16.json").write_text(json.dumps({"64": cfg}))
+
+
+def test_a_sibling_cards_table_of_the_same_shape_comes_before_another_shape(config_dir):
+    _write_table(config_dir / "h200", 128, 2048, 768, "h200 qwen3")
+    _write_table(config_dir / "h100-sxm", 64, 3584, 2560, "h100 qwen2")
+    _write_table(config_dir / "h100-sxm", 128, 2048, 768, "h100 qwen3")
+    # The H200 has no table of qwen2-moe-57b's shape: the H100's table of that shape, not the H200's nearest other.
     cfg, src = resolve_slug("h200", torch.bfloat16, 256, 64, 3584, 2560)
-    assert src == "borrowed:h100-sxm/E64_H3584_F2560_bfloat16.json@256"
-    # ... but a card's own table of the same shape comes first.
-    assert resolve_slug("h200", torch.bfloat16, 256, 8, 4096, 14336)[1] == "table:h200/E8_H4096_F14336_bfloat16.json"
+    assert src == "borrowed:h100-sxm/E64_H3584_F2560_bfloat16.json@64"
+    assert cfg["gate_up"]["marker"] == "h100 qwen2"
+    # A card's own table of the same shape comes first ...
+    assert resolve_slug("h200", torch.bfloat16, 256, 128, 2048, 768)[0]["gate_up"]["marker"] == "h200 qwen3"
+    # ... and a near shape on the card itself before a sibling's table of a shape as far.
+    assert resolve_slug("h200", torch.bfloat16, 256, 128, 2048, 1024)[1].startswith("borrowed:h200/")
+    # A sibling's table is SIBLING_DISTANCE further: a shape farther than that on the card loses to it.
+    far = (128, 2048, int(768 * 2 ** (tuned.SIBLING_DISTANCE + 0.25)))
+    _write_table(config_dir / "h100-sxm", *far, "h100 far-shape twin")
+    tuned.tuned_shapes.cache_clear()
+    tuned.borrow_slug.cache_clear()
+    assert resolve_slug("h200", torch.bfloat16, 256, *far)[0]["gate_up"]["marker"] == "h100 far-shape twin"
 
 
 def test_nothing_to_borrow_leaves_the_defaults():

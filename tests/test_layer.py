@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tritonmoe
-from helpers import assert_rel_close, layer_reference, make_layer
+from helpers import assert_rel_close, layer_reference, make_layer, rel_err
 
 DTYPES = [torch.float32, torch.float16]
 
@@ -237,7 +237,10 @@ def test_down_combine_decode(impl, shape, dtype, device, monkeypatch):
     assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), dtype, impl)
     weights, ids = tritonmoe.route(layer.x, layer.router_weight, K)
     y2 = tritonmoe.fused_experts(layer.x, weights, ids, layer.w_gate_up, layer.w_down, impl=impl, config=cfg)
-    assert torch.equal(y, y2)
+    # Not bit for bit: `moe` routes T=1 in the program that also aligns, `route` in its own kernel, and in the
+    # interpreter their softmaxes may round a weight one ulp apart (numpy's vector exp differs with the row's
+    # layout on some CPUs); y within a few ulps is the contract.
+    assert rel_err(y2, y) <= (1e-6 if dtype == torch.float32 else 1e-3), impl
 
 
 class _Refuse:
