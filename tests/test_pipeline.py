@@ -186,4 +186,5 @@ def test_measure_runs_its_gpu_jobs_one_after_another(workflow):
     assert by_name["latency-uniform"][0] == by_name["latency-zipf"][0] == "measure_latency"
     assert re.search(r"results/logs/h100-sxm/latency-uniform-\w+\.done", by_name["latency-zipf"][1])
     assert re.search(r"results/logs/h100-sxm/latency-zipf-\w+\.done", by_name["traffic"][1])
+    assert re.search(r"results/logs/h100-sxm/ceiling-\w+\.done", by_name["heldout"][1])
     assert "latency-" not in by_name["latency-uniform"][1].replace("latency.py", "")

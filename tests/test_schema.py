@@ -284,3 +284,85 @@ def test_typed_number_in_handwritten_prose_is_caught(tmp_path):
     allowed = ["Mixtral-8x7B", "bf16", "tritonmoe_w13"]
     problems = check_prose(tex, allowed)
     assert len(problems) == 2 and all(":4:" in p for p in problems)  # the 1 and the 3 of 1.3, nothing else
+
+
+# --- heldout.csv (experiments/bench/heldout.py) and its derivations ------------------------------------------------
+
+HELDOUT = Path("results/raw/h100-sxm/heldout.csv")
+
+
+def _write_heldout(sha: str) -> None:
+    """Two held-out points of one shape (borrowed, default, the peer) and one leave-one-out point."""
+    rows = []
+    for tokens, (borrowed, default, peer) in ((1, (0.10, 0.12, 0.20)), (64, (0.50, 0.40, 0.45))):
+        for impl, config, ms in (("tritonmoe_fused", "borrowed", borrowed), ("tritonmoe_fused", "default", default),
+                                 ("torch_grouped_mm", "", peer)):
+            rows.append({"device": "h100-sxm", "set": "heldout", "model": "dbrx", "experts": 16, "hidden": 6144,
+                         "ffn": 10752, "top_k": 4, "dtype": "bf16", "routing": "uniform", "tokens": tokens,
+                         "impl": impl, "config": config,
+                         "config_source": "borrowed:h100-sxm/E8_H6144_F16384_bfloat16.json@8" if config == "borrowed"
+                         else "default" if config else "", "graph": 1, "median_ms": ms, "p20_ms": ms * 0.99,
+                         "p80_ms": ms * 1.01, "floor_ms": 0.09, "rel_err": 3e-3, "git_sha": sha,
+                         "timestamp": "2026-11-27T11:00:00+00:00", "note": ""})
+    for config, ms in (("own", 1.0), ("borrowed", 1.25), ("default", 2.0)):
+        rows.append({**rows[0], "set": "loo", "model": "mixtral-8x7b", "config": config, "median_ms": ms,
+                     "p20_ms": ms, "p80_ms": ms, "config_source": "x" if config != "borrowed"
+                     else "borrowed:h100-sxm/E8_H6144_F16384_bfloat16.json@2"})
+    pd.DataFrame(rows).to_csv(HELDOUT, index=False)
+
+
+def test_heldout_reads_typed_with_variants(repo):
+    from experiments.analysis.raw import read_heldout
+    sha = read_latency(LATENCY, device="h100-sxm")["git_sha"].iloc[0]
+    _write_heldout(sha)
+    rows = read_heldout(HELDOUT, device="h100-sxm")
+    assert list(rows["variant"][:3]) == ["borrowed", "default", "torch_grouped_mm"]
+    edit_csv(HELDOUT, 1, "config", "tuned")
+    with pytest.raises(RawDataError, match=r"heldout\.csv, line 3 .*'config' = 'tuned': expected one of own"):
+        read_heldout(HELDOUT, device="h100-sxm")
+    _write_heldout(sha)
+    frame = pd.read_csv(HELDOUT, dtype=str, keep_default_na=False)
+    pd.concat([frame, frame.iloc[[2]]]).to_csv(HELDOUT, index=False)  # the peer's row again
+    with pytest.raises(RawDataError, match=r"repeats the measurement of data row 2"):
+        read_heldout(HELDOUT, device="h100-sxm")
+
+
+def test_heldout_derivations(repo):
+    from experiments.analysis.derive import DERIVATIONS as D
+    sha = read_latency(LATENCY, device="h100-sxm")["git_sha"].iloc[0]
+    _write_heldout(sha)
+    rows = load_rows(HELDOUT)
+    held = rows[rows["set"] == "heldout"]
+    # borrowed over default: 0.12/0.10 = 1.2 and 0.40/0.50 = 0.8; over the peer: 2.0 and 0.9.
+    assert D["variant_speedup"](held, variant="borrowed", baseline="default", stat="geomean") == \
+        pytest.approx((1.2 * 0.8) ** 0.5)
+    assert D["variant_speedup"](held, variant="borrowed", baseline="torch_grouped_mm", stat="min") == pytest.approx(0.9)
+    assert D["variant_slower_count"](held, variant="borrowed", baseline="torch_grouped_mm") == 1
+    assert D["variant_points"](held, variant="borrowed", baseline="default") == 2
+    assert D["floor_fraction_extreme"](held[held["variant"] == "borrowed"], extreme="min") == pytest.approx(0.18)
+    assert D["borrowed_shape"](held) == "E8_H6144_F16384"
+    loo = rows[rows["set"] == "loo"]
+    assert D["variant_speedup"](loo, variant="own", baseline="borrowed", stat="max") == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="expected rows of 'own'"):
+        D["variant_speedup"](held, variant="own", baseline="default", stat="geomean")
+
+
+def test_heldout_tables_trace_to_their_rows(repo):
+    """`tab_heldout.py` on the rows above: every number of the tables and the summary recomputes from them, and a
+    device without a heldout.csv gets the sentence saying so."""
+    import shutil
+
+    from experiments.analysis import tab_heldout
+    sha = read_latency(LATENCY, device="h100-sxm")["git_sha"].iloc[0]
+    _write_heldout(sha)
+    for name in ("config/config.yaml", "config/heldout_models.yaml", "experiments/analysis/tab_heldout.py"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    tex = repo / "generated" / "heldout.tex"
+    assert tab_heldout.main(["--heldout", str(HELDOUT), "--out", str(tex)]) == 0
+    text = tex.read_text()
+    assert check_generated(tex, repo, Recomputer(".")) == []
+    assert "\\tv{heldout.h100-sxm.dbrx.over_peer.min}{0.90}" in text
+    assert "\\tv{loo.h100-sxm.mixtral-8x7b.over_borrowed.geomean}{1.25}" in text
+    assert tab_heldout.main(["--out", str(tex)]) == 0
+    assert "No device folder under results/raw/ holds a heldout.csv" in tex.read_text()

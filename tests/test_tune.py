@@ -210,3 +210,29 @@ def test_heldout_bench_rows_name_their_configs(monkeypatch):
     held = load_models(heldout.HELDOUT_FILE)
     assert not tuned_shapes & {(m.experts, m.hidden, m.ffn) for m in held.values()}
     assert not set(held) & set(load_models())
+
+
+def test_merge_rows_keeps_text_and_replaces_by_key(tmp_path):
+    """The benchmarks' merge of new rows into a results file: values pass through as written (a SHA of digits and
+    one 'e' is not a number), a new row replaces the file's row of the same key (an empty key cell matches a
+    missing one), and of the file's own repeats the last is kept."""
+    import pandas as pd
+    from device_info import merge_rows
+
+    path = tmp_path / "rows.csv"
+    path.write_text("model,tokens,config,median_ms,git_sha\n"
+                    "a,1,,0.5,58697e7\n"
+                    "a,2,own,0.25,1323584\n"
+                    "a,1,,0.4,4c29fa0\n"
+                    "b,1,own,1.0,0bc181d\n")
+    new = pd.DataFrame([{"model": "b", "tokens": 1, "config": "own", "median_ms": 2.0, "git_sha": "2be8a4e"},
+                        {"model": "c", "tokens": 4, "config": None, "median_ms": 3.0, "git_sha": "2be8a4e"}])
+    out = merge_rows(path, new, ["model", "tokens", "config"])
+    out.to_csv(path, index=False)
+    back = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert back.values.tolist() == [["a", "2", "own", "0.25", "1323584"], ["a", "1", "", "0.4", "4c29fa0"],
+                                    ["b", "1", "own", "2.0", "2be8a4e"], ["c", "4", "", "3.0", "2be8a4e"]]
+    # Nothing new: the file's repeats are dropped, the rest unchanged.
+    assert merge_rows(path, pd.DataFrame(columns=back.columns), ["model", "tokens", "config"]).values.tolist() == \
+        back.values.tolist()
+    assert merge_rows(tmp_path / "none.csv", new, ["model"]) is new

@@ -279,3 +279,61 @@ def over_dense(rows: pd.DataFrame, dense: str, impl: str) -> float:
     """The dense pair's ms / `impl`'s whole-layer median_ms (above 1: the layer beats the GEMMs alone)."""
     row = _one(rows[rows["impl"] == impl], "over_dense")
     return _finite(_dense_pair_ms(rows, dense) / row["median_ms"], "over_dense")
+
+
+# --- configs for shapes without a table (heldout.csv: `variant` is own, borrowed, default or a peer's impl) --------
+
+def _variant_ratio(rows: pd.DataFrame, variant: str, baseline: str) -> pd.Series:
+    """median_ms of `baseline` / median_ms of `variant` per (model, routing, tokens) point where both were timed."""
+    wide = rows.pivot(index=["model", "routing", "tokens"], columns="variant", values="median_ms")
+    for name in (variant, baseline):
+        if name not in wide:
+            raise ValueError(f"variant: expected rows of {name!r}, got only {sorted(wide.columns)}")
+    ratio = (wide[baseline] / wide[variant]).dropna()
+    if ratio.empty:
+        raise ValueError(f"variant_speedup: no point with both {variant!r} and {baseline!r} timed")
+    return ratio
+
+
+@derivation
+def variant_speedup(rows: pd.DataFrame, variant: str, baseline: str, stat: str) -> float:
+    """The speed of `variant` over `baseline` (baseline ms / variant ms; above 1: `variant` is faster) across the
+    (model, routing, tokens) points of the rows: their geometric mean (`stat='geomean'`), smallest or largest."""
+    ratio = _variant_ratio(rows, variant, baseline)
+    if stat == "geomean":
+        return float(math.exp(sum(math.log(r) for r in ratio) / len(ratio)))
+    if stat not in ("min", "max"):
+        raise ValueError(f"stat: expected geomean, min or max, got {stat!r}")
+    return float(getattr(ratio, stat)())
+
+
+@derivation
+def variant_slower_count(rows: pd.DataFrame, variant: str, baseline: str) -> int:
+    """The (model, routing, tokens) points where `variant` took longer than `baseline`."""
+    return int((_variant_ratio(rows, variant, baseline) < 1).sum())
+
+
+@derivation
+def variant_points(rows: pd.DataFrame, variant: str, baseline: str) -> int:
+    """The (model, routing, tokens) points where both `variant` and `baseline` were timed."""
+    return int(len(_variant_ratio(rows, variant, baseline)))
+
+
+@derivation
+def floor_fraction_extreme(rows: pd.DataFrame, extreme: str) -> float:
+    """The smallest (`extreme='min'`) or largest floor_ms / median_ms over the timed rows given."""
+    timed = rows.dropna(subset=["median_ms"])
+    if timed.empty:
+        raise ValueError("floor_fraction_extreme: no timed rows")
+    return float(getattr(timed["floor_ms"] / timed["median_ms"], extreme)())
+
+
+@derivation
+def borrowed_shape(rows: pd.DataFrame) -> str:
+    """The tuned shapes (E<e>_H<h>_F<f> of the table files) the rows' borrowed configs came from, space-separated."""
+    picked = rows.loc[rows["config"] == "borrowed", "config_source"]
+    shapes = sorted({str(s).split("/")[-1].split("@")[0].removesuffix(".json").rsplit("_", 1)[0] for s in picked
+                     if str(s)})
+    if not shapes:
+        raise ValueError("borrowed_shape: no borrowed rows with a config_source")
+    return " ".join(shapes)

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .schema import (CEILING_COLUMNS, CEILING_STAGES, LATENCY_COLUMNS, LATENCY_NOTE, PROVENANCE_KEYS, STAGES, TOOLS,
-                     TRAFFIC_COLUMNS, TRAFFIC_OPTIONAL)
+from .schema import (CEILING_COLUMNS, CEILING_STAGES, HELDOUT_COLUMNS, HELDOUT_CONFIGS, HELDOUT_SETS, HELDOUT_TEXT,
+                     LATENCY_COLUMNS, LATENCY_NOTE, PROVENANCE_KEYS, STAGES, TOOLS, TRAFFIC_COLUMNS, TRAFFIC_OPTIONAL)
 
 LATENCY_KEY = ["model", "dtype", "routing", "tokens", "impl", "graph"]
 TRAFFIC_KEY = ["model", "dtype", "tokens", "impl", "stage", "tool"]
 CEILING_KEY = ["model", "dtype", "tokens", "impl", "stage"]
+HELDOUT_KEY = ["set", "model", "dtype", "routing", "tokens", "impl", "config"]
 _SHA = re.compile(r"^[0-9a-f]{7,40}(-dirty)?$")
 
 
@@ -113,7 +114,7 @@ def _enum(allowed):
 PARSERS = {
     "name": _name, "positive_int": _positive_int, "flag": _flag, "positive_float": _positive_float,
     "timing": _timing, "bytes": _bytes, "git_sha": _git_sha, "timestamp": _timestamp,
-    "stage": _enum(STAGES), "tool": _enum(TOOLS),
+    "stage": _enum(STAGES), "tool": _enum(TOOLS), "heldout_set": _enum(HELDOUT_SETS),
 }
 
 
@@ -249,6 +250,26 @@ def read_ceiling(path: str | Path, *, device: str | None = None, repo: str | Pat
                            f"{', '.join(CEILING_STAGES)}")
     _check_quantiles(frame, path)
     _check_unique(frame, CEILING_KEY, path)
+    return frame
+
+
+def read_heldout(path: str | Path, *, device: str | None = None, repo: str | Path | None = ".") -> pd.DataFrame:
+    """`heldout.csv` of one device (`experiments/bench/heldout.py`), checked, with `variant`: the config's name on the
+    headline impl's rows (own, borrowed, default), the impl's name on a peer's (whose `config` is empty)."""
+    path = Path(path)
+    frame = read_csv_checked(path, HELDOUT_COLUMNS, optional_text=HELDOUT_TEXT, device=device, repo=repo)
+    for column in HELDOUT_TEXT:
+        if column not in frame:
+            frame[column] = ""
+    peer = frame["config"] == ""
+    bad = frame.index[~peer & ~frame["config"].isin(HELDOUT_CONFIGS)]
+    if len(bad):
+        row = int(bad[0])
+        raise RawDataError(f"{_where(path, row, 'config')} = {frame['config'][row]!r}: expected one of "
+                           f"{', '.join(HELDOUT_CONFIGS)}, or empty on a peer's row")
+    _check_quantiles(frame, path)
+    _check_unique(frame, HELDOUT_KEY, path)
+    frame["variant"] = frame["config"].where(~peer, frame["impl"])
     return frame
 
 

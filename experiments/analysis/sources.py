@@ -9,7 +9,7 @@ import pandas as pd
 import yaml
 
 from .build import read_build_file
-from .raw import RawDataError, read_ceiling, read_csv_checked, read_latency, read_traffic
+from .raw import RawDataError, read_ceiling, read_csv_checked, read_heldout, read_latency, read_traffic
 
 # Analytic traffic model over the sweep (traffic_model.py writes it; weight_read_bytes splits out the weights).
 TRAFFIC_MODEL_COLUMNS = {
@@ -35,6 +35,7 @@ LOADERS = {
     "latency.csv": lambda p, repo: read_latency(p, device=p.parent.name, repo=repo),
     "traffic.csv": lambda p, repo: read_traffic(p, device=p.parent.name, repo=repo),
     "ceiling.csv": lambda p, repo: read_ceiling(p, device=p.parent.name, repo=repo),
+    "heldout.csv": lambda p, repo: read_heldout(p, device=p.parent.name, repo=repo),
     "traffic_interpreter.csv": lambda p, repo: read_traffic(p, repo=None),
     "traffic_model.csv": _traffic_model,
     "interp_correctness.csv": _correctness,

@@ -70,12 +70,10 @@ def measure(models: list, tokens: list[int], git_sha: str) -> list[dict]:
 
 def merge(path: Path, rows: list[dict]) -> pd.DataFrame:
     """The file's rows with `rows` replacing those of the same key."""
-    new = pd.DataFrame(rows, columns=COLUMNS)
-    if path.exists():
-        old = pd.read_csv(path)
-        old = old[~old.set_index(KEY).index.isin(new.set_index(KEY).index)]
-        new = pd.concat([old, new], ignore_index=True)
-    return new.sort_values(["model", "tokens", "stage"], kind="stable")
+    from device_info import merge_rows
+    new = merge_rows(path, pd.DataFrame(rows, columns=COLUMNS), KEY)
+    order = new[["model", "tokens", "stage"]].astype(str).assign(tokens=new["tokens"].astype(int))
+    return new.loc[order.sort_values(["model", "tokens", "stage"], kind="stable").index]
 
 
 def main(argv=None) -> int:

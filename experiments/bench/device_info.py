@@ -73,6 +73,23 @@ def provenance(git_sha: str, git_dirty: bool, copy_gbps: float, bf16_tflops: flo
     }
 
 
+def merge_rows(path: Path, new: "pd.DataFrame", key: list[str]) -> "pd.DataFrame":
+    """The rows of the CSV file `path` with those of `new` replacing every row of the same `key`, new rows last; of
+    rows of the file repeating a key, the last one (the later run: runs append) is kept. The file is read as text,
+    so values pass through unchanged (read as numbers, a SHA such as 58697e7 came back as 586970000000.0)."""
+    import pandas as pd
+
+    def keys(frame):
+        return [tuple(r) for r in frame[key].astype(object).where(frame[key].notna(), "").astype(str).values]
+    if not path.exists():
+        return new
+    old = pd.read_csv(path, dtype=str, keep_default_na=False)
+    old = old[~pd.Series(keys(old), index=old.index).duplicated(keep="last")]
+    replaced = set(keys(new))
+    old = old[[k not in replaced for k in keys(old)]]
+    return pd.concat([old, new], ignore_index=True) if len(new) else old.reset_index(drop=True)
+
+
 def update_provenance(folder: Path, run: dict) -> None:
     """provenance.json holds the latest run's fields at top level and every run under `runs`."""
     path = folder / "provenance.json"

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 import tritonmoe  # noqa: E402
 from tritonmoe.config import backend_of, default_config  # noqa: E402
 from tritonmoe.tuned import borrow_slug, config_path, lookup_slug  # noqa: E402
+from device_info import atomic_write_text, merge_rows  # noqa: E402
 from problems import (MODELS_FILE, ROUTINGS, fewest_bytes, layer_flops, load_models, make_tokens,  # noqa: E402
                       make_weights, zipf_router)
 
@@ -66,14 +67,27 @@ def main(argv=None) -> int:
     ap.add_argument("--routings", nargs="+", default=list(ROUTINGS), choices=list(ROUTINGS))
     ap.add_argument("--warmup-ms", type=float, default=10)
     ap.add_argument("--rep-ms", type=float, default=50)
-    ap.add_argument("--git-sha", required=True)
+    ap.add_argument("--git-sha", help="the commit of the code that runs (recorded in every row; needed to measure)")
     ap.add_argument("--git-dirty", type=int, default=0)
     ap.add_argument("--budget-s", type=float, default=540, help="stop cleanly (keeping rows so far) after this long")
+    ap.add_argument("--merge-only", action="store_true",
+                    help="measure nothing: rewrite <device-out>/heldout.csv keeping the last row of each key (what "
+                         "every run's merge does; before 2be8a4e it kept a peer's earlier rows beside a rerun's)")
     args = ap.parse_args(argv)
+    if args.merge_only:
+        path = args.device_out / "heldout.csv"
+        kept = merge_rows(path, pd.DataFrame(columns=COLUMNS), KEY)
+        buf = io.StringIO()
+        kept.to_csv(buf, index=False)
+        atomic_write_text(path, buf.getvalue())
+        print(f"# {path}: {len(kept)} rows kept", flush=True)
+        return 0
+    if not args.git_sha:
+        ap.error("--git-sha is needed to measure")
     if not torch.cuda.is_available():
         print("heldout.py: no GPU here; nothing measured", file=sys.stderr)
         return 2
-    from device_info import atomic_write_text, measure_bf16_tflops, measure_copy_gbps, provenance, update_provenance
+    from device_info import measure_bf16_tflops, measure_copy_gbps, provenance, update_provenance
     from latency import measure
     from providers import PROVIDERS
     from tune import warm
@@ -134,15 +148,8 @@ def main(argv=None) -> int:
             del grouped
         del w, routers
         torch.cuda.empty_cache()
-    new = pd.DataFrame(rows, columns=COLUMNS)
     path = args.device_out / "heldout.csv"
-    if path.exists():
-        old = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        def key_of(df):  # a peer's empty `config` reads back as NaN
-            return [tuple(r) for r in df[KEY].fillna("").astype(str).values]
-        keys = set(key_of(new))
-        old = old[[k not in keys for k in key_of(old)]]
-        new = pd.concat([old, new], ignore_index=True)
+    new = merge_rows(path, pd.DataFrame(rows, columns=COLUMNS), KEY)
     args.device_out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     new.to_csv(buf, index=False)

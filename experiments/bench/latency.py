@@ -22,7 +22,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
-from device_info import atomic_write_text, measure_bf16_tflops, measure_copy_gbps, provenance, update_provenance  # noqa: E402
+from device_info import (atomic_write_text, measure_bf16_tflops, measure_copy_gbps, merge_rows, provenance,  # noqa: E402
+                         update_provenance)
 from problems import ROUTINGS, TOKENS, fewest_bytes, layer_flops, load_models, make_tokens, make_weights  # noqa: E402
 from providers import PROVIDERS  # noqa: E402
 from timing import bench  # noqa: E402
@@ -163,13 +164,8 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     if bar:
         bar.close()
-    new = pd.DataFrame(rows, columns=COLUMNS)
     path = args.device_out / "latency.csv"
-    if path.exists():
-        old = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        keys = set(map(tuple, new[KEY].astype(str).values))
-        old = old[[tuple(r) not in keys for r in old[KEY].astype(str).values]]
-        new = pd.concat([old, new], ignore_index=True)
+    new = merge_rows(path, pd.DataFrame(rows, columns=COLUMNS), KEY)
     buf = io.StringIO()
     new.to_csv(buf, index=False)
     atomic_write_text(path, buf.getvalue())

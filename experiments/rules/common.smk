@@ -14,6 +14,7 @@ from experiments.analysis.raw import (  # noqa: E402
     RawDataError,
     device_folders,
     read_ceiling,
+    read_heldout,
     read_latency,
     read_provenance,
     read_traffic,
@@ -50,7 +51,7 @@ def _read_raw():
     # A measuring run may have no .git (a copy on a GPU machine) and reads no results; the
     # analysis scripts check git_sha again whatever the run.
     repo = None if MEASURE else REPO
-    latency, traffic, ceiling = {}, {}, {}
+    latency, traffic, ceiling, heldout = {}, {}, {}, {}
     for device in devices:
         read_provenance(f"{RAW}/{device}", repo=repo)
         if Path(f"{RAW}/{device}/latency.csv").exists():
@@ -59,11 +60,13 @@ def _read_raw():
             traffic[device] = read_traffic(f"{RAW}/{device}/traffic.csv", device=device, repo=repo)
         if Path(f"{RAW}/{device}/ceiling.csv").exists():
             ceiling[device] = read_ceiling(f"{RAW}/{device}/ceiling.csv", device=device, repo=repo)
-    return devices, latency, traffic, ceiling
+        if Path(f"{RAW}/{device}/heldout.csv").exists():
+            heldout[device] = read_heldout(f"{RAW}/{device}/heldout.csv", device=device, repo=repo)
+    return devices, latency, traffic, ceiling, heldout
 
 
 try:
-    DEVICES, LATENCY, TRAFFIC, CEILING = _read_raw()
+    DEVICES, LATENCY, TRAFFIC, CEILING, HELDOUT = _read_raw()
 except RawDataError as e:
     raise WorkflowError(f"raw results do not match the contract: {e}") from None
 
@@ -91,6 +94,14 @@ CEILING_DEVICES = [d for d in LATENCY_DEVICES if d in CEILING]
 
 def ceiling_inputs():
     return [raw_file(d, "ceiling.csv") for d in CEILING_DEVICES]
+
+
+# Devices with configs measured on shapes without a table (heldout.csv, experiments/bench/heldout.py).
+HELDOUT_DEVICES = [d for d in DEVICES if d in HELDOUT]
+
+
+def heldout_inputs():
+    return [raw_file(d, "heldout.csv") for d in HELDOUT_DEVICES]
 
 
 def provenance_inputs():

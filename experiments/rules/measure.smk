@@ -90,6 +90,27 @@ rule measure_ceiling:
         "{params.needs_gpu} && python {input.script} --device-out {params.device_dir} {params.git} > {log} 2>&1"
 
 
+rule measure_heldout:
+    input:
+        script="experiments/bench/heldout.py",
+        after="results/logs/{device}/ceiling-{stamp}.done",
+    output:
+        touch("results/logs/{device}/heldout-{stamp}.done"),
+    params:
+        device_dir=lambda wildcards: f"{RAW}/{wildcards.device}",
+        git=GIT_ARGS,
+        needs_gpu=NEEDS_GPU,
+    log:
+        "results/logs/{device}/heldout-{stamp}.log",
+    resources:
+        gpu=1,
+        runtime=30,
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.needs_gpu} && python {input.script} --device-out {params.device_dir} {params.git} > {log} 2>&1"
+
+
 rule tune_configs:
     input:
         script="experiments/bench/tune.py",
@@ -110,7 +131,7 @@ rule tune_configs:
 
 rule measure:
     input:
-        measure_targets(("latency-uniform", "latency-zipf", "traffic", "ceiling")),
+        measure_targets(("latency-uniform", "latency-zipf", "traffic", "ceiling", "heldout")),
 
 
 rule tune:

@@ -1,7 +1,8 @@
 # Paper stage: every number of the generated TeX is recomputed from its rows (check_tracing), then
 # latexmk builds paper/build/tritonmoe.pdf.
 
-GENERATED_TEX = [f"{GEN}/{name}.tex" for name in ("headline", "ceiling", "compile", "setup", "claims", "figures", "traffic")]
+GENERATED_TEX = [f"{GEN}/{name}.tex" for name in ("headline", "ceiling", "heldout", "compile", "setup", "claims",
+                                                            "figures", "traffic")]
 PAPER_SOURCES = sorted(str(p) for p in Path("paper").glob("*.tex")) + sorted(
     str(p) for p in Path("paper/sections").glob("*.tex")
 )

@@ -41,6 +41,26 @@ rule tab_ceiling:
         + LOGGED
 
 
+rule tab_heldout:
+    input:
+        settings=SETTINGS,
+        heldout=heldout_inputs(),
+        models="config/heldout_models.yaml",
+        script="experiments/analysis/tab_heldout.py",
+        lib=ANALYSIS_LIB,
+    output:
+        tex=f"{GEN}/heldout.tex",
+        trace=f"{GEN}/heldout.trace.json",
+    log:
+        f"{LOGS}/tab_heldout.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m experiments.analysis.tab_heldout --heldout {input.heldout} --settings {input.settings} "
+        "--out {output.tex}"
+        + LOGGED
+
+
 rule tab_compile:
     input:
         settings=SETTINGS,
