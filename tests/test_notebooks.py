@@ -79,6 +79,11 @@ def test_runs_and_plots(name, tmp_path):
     if name == "traffic_explorer":
         assert "counted bytes equal the logical model for every launch and argument" in out
         assert "ncu on h100-sxm" in out  # the committed H100 traffic.csv has mixtral-8x7b at 512 tokens
+    if name == "latency_explorer":
+        # Section 8: where a held-out shape's configs come from, and the committed heldout.csv rows.
+        assert "qwen3-235b-a22b: E=128 K=8 H=4096 F=1536; config source per token count" in out
+        assert "borrowed:h100-sxm/E64_H3584_F2560_bfloat16.json@" in out
+        assert "h100-sxm: leave-one-out" in out
     if name == "claims_review":
         for claim in ("traffic", "speed", "portability"):
             assert f"claim.{claim}" in out
@@ -101,5 +106,6 @@ def test_latency_explorer_two_devices(tmp_path):
     nb = execute("latency_explorer", tmp_path / "out", raw_dir=str(raw), tokens=32)
     out = text(nb)
     assert "a100-sxm4: NVIDIA A100 SXM4" in out and "h100-sxm: NVIDIA H100 SXM" in out
+    assert "no <device>/heldout.csv under" in out  # the fixtures hold none
     # Per device: the paper's three figures (two on a device whose baseline was not timed), latency, floor, speed-ups.
     assert images(nb) >= 10
