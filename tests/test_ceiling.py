@@ -118,4 +118,6 @@ def test_merge_replaces_same_key(tmp_path):
     path = tmp_path / "ceiling.csv"
     ceiling.merge(path, [row, {**row, "tokens": 1024}]).to_csv(path, index=False)
     merged = ceiling.merge(path, [{**row, "median_ms": 2.0}])
-    assert len(merged) == 2 and sorted(merged["median_ms"]) == [1.0, 2.0]
+    # The file's rows come back as written (text), the new row as measured; the rerun at 512 replaced the old one.
+    assert len(merged) == 2 and sorted(float(v) for v in merged["median_ms"]) == [1.0, 2.0]
+    assert [int(t) for t in merged["tokens"]] == [512, 1024]

@@ -124,7 +124,7 @@ def test_leave_one_out_never_returns_the_left_out_shape():
 def config_dir(tmp_path, monkeypatch):
     """A configs/ folder of the test's own (the memoised lookups cleared before and after)."""
     def clear():
-        for f in (tuned._load, tuned.tuned_shapes, tuned.lookup_slug, tuned.borrow_slug):
+        for f in (tuned._load, tuned.tuned_shapes, tuned.lookup_slug, tuned.borrow_slug, tuned.resolve_slug):
             f.cache_clear()
     monkeypatch.setattr(tuned, "CONFIG_DIR", tmp_path)
     clear()
@@ -153,8 +153,8 @@ def test_a_sibling_cards_table_of_the_same_shape_comes_before_another_shape(conf
     # A sibling's table is SIBLING_DISTANCE further: a shape farther than that on the card loses to it.
     far = (128, 2048, int(768 * 2 ** (tuned.SIBLING_DISTANCE + 0.25)))
     _write_table(config_dir / "h100-sxm", *far, "h100 far-shape twin")
-    tuned.tuned_shapes.cache_clear()
-    tuned.borrow_slug.cache_clear()
+    for f in (tuned.tuned_shapes, tuned.borrow_slug, tuned.resolve_slug):
+        f.cache_clear()
     assert resolve_slug("h200", torch.bfloat16, 256, *far)[0]["gate_up"]["marker"] == "h100 far-shape twin"
 
 

@@ -49,7 +49,7 @@ def configs_for(slug: str, m, num_routed: int, heldout: bool) -> list[tuple[str,
     out = []
     if not heldout:
         own = lookup_slug(slug, torch.bfloat16, num_routed, *shape)
-        out.append(("own", own, f"table:{slug}/{config_path(slug, *shape, torch.bfloat16).name}"))
+        out.append(("own", own, "" if own is None else f"table:{slug}/{config_path(slug, *shape, torch.bfloat16).name}"))
     found = borrow_slug(slug, torch.bfloat16, num_routed, *shape, exclude=None if heldout else shape)
     out.append(("borrowed", None if found is None else found[0], "" if found is None else f"borrowed:{found[1]}"))
     out.append(("default", default_config(backend_of(torch.device("cuda")), num_routed, *shape), "default"))
@@ -131,7 +131,8 @@ def main(argv=None) -> int:
                            "impl": impl, "config": name, "config_source": src, "graph": 1, "floor_ms": floor_ms,
                            "git_sha": args.git_sha, "note": ""}
                     if impl == "tritonmoe_fused" and c is None:
-                        row["note"] = "no tuned table on this device to borrow from"
+                        row["note"] = ("no table of this shape on this device" if name == "own" else
+                                       "no table on this device or its siblings to borrow from")
                     else:
                         fn = grouped if impl == "torch_grouped_mm" else layer(c)
                         try:

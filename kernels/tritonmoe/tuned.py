@@ -54,8 +54,6 @@ def _load(path: Path) -> dict[int, dict] | None:
         return {int(k): v for k, v in json.load(f).items()}
 
 
-# Memoised, as the files are (`_load`): a layer call looks its config up on the host every time (session 10 run 23:
-# the path building, hashing and bucket search were ~50 of an eager call's ~520 host microseconds).
 def _own_table(slug: str, dtype: torch.dtype, E: int, H: int, F: int) -> tuple[Path, dict[int, dict]] | None:
     # fp16 tiles have bf16's size: a card tuned in bf16 serves both.
     for dt in (dtype, torch.bfloat16) if dtype == torch.float16 else (dtype,):
@@ -66,6 +64,8 @@ def _own_table(slug: str, dtype: torch.dtype, E: int, H: int, F: int) -> tuple[P
     return None
 
 
+# Memoised, as the files are (`_load`): a layer call looks its config up on the host every time (session 10 run 23:
+# the path building, hashing and bucket search were ~50 of an eager call's ~520 host microseconds).
 @functools.lru_cache(maxsize=4096)
 def lookup_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
     """The tuned config of device `slug` for this shape and T*K, or None (no file)."""
@@ -135,6 +135,7 @@ def borrow_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, 
     return table[bucket], f"{s}/{path.name}@{bucket}"
 
 
+@functools.lru_cache(maxsize=4096)
 def resolve_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> tuple[dict, str] | None:
     """(config, where it came from): the shape's own table ("table:<device>/<file>"), else the nearest tuned shape's
     ("borrowed:<device>/<file>@<bucket>", `borrow_slug`), else None (the per-backend defaults apply)."""
