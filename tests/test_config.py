@@ -124,7 +124,7 @@ def test_leave_one_out_never_returns_the_left_out_shape():
 def config_dir(tmp_path, monkeypatch):
     """A configs/ folder of the test's own (the memoised lookups cleared before and after)."""
     def clear():
-        for f in (tuned._load, tuned.tuned_shapes, tuned.lookup_slug, tuned.borrow_slug, tuned.resolve_slug):
+        for f in (tuned._load, tuned.tuned_shapes, tuned.table_entry, tuned.borrow_slug, tuned.resolve_slug):
             f.cache_clear()
     monkeypatch.setattr(tuned, "CONFIG_DIR", tmp_path)
     clear()

@@ -216,6 +216,17 @@ def _check_quantiles(frame: pd.DataFrame, path: Path) -> None:
                            f"{frame['p20_ms'][row]}, {frame['median_ms'][row]}, {frame['p80_ms'][row]}")
 
 
+def _check_allowed(frame: pd.DataFrame, column: str, allowed, path: Path, rows=None, also: str = "") -> None:
+    """Every value of `column` (in `rows`, a mask; all rows by default) is one of `allowed`; `also` names what else
+    the message should say is accepted."""
+    rows = pd.Series(True, index=frame.index) if rows is None else rows
+    bad = frame.index[rows & ~frame[column].isin(allowed)]
+    if len(bad):
+        row = int(bad[0])
+        raise RawDataError(f"{_where(path, row, column)} = {frame[column][row]!r}: expected one of "
+                           f"{', '.join(allowed)}{also}")
+
+
 def read_latency(path: str | Path, *, device: str | None = None, repo: str | Path | None = ".") -> pd.DataFrame:
     """`latency.csv` of one device, checked; `note` is kept (empty where absent)."""
     path = Path(path)
@@ -243,11 +254,7 @@ def read_ceiling(path: str | Path, *, device: str | None = None, repo: str | Pat
     p20 <= median <= p80, one row per product."""
     path = Path(path)
     frame = read_csv_checked(path, CEILING_COLUMNS, device=device, repo=repo)
-    bad = frame.index[~frame["stage"].isin(CEILING_STAGES)]
-    if len(bad):
-        row = int(bad[0])
-        raise RawDataError(f"{_where(path, row, 'stage')} = {frame['stage'][row]!r}: expected one of "
-                           f"{', '.join(CEILING_STAGES)}")
+    _check_allowed(frame, "stage", CEILING_STAGES, path)
     _check_quantiles(frame, path)
     _check_unique(frame, CEILING_KEY, path)
     return frame
@@ -262,11 +269,7 @@ def read_heldout(path: str | Path, *, device: str | None = None, repo: str | Pat
         if column not in frame:
             frame[column] = ""
     peer = frame["config"] == ""
-    bad = frame.index[~peer & ~frame["config"].isin(HELDOUT_CONFIGS)]
-    if len(bad):
-        row = int(bad[0])
-        raise RawDataError(f"{_where(path, row, 'config')} = {frame['config'][row]!r}: expected one of "
-                           f"{', '.join(HELDOUT_CONFIGS)}, or empty on a peer's row")
+    _check_allowed(frame, "config", HELDOUT_CONFIGS, path, rows=~peer, also=", or empty on a peer's row")
     _check_quantiles(frame, path)
     _check_unique(frame, HELDOUT_KEY, path)
     frame["variant"] = frame["config"].where(~peer, frame["impl"])

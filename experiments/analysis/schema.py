@@ -70,25 +70,12 @@ CEILING_STAGES = ("gate_up", "down")
 # from the nearest tuned shape, on the per-backend defaults and (held-out shapes) torch_grouped_mm beside them; on
 # the tuned models (set `loo`) also on their own tables. `config` is empty on the peer's rows.
 HELDOUT_COLUMNS: dict[str, str] = {
-    "device": "name",
+    **LATENCY_COLUMNS,
     "set": "heldout_set",
-    "model": "name",
     "experts": "positive_int",
     "hidden": "positive_int",
     "ffn": "positive_int",
     "top_k": "positive_int",
-    "dtype": "name",
-    "routing": "name",
-    "tokens": "positive_int",
-    "impl": "name",
-    "graph": "flag",
-    "median_ms": "timing",
-    "p20_ms": "timing",
-    "p80_ms": "timing",
-    "floor_ms": "positive_float",
-    "rel_err": "timing",
-    "git_sha": "git_sha",
-    "timestamp": "timestamp",
 }
 HELDOUT_SETS = ("heldout", "loo")
 HELDOUT_CONFIGS = ("own", "borrowed", "default")

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from tritonmoe.config import backend_of, default_config  # noqa: E402
-from tritonmoe.tuned import borrow_slug, config_path, lookup_slug  # noqa: E402
+from tritonmoe.tuned import borrow_slug, table_entry  # noqa: E402
 from device_info import atomic_write_text, merge_rows  # noqa: E402
 from problems import (MODELS_FILE, ROUTINGS, fewest_bytes, layer_flops, load_models, make_tokens,  # noqa: E402
                       make_weights, zipf_router)
@@ -48,8 +48,8 @@ def configs_for(slug: str, m, num_routed: int, heldout: bool) -> list[tuple[str,
     shape = (m.experts, m.hidden, m.ffn)
     out = []
     if not heldout:
-        own = lookup_slug(slug, torch.bfloat16, num_routed, *shape)
-        out.append(("own", own, "" if own is None else f"table:{slug}/{config_path(slug, *shape, torch.bfloat16).name}"))
+        own = table_entry(slug, torch.bfloat16, num_routed, *shape)
+        out.append(("own", *(own or (None, ""))))
     found = borrow_slug(slug, torch.bfloat16, num_routed, *shape, exclude=None if heldout else shape)
     out.append(("borrowed", None if found is None else found[0], "" if found is None else f"borrowed:{found[1]}"))
     out.append(("default", default_config(backend_of(torch.device("cuda")), num_routed, *shape), "default"))

@@ -67,14 +67,21 @@ def _own_table(slug: str, dtype: torch.dtype, E: int, H: int, F: int) -> tuple[P
 # Memoised, as the files are (`_load`): a layer call looks its config up on the host every time (session 10 run 23:
 # the path building, hashing and bucket search were ~50 of an eager call's ~520 host microseconds).
 @functools.lru_cache(maxsize=4096)
-def lookup_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
-    """The tuned config of device `slug` for this shape and T*K, or None (no file)."""
+def table_entry(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> tuple[dict, str] | None:
+    """The tuned config of device `slug` for this shape and T*K from the shape's own table, with where it came from
+    ("table:<device>/<file>"), or None (no file)."""
     found = _own_table(slug, dtype, E, H, F)
     if found is None:
         return None
-    table = found[1]
+    path, table = found
     bucket = min(table, key=lambda b: (abs(math.log2(b) - math.log2(max(1, num_routed))), b))
-    return table[bucket]
+    return table[bucket], f"table:{slug}/{path.name}"
+
+
+def lookup_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
+    """The tuned config of device `slug` for this shape and T*K, or None (no file)."""
+    found = table_entry(slug, dtype, num_routed, E, H, F)
+    return None if found is None else found[0]
 
 
 # Cards whose tables serve each other's shapes when their own has none (same SM, same number of SMs), and how far
@@ -139,9 +146,9 @@ def borrow_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, 
 def resolve_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> tuple[dict, str] | None:
     """(config, where it came from): the shape's own table ("table:<device>/<file>"), else the nearest tuned shape's
     ("borrowed:<device>/<file>@<bucket>", `borrow_slug`), else None (the per-backend defaults apply)."""
-    own = lookup_slug(slug, dtype, num_routed, E, H, F)
+    own = table_entry(slug, dtype, num_routed, E, H, F)
     if own is not None:
-        return own, f"table:{slug}/{_own_table(slug, dtype, E, H, F)[0].name}"
+        return own
     found = borrow_slug(slug, dtype, num_routed, E, H, F)
     return None if found is None else (found[0], f"borrowed:{found[1]}")
 
