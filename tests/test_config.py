@@ -59,7 +59,8 @@ import math  # noqa: E402
 import torch  # noqa: E402
 
 from tritonmoe import tuned  # noqa: E402
-from tritonmoe.tuned import CONFIG_DIR, borrow_slug, load_distance, resolve_slug, shape_distance, tuned_shapes  # noqa: E402
+from tritonmoe.tuned import (CONFIG_DIR, borrow_slug, borrowed, load_distance, resolve_slug, shape_distance,  # noqa: E402
+                             skew_guard, tuned_shapes)
 
 from helpers import REL_TOL, make_layer, rel_err  # noqa: E402
 
@@ -93,14 +94,70 @@ def _nearest_by_hand(slug, num_routed, E, H, F, exclude=None):
     return (e, h, f), bucket, table[bucket]
 
 
+def _guard_by_hand(cfg, num_routed, E, tokens):
+    """The skew guard's rule written out: (BLOCK_M, TAIL_M) a borrowed config without tails runs at."""
+    bm, tail = cfg["BLOCK_M"], cfg.get("TAIL_M", cfg["BLOCK_M"])
+    if cfg.get("expert") or tail < bm:
+        return bm, tail
+    if bm < 64 and tokens >= 64:  # an expert can receive a 64-row block
+        return 64, bm
+    if bm >= 64 and num_routed / min(E, num_routed) >= bm:  # an even load fills a block per expert
+        return bm, bm // 2
+    return bm, bm
+
+
 @pytest.mark.parametrize("shape", [(16, 6144, 10752), (60, 2048, 1408), (32, 2880, 2880), (16, 5120, 8192),
                                    (128, 4096, 1536), (3, 96, 200)])
 @pytest.mark.parametrize("num_routed", [1, 6, 64, 1000, 16384])
-def test_an_untuned_shape_borrows_the_nearest_tuned_shape(shape, num_routed):
+@pytest.mark.parametrize("top_k", [1, 8])
+def test_an_untuned_shape_borrows_the_nearest_tuned_shape(shape, num_routed, top_k):
     (e, h, f), bucket, cfg = _nearest_by_hand("h100-sxm", num_routed, *shape)
-    got, src = resolve_slug("h100-sxm", torch.bfloat16, num_routed, *shape)
-    assert src == f"borrowed:h100-sxm/E{e}_H{h}_F{f}_bfloat16.json@{bucket}"
-    assert got == cfg
+    tokens = max(1, num_routed // top_k)
+    got, src = resolve_slug("h100-sxm", torch.bfloat16, num_routed, *shape, tokens)
+    assert src.startswith(f"borrowed:h100-sxm/E{e}_H{h}_F{f}_bfloat16.json@{bucket}")
+    bm, tail = _guard_by_hand(cfg, num_routed, shape[0], tokens)
+    assert (got["BLOCK_M"], got.get("TAIL_M", got["BLOCK_M"])) == (bm, tail)
+    if (bm, tail) == (cfg["BLOCK_M"], cfg.get("TAIL_M", cfg["BLOCK_M"])):
+        assert got == cfg and src == f"borrowed:h100-sxm/E{e}_H{h}_F{f}_bfloat16.json@{bucket}"
+    else:  # the tiles stay the borrowed ones (BLOCK_K and stages only as the larger blocks' shared memory needs)
+        assert src.endswith(f"+tails:{bm}/{tail}")
+        for stage in ("gate_up", "down"):
+            assert got[stage]["BLOCK_N"] == cfg[stage]["BLOCK_N"]
+            assert got[stage]["BLOCK_K"] <= cfg[stage]["BLOCK_K"]
+
+
+def test_the_skew_guard():
+    small = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 256, "num_stages": 4},
+             "down": {"BLOCK_N": 64, "BLOCK_K": 256, "num_stages": 4}}
+    # Up to 63 tokens no expert can fill a 64-row block: unchanged.
+    assert skew_guard(small, 63 * 8, 128, 63) == (small, "")
+    cfg, note = skew_guard(small, 64 * 8, 128, 64)
+    assert (cfg["BLOCK_M"], cfg["TAIL_M"], note) == (64, 16, "+tails:64/16")
+    # The 64-row tiles' pipeline must fit in shared memory (bf16): BLOCK_K or stages come down.
+    for stage, b_tiles in (("gate_up", 2), ("down", 1)):
+        c = cfg[stage]
+        assert c["num_stages"] * c["BLOCK_K"] * (64 + b_tiles * c["BLOCK_N"]) * 2 <= SMEM_BUDGET
+    big = {"BLOCK_M": 128, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "PERSISTENT": True, "DESC": True},
+           "down": {"BLOCK_N": 256, "BLOCK_K": 64}}
+    assert skew_guard(big, 127 * 16, 16, 1000) == (big, "")  # 127 rows per expert: under one block
+    assert skew_guard(big, 128 * 16, 16, 1000) == ({**big, "TAIL_M": 64}, "+tails:128/64")
+    # Configs with tails, and the one-kernel decode path, are left as they are.
+    with_tails = {**small, "BLOCK_M": 64, "TAIL_M": 16}
+    assert skew_guard(with_tails, 10 ** 6, 8, 10 ** 5) == (with_tails, "")
+    decode = {**small, "expert": {"BLOCK_F": 64, "BLOCK_K": 64}}
+    assert skew_guard(decode, 10 ** 6, 8, 10 ** 5) == (decode, "")
+
+
+def test_a_call_borrows_for_its_own_token_count():
+    # qwen3-235b-a22b's shape at 64 tokens (512 routed slots) borrows a 16-row bucket; one expert can take 64 rows.
+    shape = (128, 4096, 1536)
+    plain = borrow_slug("h100-sxm", torch.bfloat16, 512, *shape)
+    assert plain[0]["BLOCK_M"] < 64 and "TAIL_M" not in plain[0]
+    cfg, src = borrowed("h100-sxm", torch.bfloat16, 512, *shape, tokens=64)
+    assert (cfg["BLOCK_M"], cfg["TAIL_M"]) == (64, plain[0]["BLOCK_M"]) and src == plain[1] + f"+tails:64/{cfg['TAIL_M']}"
+    assert borrowed("h100-sxm", torch.bfloat16, 512, *shape, tokens=32) == plain  # 32 tokens x top-16
+    x = torch.empty(64, 4096, dtype=torch.bfloat16, device="meta")
+    assert tuned.lookup(x.device, x.dtype, 512, *shape, 64) is None  # no table for a meta device
 
 
 def test_borrowing_follows_the_rows_per_expert():
@@ -134,7 +191,7 @@ def config_dir(tmp_path, monkeypatch):
 
 def _write_table(folder, E, H, F, marker):
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 32, "BLOCK_K": 64, "marker": marker}, "down": {"BLOCK_N": 32}}
+    cfg = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 32, "BLOCK_K": 64, "marker": marker}, "down": {"BLOCK_N": 32, "BLOCK_K": 64}}
     (folder / f"E{E}_H{H}_F{F}_bfloat16.json").write_text(json.dumps({"64": cfg}))
 
 
@@ -143,7 +200,7 @@ def test_a_sibling_cards_table_of_the_same_shape_comes_before_another_shape(conf
     _write_table(config_dir / "h100-sxm", 64, 3584, 2560, "h100 qwen2")
     _write_table(config_dir / "h100-sxm", 128, 2048, 768, "h100 qwen3")
     # The H200 has no table of qwen2-moe-57b's shape: the H100's table of that shape, not the H200's nearest other.
-    cfg, src = resolve_slug("h200", torch.bfloat16, 256, 64, 3584, 2560)
+    cfg, src = resolve_slug("h200", torch.bfloat16, 256, 64, 3584, 2560, 16)  # 16 tokens: no skew guard
     assert src == "borrowed:h100-sxm/E64_H3584_F2560_bfloat16.json@64"
     assert cfg["gate_up"]["marker"] == "h100 qwen2"
     # A card's own table of the same shape comes first ...
@@ -173,7 +230,18 @@ def _distinct_table_configs():
     return [(json.loads(k), v) for k, v in seen.items()]
 
 
-@pytest.mark.parametrize("cfg,where", _distinct_table_configs(), ids=lambda v: v if isinstance(v, str) else "")
+def _guarded_table_configs():
+    """What the skew guard makes of the distinct table entries that it changes (on a load that triggers both rules)."""
+    out = {}
+    for cfg, where in _distinct_table_configs():
+        got, note = skew_guard(cfg, 10 ** 6, 8, 10 ** 5)
+        if note:
+            out.setdefault(json.dumps(got, sort_keys=True), where + note)
+    return [(json.loads(k), v) for k, v in out.items()]
+
+
+@pytest.mark.parametrize("cfg,where", _distinct_table_configs() + _guarded_table_configs(),
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_every_tuned_config_is_right_on_a_shape_it_was_not_tuned_for(cfg, where, device):
     """Whatever a shape borrows must compute the layer on any shape: every distinct table entry, on a small odd shape
     (7 experts, H = 40, F = 24: tiles far larger than the GEMMs) and a token count that is no multiple of its blocks.

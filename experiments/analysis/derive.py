@@ -332,7 +332,8 @@ def floor_fraction_extreme(rows: pd.DataFrame, extreme: str) -> float:
 def borrowed_shape(rows: pd.DataFrame) -> str:
     """The tuned shapes (E<e>_H<h>_F<f> of the table files) the rows' borrowed configs came from, space-separated."""
     picked = rows.loc[rows["config"] == "borrowed", "config_source"]
-    shapes = sorted({str(s).split("/")[-1].split("@")[0].removesuffix(".json").rsplit("_", 1)[0] for s in picked
+    # "borrowed:<device>/<file>@<bucket>", and "+tails:<BLOCK_M>/<TAIL_M>" where the skew guard added tails
+    shapes = sorted({str(s).split("@")[0].split("/")[-1].removesuffix(".json").rsplit("_", 1)[0] for s in picked
                      if str(s)})
     if not shapes:
         raise ValueError("borrowed_shape: no borrowed rows with a config_source")

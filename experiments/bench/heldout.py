@@ -1,4 +1,4 @@
-"""Configs for shapes without a tuned table: what `tritonmoe.tuned.borrow_slug` is worth, measured.
+"""Configs for shapes without a tuned table: what `tritonmoe.tuned.borrowed` (the nearest tuned shape's bucket, `borrow_slug`, through the `skew_guard`) is worth, measured.
 
 Two sets, every row a whole layer (`x` to `y`, routing included) as CUDA-graph replays, timed and checked like the
 sweep (`latency.measure`: poisoned output, rel_err against the float64 reference):
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from tritonmoe.config import backend_of, default_config  # noqa: E402
-from tritonmoe.tuned import borrow_slug, table_entry  # noqa: E402
+from tritonmoe.tuned import borrowed, table_entry  # noqa: E402
 from device_info import atomic_write_text, merge_rows  # noqa: E402
 from problems import (MODELS_FILE, ROUTINGS, fewest_bytes, layer_flops, load_models, make_tokens,  # noqa: E402
                       make_weights, zipf_router)
@@ -50,7 +50,8 @@ def configs_for(slug: str, m, num_routed: int, heldout: bool) -> list[tuple[str,
     if not heldout:
         own = table_entry(slug, torch.bfloat16, num_routed, *shape)
         out.append(("own", *(own or (None, ""))))
-    found = borrow_slug(slug, torch.bfloat16, num_routed, *shape, exclude=None if heldout else shape)
+    found = borrowed(slug, torch.bfloat16, num_routed, *shape, tokens=num_routed // m.top_k,
+                     exclude=None if heldout else shape)
     out.append(("borrowed", None if found is None else found[0], "" if found is None else f"borrowed:{found[1]}"))
     out.append(("default", default_config(backend_of(torch.device("cuda")), num_routed, *shape), "default"))
     return out

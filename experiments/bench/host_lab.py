@@ -3,6 +3,10 @@
 The sweep's eager rows carry 0.2-0.6 ms more than the graph replays of the same call (v8, v11): the host's work to
 launch the layer. Here: the host time per call (a loop of eager calls that only enqueue, the GPU kept ahead by one
 long kernel first, so the host is timed alone), and a cProfile of those calls (the top functions by cumulative time).
+`--modes` adds the same host time with every Triton launch replaced by a no-op (`stub`: the package's own Python)
+and with a leaner `JITFunction.run` (`lean`: the compiled kernel found by the binder's specialization alone and
+launched directly, without Triton's per-call option parsing, hooks and global checks; its output is compared
+with the normal launch's, bit for bit).
 
     python experiments/bench/host_lab.py --cases mixtral-8x7b:64 qwen3-30b-a3b:64 --out $OUT/host.txt
 """
@@ -38,10 +42,35 @@ def host_us(fn, calls: int) -> float:
     return (t1 - t0) / calls * 1e6
 
 
+_LEAN: dict = {}
+
+
+def lean_run(orig):
+    """A `JITFunction.run` that launches a kernel it has seen through its binder's specialization alone."""
+    def run(self, *args, grid, warmup, **kwargs):
+        device = torch.cuda.current_device()
+        binder = self.device_caches[device][4]
+        bound_args, specialization, options = binder(*args, **kwargs)
+        key = (id(self), device, tuple(specialization), tuple(options.items()))
+        k = _LEAN.get(key)
+        if k is None or warmup:
+            k = orig(self, *args, grid=grid, warmup=warmup, **kwargs)
+            if k is not None and not warmup:
+                _LEAN[key] = k
+            return k
+        g = grid(bound_args) if callable(grid) else grid
+        k.run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, torch.cuda.current_stream().cuda_stream,
+              k.function, k.packed_metadata, None, None, None, *bound_args.values())
+        return k
+    return run
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_cases_argument(ap, "mixtral-8x7b:64")
     ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--modes", nargs="+", choices=["stub", "lean"], default=[])
+    ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -59,14 +88,32 @@ def main(argv=None) -> int:
             fn()
         torch.cuda.synchronize()
         us = host_us(fn, args.calls)
+        from triton.runtime.jit import JITFunction
+        orig = JITFunction.run
+        extra = []
+        for mode in args.modes:
+            y0 = fn().clone()
+            JITFunction.run = (lambda self, *a, grid, warmup, **k: None) if mode == "stub" else lean_run(orig)
+            try:
+                if mode == "lean":
+                    for _ in range(3):
+                        fn()
+                    same = bool(torch.equal(fn(), y0))
+                extra.append(f"{mode} {host_us(fn, args.calls):.1f} us" + (f" (output bit-identical: {same})"
+                                                                             if mode == "lean" else ""))
+            finally:
+                JITFunction.run = orig
+        lines.append(f"## {name} T={T}: host {us:.1f} us per eager call ({args.calls} calls); " + "; ".join(extra))
+        print(lines[-1], flush=True)
+        if args.no_profile:
+            continue
         prof = cProfile.Profile()
         prof.enable()
         host_us(fn, args.calls)
         prof.disable()
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(35)
-        lines += [f"## {name} T={T}: host {us:.1f} us per eager call ({args.calls} calls)", s.getvalue()]
-        print(lines[-2], flush=True)
+        lines.append(s.getvalue())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     return 0

@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import cdiv, next_power_of_2
+
 # Elements of the [CHUNK, BLOCK_E] one-hot tiles the kernels hold in registers.
 _TILE_ELEMS = 16384
 # Elements of the [BLOCK_B, BLOCK_E] tiles of `write_block_range`, which keeps several of them live (the expert of
@@ -306,7 +308,7 @@ def max_rows(num_routed: int, num_experts: int, block_m: int, tail_m: int | None
     rows = max_blocks(num_routed, num_experts, block_m, tail) * block_m
     if tail < block_m:
         hit = min(num_experts, num_routed)
-        rows = min(rows, triton.cdiv(num_routed + hit * (block_m - 1), block_m) * block_m)
+        rows = min(rows, cdiv(num_routed + hit * (block_m - 1), block_m) * block_m)
     return rows
 
 
@@ -314,11 +316,11 @@ def max_rows(num_routed: int, num_experts: int, block_m: int, tail_m: int | None
 def align_meta(N: int, num_experts: int, block_m: int, tail_m: int | None = None) -> dict:
     """Tile sizes of the alignment kernels for N slots (memoised: computed on the host every call; read only)."""
     tail = check_tail(block_m, tail_m)
-    block_e = max(16, triton.next_power_of_2(num_experts))
+    block_e = max(16, next_power_of_2(num_experts))
     # No larger than N needs: a 1024-row one-hot tile for 8 slots only costs registers.
-    chunk = max(16, min(1024, _TILE_ELEMS // block_e, triton.next_power_of_2(max(1, N))))
+    chunk = max(16, min(1024, _TILE_ELEMS // block_e, next_power_of_2(max(1, N))))
     nb = max_blocks(N, num_experts, block_m, tail) + 1  # the blocks and the end of the last one
-    block_b = max(16, min(256, _BLOCK_TILE_ELEMS // max(block_e, block_m), triton.next_power_of_2(nb)))
+    block_b = max(16, min(256, _BLOCK_TILE_ELEMS // max(block_e, block_m), next_power_of_2(nb)))
     return dict(BLOCK_M=block_m, TAIL_M=tail, BLOCK_E=block_e, CHUNK=chunk, BLOCK_B=block_b)
 
 
@@ -327,13 +329,13 @@ def layout_plan(N: int, num_experts: int, block_m: int, tail_m: int | None = Non
     one-program kernel's chunk rows per step, and whether the layout runs in parallel (more serial steps than
     PARALLEL_LAYOUT_STEPS) with its block programs, expert slabs and the slabs' chunk rows per step."""
     meta = align_meta(N, num_experts, block_m, tail_m)
-    num_chunks = triton.cdiv(N, meta["CHUNK"])
-    rows = max(1, min(64, triton.next_power_of_2(num_chunks), _BLOCK_TILE_ELEMS * 2 // meta["BLOCK_E"]))
-    block_programs = triton.cdiv(max_blocks(N, num_experts, block_m, tail_m) + 1, meta["BLOCK_B"])
-    steps = 2 * triton.cdiv(num_chunks, rows) + block_programs
+    num_chunks = cdiv(N, meta["CHUNK"])
+    rows = max(1, min(64, next_power_of_2(num_chunks), _BLOCK_TILE_ELEMS * 2 // meta["BLOCK_E"]))
+    block_programs = cdiv(max_blocks(N, num_experts, block_m, tail_m) + 1, meta["BLOCK_B"])
+    steps = 2 * cdiv(num_chunks, rows) + block_programs
     return dict(num_chunks=num_chunks, rows=rows, parallel=steps > PARALLEL_LAYOUT_STEPS,
                 block_programs=block_programs, slabs=meta["BLOCK_E"] // _SLAB_E,
-                slab_rows=min(_SLAB_ROWS, triton.next_power_of_2(num_chunks)))
+                slab_rows=min(_SLAB_ROWS, next_power_of_2(num_chunks)))
 
 
 def alloc_alignment(N: int, num_experts: int, block_m: int, device, tail_m: int | None = None) -> Alignment:

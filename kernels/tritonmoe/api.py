@@ -37,7 +37,7 @@ def resolve_config(x: torch.Tensor, num_routed: int, E: int, H: int, F: int, con
     if config is not None:
         return config
     from .tuned import lookup
-    found = lookup(x.device, x.dtype, num_routed, E, H, F)
+    found = lookup(x.device, x.dtype, num_routed, E, H, F, x.shape[0])
     if found is not None:
         return found
     return default_config(backend_of(x.device), num_routed, E, H, F, x.element_size())

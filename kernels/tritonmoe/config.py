@@ -24,8 +24,8 @@ logits over many programs then a selection launch instead of one kernel whose pr
 from __future__ import annotations
 
 import torch
-import triton
 
+from ._host import cdiv
 from ._validate import interpreter_active
 
 
@@ -81,7 +81,7 @@ def _gpu_config(num_routed: int, E: int, H: int, F: int, backend: str) -> dict:
         dn = {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3 if backend == "cuda" else 2}
     # Split the down projection's F so that the used blocks fill the machine.
     blocks = max(1, num_routed // bm + min(E, num_routed))
-    tiles = blocks * triton.cdiv(H, dn["BLOCK_N"])
+    tiles = blocks * cdiv(H, dn["BLOCK_N"])
     split = 1
     while tiles * split < 264 and F // (split * 2) >= 4 * dn["BLOCK_K"] and split < 16:
         split *= 2

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ._gemm_common import block_extent, block_slots, dot_precision, grouped_pid
+from ._host import cdiv, next_power_of_2
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
 
@@ -161,14 +162,14 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
     E, H, F = w_down.shape
     split_k = max(1, int(cfg.get("SPLIT_K", 1)))
     bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
-    k_per_split = triton.cdiv(triton.cdiv(F, split_k), bk) * bk
-    split_k = triton.cdiv(F, k_per_split)
+    k_per_split = cdiv(cdiv(F, split_k), bk) * bk
+    split_k = cdiv(F, k_per_split)
     # One split: each slot's row is final, so it is stored in the input dtype (half the bytes to write and
     # for the combine to read); several splits are summed later, so they keep fp32.
     partial_dtype = act.dtype if split_k == 1 else torch.float32
     partial = torch.empty((split_k, align.num_routed, H), dtype=partial_dtype, device=act.device)
     num_pid_m = align.max_blocks
-    grid = (num_pid_m * triton.cdiv(H, bn), split_k)
+    grid = (num_pid_m * cdiv(H, bn), split_k)
     if uses_descriptors(cfg, act, w_down):
         a_desc = descriptor(act, [bm, bk])
         _down_desc_kernel[grid](
@@ -249,10 +250,10 @@ def down_combine(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk
     T, K = topk_ids.shape
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
     y = out if out is not None else torch.empty((T, H), dtype=act.dtype, device=act.device)
-    _down_combine_kernel[(T, triton.cdiv(H, bn))](
+    _down_combine_kernel[(T, cdiv(H, bn))](
         act, w_down, y, topk_weights.reshape(-1), topk_ids.reshape(-1), align.slot_rows,
         H, F, act.stride(0), act.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2), y.stride(0),
-        TOP_K=K, BLOCK_KK=triton.next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=(F % bk == 0),
+        TOP_K=K, BLOCK_KK=next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=(F % bk == 0),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return y
@@ -264,10 +265,10 @@ def combine(partial: torch.Tensor, num_tokens: int, top_k: int, out_dtype: torch
     split_k, _, H = partial.shape
     y = out if out is not None else torch.empty((num_tokens, H), dtype=out_dtype, device=partial.device)
     # Enough programs to fill the GPU even for one token with many partial rows to sum.
-    block_h = max(128, min(1024, triton.next_power_of_2(max(1, num_tokens * H // 512))))
-    block_h = min(block_h, triton.next_power_of_2(H))
-    block_t = max(1, min(8, 4096 // block_h, triton.next_power_of_2(max(1, num_tokens // 64))))
-    grid = (triton.cdiv(num_tokens, block_t), triton.cdiv(H, block_h))
+    block_h = max(128, min(1024, next_power_of_2(max(1, num_tokens * H // 512))))
+    block_h = min(block_h, next_power_of_2(H))
+    block_t = max(1, min(8, 4096 // block_h, next_power_of_2(max(1, num_tokens // 64))))
+    grid = (cdiv(num_tokens, block_t), cdiv(H, block_h))
     _combine_kernel[grid](
         partial, y, num_tokens, H, partial.stride(0), partial.stride(1), y.stride(0), split_k,
         TOP_K=top_k, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4,

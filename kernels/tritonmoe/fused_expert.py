@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ._gemm_common import block_slots, dot_precision, gate_up_accumulate
+from ._host import cdiv
 from .align import Alignment
 
 
@@ -65,7 +66,7 @@ def fused_expert(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
         raise ValueError("fused_expert: the one-kernel decode path takes an alignment without tail blocks (TAIL_M)")
     E, H, F = w_down.shape
     bf, bk, bh = cfg["BLOCK_F"], cfg["BLOCK_K"], cfg["BLOCK_H"]
-    chunks = triton.cdiv(F, bf)
+    chunks = cdiv(F, bf)
     partial = torch.empty((chunks, align.num_routed, H), dtype=torch.float32, device=x.device)
     grid = (align.max_blocks * chunks,)
     _fused_expert_kernel[grid](

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from ._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, grouped_pid
+from ._host import cdiv, next_power_of_2
 from ._validate import interpreter_active
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
@@ -118,9 +119,9 @@ def gather_rows(x: torch.Tensor, align: Alignment) -> torch.Tensor:
     rows past the used positions are left unwritten (no kernel reads them)."""
     max_padded, H = align.sorted_ids.shape[0], x.shape[1]
     out = torch.empty((max_padded, H), dtype=x.dtype, device=x.device)
-    _gather_rows_kernel[(triton.cdiv(max_padded, GATHER_BLOCK_R),)](
+    _gather_rows_kernel[(cdiv(max_padded, GATHER_BLOCK_R),)](
         x, align.sorted_ids, align.num_post_padded, out, H, align.num_routed, x.stride(0), x.stride(1), out.stride(0),
-        TOP_K=align.num_routed // x.shape[0], BLOCK_R=GATHER_BLOCK_R, BLOCK_H=min(256, triton.next_power_of_2(H)),
+        TOP_K=align.num_routed // x.shape[0], BLOCK_R=GATHER_BLOCK_R, BLOCK_H=min(256, next_power_of_2(H)),
         num_warps=4)
     return out
 
@@ -326,7 +327,7 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
     else:
         w_desc = descriptor(w_gate_up, [1, bn, bk])
     if uses_persistent(cfg, align):
-        programs = persistent_programs(x_sorted.device, align.max_blocks * triton.cdiv(n, bn))
+        programs = persistent_programs(x_sorted.device, align.max_blocks * cdiv(n, bn))
         tma_store = descriptor_ok(out)
         _gate_up_persistent_kernel[(programs,)](
             a_desc, w_desc, descriptor(out, [bm, bn]) if tma_store else out, out, align.expert_ids,
@@ -336,7 +337,7 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
             num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
         )
         return out
-    grid = (align.max_blocks * triton.cdiv(n, bn),)
+    grid = (align.max_blocks * cdiv(n, bn),)
     _gate_up_desc_kernel[grid](
         a_desc, a_tail_desc, w_desc, out, align.expert_ids, align.block_rows, align.num_post_padded,
         n, H, align.max_blocks, row_offset, out.stride(0), out.stride(1),
@@ -371,7 +372,7 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
         E = w_gate_up.shape[0]
         w_desc = (descriptor(w_gate_up, [2, bn, bk], shape=[2 * E, F, H]) if fuse_swiglu
                   else descriptor(w_gate_up, [1, bn, bk]))
-        programs = persistent_programs(x.device, align.max_blocks * triton.cdiv(n, bn))
+        programs = persistent_programs(x.device, align.max_blocks * cdiv(n, bn))
         tma_store = descriptor_ok(out)
         _gate_up_persistent_gather_kernel[(programs,)](
             x, w_desc, descriptor(out, [bm, bn]) if tma_store else out, out,
@@ -383,7 +384,7 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
         )
         return out
     num_pid_m = align.max_blocks
-    grid = (num_pid_m * triton.cdiv(n, bn),)
+    grid = (num_pid_m * cdiv(n, bn),)
     _gate_up_kernel[grid](
         x, w_gate_up, out,
         align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,

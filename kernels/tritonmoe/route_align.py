@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import cdiv, next_power_of_2
 from .align import Alignment, align_meta, align_one_chunk, align_tokens, alloc_alignment
 from .routing import route, router_partials, routing_meta, select_experts, sum_split_logits
 
@@ -64,12 +65,12 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
     a = alloc_alignment(N, E, block_m, x.device, tail_m)
-    splits = triton.cdiv(H, SPLIT_H)
+    splits = cdiv(H, SPLIT_H)
     # Tokens selected at once: up to 16 (four times as many serial reductions at BLOCK_T = 4 cost olmoe T=16 30 us,
     # session 5 run 5); splits summed at once: as many as fit a _SPLIT_TILE tile.
-    block_t = max(1, min(16, triton.next_power_of_2(T)))
+    block_t = max(1, min(16, next_power_of_2(T)))
     rmeta = routing_meta(H, E, top_k, renormalize, block_t=block_t)
-    block_s = max(1, min(triton.next_power_of_2(splits), _SPLIT_TILE // (block_t * rmeta["BLOCK_E"])))
+    block_s = max(1, min(next_power_of_2(splits), _SPLIT_TILE // (block_t * rmeta["BLOCK_E"])))
     partial = router_partials(x, router_weight, SPLIT_H, SPLIT_BLOCK_E)
     # Four warps: one warp (shuffle-only reductions) left every other block's padding rows unwritten at
     # E=64 on the H100 (Triton 3.6; session 5, run 3), so the program keeps the warps it was validated with.

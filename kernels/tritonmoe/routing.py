@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import cdiv, next_power_of_2
+
 
 @triton.jit
 def router_logits(
@@ -177,9 +179,9 @@ def router_partials(x: torch.Tensor, router_weight: torch.Tensor, split_h: int, 
     """`partial [cdiv(H, split_h), T, E]` fp32: each slice of H's logits, `block_e` experts a program."""
     T, H = x.shape
     E = router_weight.shape[0]
-    splits = triton.cdiv(H, split_h)
+    splits = cdiv(H, split_h)
     partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
-    _router_partials_kernel[(triton.cdiv(E, block_e), splits)](
+    _router_partials_kernel[(cdiv(E, block_e), splits)](
         x, router_weight, partial, T, H, E,
         x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
         BLOCK_T=PARTIALS_BLOCK_T, BLOCK_H=min(128, split_h), BLOCK_E=block_e, SPLIT_H=split_h, num_warps=4,
@@ -204,20 +206,20 @@ ROUTE_SPLIT_MIN_BYTES = 1 << 20
 
 def route_split(T: int, H: int, E: int, elem_bytes: int = 2) -> bool:
     """Whether `route` reads the router through many programs (partial logits, then a selection launch)."""
-    return triton.cdiv(T, route_block_t(T)) <= ROUTE_SPLIT_MAX_PROGRAMS and E * H * elem_bytes >= ROUTE_SPLIT_MIN_BYTES
+    return cdiv(T, route_block_t(T)) <= ROUTE_SPLIT_MAX_PROGRAMS and E * H * elem_bytes >= ROUTE_SPLIT_MIN_BYTES
 
 
 def select_meta(splits: int, E: int, top_k: int, renormalize: bool) -> dict:
     """Constexprs of `_select_partials_kernel`: all splits in one tile where SELECT_TILE allows, with as many tokens
     as then fit (1 to 16), else 16 tokens and the splits in tiles of SELECT_TILE elements."""
-    block_e = max(16, triton.next_power_of_2(E))
-    block_s = triton.next_power_of_2(splits)
+    block_e = max(16, next_power_of_2(E))
+    block_s = next_power_of_2(splits)
     block_t = min(16, SELECT_TILE // (block_s * block_e))
     if block_t < 1:
         block_t = min(16, max(1, SELECT_TILE // block_e))
         block_s = max(1, SELECT_TILE // (block_t * block_e))
     return dict(TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=block_t, BLOCK_E=block_e,
-                BLOCK_K=triton.next_power_of_2(top_k), BLOCK_S=block_s)
+                BLOCK_K=next_power_of_2(top_k), BLOCK_S=block_s)
 
 
 # Tokens per routing program: 16, and 32 from LARGE_T tokens on. Every program reads the whole router, and at 8192
@@ -248,10 +250,10 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize:
     if split:
         partial = router_partials(x, router_weight, ROUTE_SPLIT_H, ROUTE_SPLIT_BLOCK_E)
         meta = select_meta(partial.shape[0], E, top_k, renormalize)
-        _select_partials_kernel[(triton.cdiv(T, meta["BLOCK_T"]),)](
+        _select_partials_kernel[(cdiv(T, meta["BLOCK_T"]),)](
             partial, weights, ids, T, E, partial.shape[0], **meta, num_warps=4)
         return weights, ids
-    _routing_kernel[(triton.cdiv(T, block_t),)](
+    _routing_kernel[(cdiv(T, block_t),)](
         x, router_weight, weights, ids, T, H, E,
         x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
         **routing_meta(H, E, top_k, renormalize, block_t), num_warps=4,
@@ -262,7 +264,7 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize:
 @functools.lru_cache(maxsize=1024)
 def routing_meta(H: int, E: int, top_k: int, renormalize: bool, block_t: int) -> dict:
     """Constexprs of `route_tokens`: the [BLOCK_H, BLOCK_E] router tile stays within 16K elements."""
-    block_e = max(16, triton.next_power_of_2(E))
-    block_h = max(16, min(512, 16384 // block_e, triton.next_power_of_2(H)))
+    block_e = max(16, next_power_of_2(E))
+    block_h = max(16, min(512, 16384 // block_e, next_power_of_2(H)))
     return dict(TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_E=block_e,
-                BLOCK_K=triton.next_power_of_2(top_k))
+                BLOCK_K=next_power_of_2(top_k))

@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import cdiv, next_power_of_2
 from .align import Alignment
 
 
@@ -34,8 +35,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, align: Alignment) -> torch.Tens
     rows, F = gate.shape
     out = torch.empty((rows, F), dtype=gate.dtype, device=gate.device)
     bm = align.block_m
-    block_f = max(16, min(256, 8192 // bm, triton.next_power_of_2(F)))  # <= 8K elements a tile: no spills
-    grid = (triton.cdiv(rows, bm), triton.cdiv(F, block_f))
+    block_f = max(16, min(256, 8192 // bm, next_power_of_2(F)))  # <= 8K elements a tile: no spills
+    grid = (cdiv(rows, bm), cdiv(F, block_f))
     _swiglu_kernel[grid](gate, up, out, align.num_post_padded, F, gate.stride(0), up.stride(0), out.stride(0),
                          BLOCK_M=bm, BLOCK_F=block_f, num_warps=4)
     return out

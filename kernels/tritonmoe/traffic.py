@@ -28,8 +28,8 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
-import triton
 
+from ._host import next_power_of_2
 from .align import align_meta, check_tail, expert_blocks, layout_plan, max_blocks, max_rows
 from .config import default_config, tail_of
 from .descriptors import wants_descriptors
@@ -467,7 +467,7 @@ def gate_up_persistent_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fu
 
 def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
     """`swiglu._swiglu_kernel`: gate and up of the used rows in, act out."""
-    block_f = max(16, min(256, 8192 // b.block_m, triton.next_power_of_2(s.ffn)))
+    block_f = max(16, min(256, 8192 // b.block_m, next_power_of_2(s.ffn)))
     programs = _cdiv(b.max_rows, b.block_m) * _cdiv(s.ffn, block_f)
     rows = b.padded_rows * s.ffn * s.elem_bytes
     return Launch("_swiglu_kernel", "act", (

@@ -7,7 +7,9 @@ uses the bucket nearest its T*K on a log scale. `experiments/tune.py` writes the
 A shape with no file of its own borrows the configs of the nearest tuned shape (`borrow_slug`): the file whose
 hidden size, FFN size and expert count are nearest on a log scale (a sibling card's file of the same shape counts
 as nearby: the H100 and H200 share the SM and its 132-SM grid), at the bucket with the nearest rows per hit expert.
-Only where the device has no file at all do the per-backend defaults of `tritonmoe.config` apply.
+A borrowed bucket without tail blocks gets them where the call's own load could use them (`skew_guard`): the
+source table's robust pick saw its own shape's skewed draw, not this one's. Only where the device has no file at
+all do the per-backend defaults of `tritonmoe.config` apply.
 `experiments/bench/heldout.py` measures what this is worth: leave-one-out on the tuned models and shapes no table
 was tuned for (paper, Table "heldout").
 """
@@ -20,6 +22,8 @@ import re
 from pathlib import Path
 
 import torch
+
+from .config import fit_shared_memory, tail_of
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -142,19 +146,57 @@ def borrow_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, 
     return table[bucket], f"{s}/{path.name}@{bucket}"
 
 
+def skew_guard(cfg: dict, num_routed: int, E: int, tokens: int, elem_bytes: int = 2) -> tuple[dict, str]:
+    """A borrowed config made safe for skewed loads, and a note of what changed ("" if nothing).
+
+    A table's buckets went through the tuner's robust pick on its own shape's draws; a config borrowed by another
+    shape never did, and the row blocks it brings can split a hot expert into many blocks that each stream the
+    expert's weights again (`borrow_lab.py`, session 12 run 1, H100: qwen2-moe-57b left out, zipf T=256: 568 us
+    borrowed, 328 with 64-row blocks and 16-row tails, 339 its own table). So, where the borrowed config has no tails:
+    - blocks under 64 rows become 64-row blocks with tails of the old height, once one expert can receive 64 rows
+      (`tokens` >= 64: a token reaches an expert at most once); on even loads every block is still a tail;
+    - blocks of 64 rows or more get tails of half their height where an even load fills a block per expert, so that
+      each expert's rest is padded to half a block, not a whole one (dbrx T=1024 uniform: 4249 -> 3670 us).
+    The uniform draw pays 0-10% for it (the robust pick allows 5% on a table's own draws); the one-kernel decode
+    path and configs with tails are returned as they are."""
+    if cfg.get("expert") or tail_of(cfg) is not None:
+        return cfg, ""
+    bm = cfg["BLOCK_M"]
+    if bm < 64 and tokens >= 64:
+        return fit_shared_memory({**cfg, "BLOCK_M": 64, "TAIL_M": bm}, elem_bytes), f"+tails:64/{bm}"
+    if bm >= 64 and num_routed >= bm * min(E, num_routed):
+        return {**cfg, "TAIL_M": bm // 2}, f"+tails:{bm}/{bm // 2}"
+    return cfg, ""
+
+
+def borrowed(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int, tokens: int | None = None,
+             exclude: tuple[int, int, int] | None = None) -> tuple[dict, str] | None:
+    """What a shape without a table of its own runs: the nearest tuned shape's bucket (`borrow_slug`) through
+    `skew_guard` for a call of `tokens` tokens (None: as many as `num_routed`, the most a top-1 call could have).
+    Returns (config, "<device>/<file>@<bucket>" plus the guard's note) or None."""
+    found = borrow_slug(slug, dtype, num_routed, E, H, F, exclude=exclude)
+    if found is None:
+        return None
+    cfg, note = skew_guard(found[0], num_routed, E, num_routed if tokens is None else tokens, dtype.itemsize)
+    return cfg, found[1] + note
+
+
 @functools.lru_cache(maxsize=4096)
-def resolve_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> tuple[dict, str] | None:
+def resolve_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int,
+                 tokens: int | None = None) -> tuple[dict, str] | None:
     """(config, where it came from): the shape's own table ("table:<device>/<file>"), else the nearest tuned shape's
-    ("borrowed:<device>/<file>@<bucket>", `borrow_slug`), else None (the per-backend defaults apply)."""
+    ("borrowed:<device>/<file>@<bucket>[+tails:..]", `borrowed`), else None (the per-backend defaults apply)."""
     own = table_entry(slug, dtype, num_routed, E, H, F)
     if own is not None:
         return own
-    found = borrow_slug(slug, dtype, num_routed, E, H, F)
+    found = borrowed(slug, dtype, num_routed, E, H, F, tokens)
     return None if found is None else (found[0], f"borrowed:{found[1]}")
 
 
-def lookup(device: torch.device, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
-    """The config a call on `device` uses: its shape's table, else the nearest tuned shape's (`resolve_slug`)."""
+def lookup(device: torch.device, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int,
+           tokens: int | None = None) -> dict | None:
+    """The config a call of `tokens` tokens on `device` uses: its shape's table, else the nearest tuned shape's
+    (`resolve_slug`)."""
     slug = device_slug(device)
-    found = None if slug is None else resolve_slug(slug, dtype, num_routed, E, H, F)
+    found = None if slug is None else resolve_slug(slug, dtype, num_routed, E, H, F, tokens)
     return None if found is None else found[0]
