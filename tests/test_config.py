@@ -94,14 +94,15 @@ def _nearest_by_hand(slug, num_routed, E, H, F, exclude=None):
     return (e, h, f), bucket, table[bucket]
 
 
-def _guard_by_hand(cfg, num_routed, E, tokens):
+def _guard_by_hand(cfg, num_routed, E, H, F, tokens):
     """The skew guard's rule written out: (BLOCK_M, TAIL_M) a borrowed config without tails runs at."""
     bm, tail = cfg["BLOCK_M"], cfg.get("TAIL_M", cfg["BLOCK_M"])
     if cfg.get("expert") or tail < bm:
         return bm, tail
     if bm < 64 and tokens >= 64:  # an expert can receive a 64-row block
         return 64, bm
-    if bm >= 64 and num_routed / min(E, num_routed) >= bm:  # an even load fills a block per expert
+    # an even load fills a block per expert, and an expert's bf16 weights are 128 MiB or more
+    if bm >= 64 and num_routed / min(E, num_routed) >= bm and 3 * H * F * 2 >= 128 * 2 ** 20:
         return bm, bm // 2
     return bm, bm
 
@@ -115,7 +116,7 @@ def test_an_untuned_shape_borrows_the_nearest_tuned_shape(shape, num_routed, top
     tokens = max(1, num_routed // top_k)
     got, src = resolve_slug("h100-sxm", torch.bfloat16, num_routed, *shape, tokens)
     assert src.startswith(f"borrowed:h100-sxm/E{e}_H{h}_F{f}_bfloat16.json@{bucket}")
-    bm, tail = _guard_by_hand(cfg, num_routed, shape[0], tokens)
+    bm, tail = _guard_by_hand(cfg, num_routed, *shape, tokens)
     assert (got["BLOCK_M"], got.get("TAIL_M", got["BLOCK_M"])) == (bm, tail)
     if (bm, tail) == (cfg["BLOCK_M"], cfg.get("TAIL_M", cfg["BLOCK_M"])):
         assert got == cfg and src == f"borrowed:h100-sxm/E{e}_H{h}_F{f}_bfloat16.json@{bucket}"
@@ -130,8 +131,8 @@ def test_the_skew_guard():
     small = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 256, "num_stages": 4},
              "down": {"BLOCK_N": 64, "BLOCK_K": 256, "num_stages": 4}}
     # Up to 63 tokens no expert can fill a 64-row block: unchanged.
-    assert skew_guard(small, 63 * 8, 128, 63) == (small, "")
-    cfg, note = skew_guard(small, 64 * 8, 128, 64)
+    assert skew_guard(small, 63 * 8, 128, 4096, 1536, 63) == (small, "")
+    cfg, note = skew_guard(small, 64 * 8, 128, 4096, 1536, 64)
     assert (cfg["BLOCK_M"], cfg["TAIL_M"], note) == (64, 16, "+tails:64/16")
     # The 64-row tiles' pipeline must fit in shared memory (bf16): BLOCK_K or stages come down.
     for stage, b_tiles in (("gate_up", 2), ("down", 1)):
@@ -139,13 +140,16 @@ def test_the_skew_guard():
         assert c["num_stages"] * c["BLOCK_K"] * (64 + b_tiles * c["BLOCK_N"]) * 2 <= SMEM_BUDGET
     big = {"BLOCK_M": 128, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "PERSISTENT": True, "DESC": True},
            "down": {"BLOCK_N": 256, "BLOCK_K": 64}}
-    assert skew_guard(big, 127 * 16, 16, 1000) == (big, "")  # 127 rows per expert: under one block
-    assert skew_guard(big, 128 * 16, 16, 1000) == ({**big, "TAIL_M": 64}, "+tails:128/64")
+    dbrx = (6144, 10752)  # 396 MB of bf16 weights an expert
+    assert skew_guard(big, 127 * 16, 16, *dbrx, 1000) == (big, "")  # 127 rows per expert: under one block
+    assert skew_guard(big, 128 * 16, 16, *dbrx, 1000) == ({**big, "TAIL_M": 64}, "+tails:128/64")
+    # Experts whose weights the L2 nearly holds keep the borrowed blocks (and a persistent gate/up).
+    assert skew_guard(big, 256 * 64, 64, 3584, 2560, 4096) == (big, "")
     # Configs with tails, and the one-kernel decode path, are left as they are.
     with_tails = {**small, "BLOCK_M": 64, "TAIL_M": 16}
-    assert skew_guard(with_tails, 10 ** 6, 8, 10 ** 5) == (with_tails, "")
+    assert skew_guard(with_tails, 10 ** 6, 8, *dbrx, 10 ** 5) == (with_tails, "")
     decode = {**small, "expert": {"BLOCK_F": 64, "BLOCK_K": 64}}
-    assert skew_guard(decode, 10 ** 6, 8, 10 ** 5) == (decode, "")
+    assert skew_guard(decode, 10 ** 6, 8, *dbrx, 10 ** 5) == (decode, "")
 
 
 def test_a_call_borrows_for_its_own_token_count():
@@ -234,7 +238,7 @@ def _guarded_table_configs():
     """What the skew guard makes of the distinct table entries that it changes (on a load that triggers both rules)."""
     out = {}
     for cfg, where in _distinct_table_configs():
-        got, note = skew_guard(cfg, 10 ** 6, 8, 10 ** 5)
+        got, note = skew_guard(cfg, 10 ** 6, 8, 6144, 10752, 10 ** 5)
         if note:
             out.setdefault(json.dumps(got, sort_keys=True), where + note)
     return [(json.loads(k), v) for k, v in out.items()]

@@ -146,25 +146,35 @@ def borrow_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, 
     return table[bucket], f"{s}/{path.name}@{bucket}"
 
 
-def skew_guard(cfg: dict, num_routed: int, E: int, tokens: int, elem_bytes: int = 2) -> tuple[dict, str]:
-    """A borrowed config made safe for skewed loads, and a note of what changed ("" if nothing).
+# Experts whose weights are at least this large get tails of half a block from the guard (below): their extra padded
+# block streams the weights from DRAM again. Smaller experts (up to ~55 MB here) mostly find them in the L2 (50 MB
+# on the H100 and H200), and the tails there only cost the persistent gate/up that they switch off (heldout.py,
+# session 12 run 2, H100: +2..+11% at T=4096 on the 32-128-expert shapes; dbrx, 396 MB an expert, -18% at T=1024).
+GUARD_EXPERT_BYTES = 128 * 2 ** 20
+
+
+def skew_guard(cfg: dict, num_routed: int, E: int, H: int, F: int, tokens: int,
+               elem_bytes: int = 2) -> tuple[dict, str]:
+    """A borrowed config made safe for the call's load, and a note of what changed ("" if nothing).
 
     A table's buckets went through the tuner's robust pick on its own shape's draws; a config borrowed by another
-    shape never did, and the row blocks it brings can split a hot expert into many blocks that each stream the
-    expert's weights again (`borrow_lab.py`, session 12 run 1, H100: qwen2-moe-57b left out, zipf T=256: 568 us
-    borrowed, 328 with 64-row blocks and 16-row tails, 339 its own table). So, where the borrowed config has no tails:
+    shape never did. So, where the borrowed config has no tail blocks:
     - blocks under 64 rows become 64-row blocks with tails of the old height, once one expert can receive 64 rows
-      (`tokens` >= 64: a token reaches an expert at most once); on even loads every block is still a tail;
-    - blocks of 64 rows or more get tails of half their height where an even load fills a block per expert, so that
-      each expert's rest is padded to half a block, not a whole one (dbrx T=1024 uniform: 4249 -> 3670 us).
-    The uniform draw pays 0-10% for it (the robust pick allows 5% on a table's own draws); the one-kernel decode
-    path and configs with tails are returned as they are."""
+      (`tokens` >= 64: a token reaches an expert at most once); on even loads every block is still a tail, while a
+      hot expert's rows no longer go through many small blocks that each stream its weights again (`borrow_lab.py`,
+      session 12 run 1, H100: qwen2-moe-57b with its own table left out, zipf T=256: 568 us borrowed, 328 with
+      64-row blocks and 16-row tails, 339 its own table);
+    - blocks of 64 rows or more get tails of half their height where an even load fills a block per expert and an
+      expert's weights (3 H F elements) reach `GUARD_EXPERT_BYTES`: each expert's rest is padded to half a block,
+      not a whole one that streams the expert's weights once more (dbrx T=1024 uniform: 4.54 -> 3.70 ms).
+    The uniform draw pays up to ~9% for the first (the robust pick allows 5% on a table's own draws); the
+    one-kernel decode path and configs that have tails are returned as they are."""
     if cfg.get("expert") or tail_of(cfg) is not None:
         return cfg, ""
     bm = cfg["BLOCK_M"]
     if bm < 64 and tokens >= 64:
         return fit_shared_memory({**cfg, "BLOCK_M": 64, "TAIL_M": bm}, elem_bytes), f"+tails:64/{bm}"
-    if bm >= 64 and num_routed >= bm * min(E, num_routed):
+    if bm >= 64 and num_routed >= bm * min(E, num_routed) and 3 * H * F * elem_bytes >= GUARD_EXPERT_BYTES:
         return {**cfg, "TAIL_M": bm // 2}, f"+tails:{bm}/{bm // 2}"
     return cfg, ""
 
@@ -177,7 +187,8 @@ def borrowed(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: 
     found = borrow_slug(slug, dtype, num_routed, E, H, F, exclude=exclude)
     if found is None:
         return None
-    cfg, note = skew_guard(found[0], num_routed, E, num_routed if tokens is None else tokens, dtype.itemsize)
+    cfg, note = skew_guard(found[0], num_routed, E, H, F, num_routed if tokens is None else tokens,
+                           dtype.itemsize)
     return cfg, found[1] + note
 
 
