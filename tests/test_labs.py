@@ -1,11 +1,12 @@
 """Lab code that experiments/NOTES.md reports on: the one-launch decode layer (`decode_layer_lab.py`, not in the
 package), the last-arriver combine (`lastcombine_lab.py`), the block-and-tail pair (`pair_lab.py`) and the benchmarks'
-timing function (`timing.py`).
+timing function (`timing.py`), and what the borrowed-config lab (`borrow_lab.py`) times.
 
 The decode layer's barrier launch spins on global counters, which Triton's interpreter (one program after
 another) cannot run; here it runs as three phased launches of the same kernel, and on the GPU the barrier
 launch is compared with the phased one bit for bit.
 """
+import json
 import sys
 from pathlib import Path
 
@@ -153,3 +154,20 @@ def test_pair_lab_matches_gate_up(T, E, K, bm, tm, device):
     used = int(align.num_post_padded)
     ref = gate_up(x, w_gate_up, align, cfg, fuse_swiglu=True)
     assert torch.equal(gate_up_pair(x, w_gate_up, align, K, cfg)[:used], ref[:used])
+
+
+# The borrowed-config lab (`borrow_lab.py`): what it times beside a borrowed config.
+def test_borrow_lab_variants():
+    from borrow_lab import variants_of
+    small = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 64, "BLOCK_K": 128, "num_stages": 3},
+             "down": {"BLOCK_N": 128, "BLOCK_K": 128, "num_stages": 3}}
+    named = variants_of(small)
+    assert named[0] == ("borrowed", small)
+    shapes = {(c["BLOCK_M"], c.get("TAIL_M"), c["gate_up"]["BLOCK_N"]) for _, c in named[1:]}
+    assert shapes == {(16, None, 32), (64, 16, 64), (64, 16, 32), (128, 16, 64), (128, 16, 32)}
+    pers = {"BLOCK_M": 128, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "PERSISTENT": True, "DESC": True},
+            "down": {"BLOCK_N": 256, "BLOCK_K": 64}}
+    named = dict(variants_of(pers))
+    assert "PERSISTENT" not in named["no_persistent"]["gate_up"] and named["no_persistent"]["gate_up"]["DESC"]
+    assert named["no_persistent/T64"]["TAIL_M"] == 64 and named["no_persistent/T32"]["TAIL_M"] == 32
+    assert len({json.dumps(c, sort_keys=True) for c in named.values()}) == len(named)
