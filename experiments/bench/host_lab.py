@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_cases_argument(ap, "mixtral-8x7b:64")
     ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=1, help="median of this many loops of --calls calls")
     ap.add_argument("--modes", nargs="+", choices=["stub", "lean"], default=[])
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--out", type=Path, required=True)
@@ -87,7 +89,9 @@ def main(argv=None) -> int:
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
-        us = host_us(fn, args.calls)
+        def med_us():
+            return statistics.median(host_us(fn, args.calls) for _ in range(args.repeat))
+        us = med_us()
         from triton.runtime.jit import JITFunction
         orig = JITFunction.run
         extra = []
@@ -99,11 +103,12 @@ def main(argv=None) -> int:
                     for _ in range(3):
                         fn()
                     same = bool(torch.equal(fn(), y0))
-                extra.append(f"{mode} {host_us(fn, args.calls):.1f} us" + (f" (output bit-identical: {same})"
+                extra.append(f"{mode} {med_us():.1f} us" + (f" (output bit-identical: {same})"
                                                                              if mode == "lean" else ""))
             finally:
                 JITFunction.run = orig
-        lines.append(f"## {name} T={T}: host {us:.1f} us per eager call ({args.calls} calls); " + "; ".join(extra))
+        lines.append(f"## {name} T={T}: host {us:.1f} us per eager call (median of {args.repeat} x {args.calls} calls); "
+                     + "; ".join(extra))
         print(lines[-1], flush=True)
         if args.no_profile:
             continue
