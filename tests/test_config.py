@@ -158,7 +158,8 @@ def test_a_call_borrows_for_its_own_token_count():
     plain = borrow_slug("h100-sxm", torch.bfloat16, 512, *shape)
     assert plain[0]["BLOCK_M"] < 64 and "TAIL_M" not in plain[0]
     cfg, src = borrowed("h100-sxm", torch.bfloat16, 512, *shape, tokens=64)
-    assert (cfg["BLOCK_M"], cfg["TAIL_M"]) == (64, plain[0]["BLOCK_M"]) and src == plain[1] + f"+tails:64/{cfg['TAIL_M']}"
+    assert (cfg["BLOCK_M"], cfg["TAIL_M"]) == (64, plain[0]["BLOCK_M"])
+    assert src == plain[1] + f"+tails:64/{cfg['TAIL_M']}"
     assert borrowed("h100-sxm", torch.bfloat16, 512, *shape, tokens=32) == plain  # 32 tokens x top-16
     x = torch.empty(64, 4096, dtype=torch.bfloat16, device="meta")
     assert tuned.lookup(x.device, x.dtype, 512, *shape, 64) is None  # no table for a meta device
@@ -195,7 +196,8 @@ def config_dir(tmp_path, monkeypatch):
 
 def _write_table(folder, E, H, F, marker):
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 32, "BLOCK_K": 64, "marker": marker}, "down": {"BLOCK_N": 32, "BLOCK_K": 64}}
+    cfg = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 32, "BLOCK_K": 64, "marker": marker},
+           "down": {"BLOCK_N": 32, "BLOCK_K": 64}}
     (folder / f"E{E}_H{H}_F{F}_bfloat16.json").write_text(json.dumps({"64": cfg}))
 
 

@@ -4,11 +4,13 @@
 robust pick (`tune.pick_robust`) saw its own shape's skewed draw, not the target's: on the zipf draw the borrowed
 16-row blocks of the many-expert shapes lost to the defaults (v13). Here each point's borrowed config is timed beside
 the variants the tuner's robust pick offers (`tune.tail_variants`, `tune.skew_variants`), the same with a persistent
-gate/up switched off, and the per-backend defaults: whole layers on the tuner's uniform and zipf draws
-(`tune.layer_times`: CUDA graphs, every call checked against the float64 reference), `--repeat` times interleaved.
+gate/up switched off, and the per-backend defaults; the variant that the skew guard picks (`tuned.skew_guard`, the
+layer's default since session 12) is marked "(guarded)", or added as `guarded` where it is none of them. Whole
+layers on the tuner's uniform and zipf draws (`tune.layer_times`: CUDA graphs, every call checked against the
+float64 reference), `--repeat` times interleaved.
 
-A case is `model:tokens` over `config/heldout_models.yaml` (borrowed as by default) or over `config/models.yaml`
-prefixed `loo/` (borrowed with the model's own table left out; its own config timed too).
+A case is `model:tokens` over `config/heldout_models.yaml` (the nearest tuned shape's bucket) or over
+`config/models.yaml` prefixed `loo/` (borrowed with the model's own table left out; its own config timed too).
 
     python experiments/bench/borrow_lab.py --cases qwen3-235b-a22b:64 loo/qwen2-moe-57b:256 --out $OUT/borrow.csv
 """
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
         print("borrow_lab.py: no GPU here", file=sys.stderr)
         return 2
     from tritonmoe.config import backend_of, default_config
-    from tritonmoe.tuned import borrow_slug, device_slug, table_entry
+    from tritonmoe.tuned import borrow_slug, borrowed, device_slug, table_entry
     from tune import layer_times
     heldout, tuned = load_models(HELDOUT_FILE), load_models()
     slug = device_slug(torch.device("cuda"))
@@ -79,6 +81,12 @@ def main(argv=None) -> int:
             print(f"{case}: nothing to borrow on {slug}", flush=True)
             continue
         named = variants_of(found[0])
+        guarded = borrowed(slug, torch.bfloat16, T * m.top_k, *shape, tokens=T, exclude=shape if loo else None)[0]
+        same = [i for i, (_, c) in enumerate(named) if c == guarded]
+        if same:
+            named[same[0]] = (f"{named[same[0]][0]} (guarded)", guarded)
+        else:
+            named.append(("guarded", guarded))
         if loo:
             own = table_entry(slug, torch.bfloat16, T * m.top_k, *shape)
             if own is not None:
@@ -89,7 +97,8 @@ def main(argv=None) -> int:
         for c, times, errs in layer_times(m, w, T, cfgs):
             n = keys[json.dumps(c, sort_keys=True)]
             rows.append({"device": slug, "case": case, "model": m.name, "tokens": T, "variant": n,
-                         "source": found[1], "uniform_us": round(times[0] * 1e3, 2), "zipf_us": round(times[1] * 1e3, 2),
+                         "source": found[1], "uniform_us": round(times[0] * 1e3, 2),
+                         "zipf_us": round(times[1] * 1e3, 2),
                          "rel_err_max": max(errs), "config": json.dumps(c, sort_keys=True)})
             print(f"{case} {n}: uniform {times[0] * 1e3:.1f} us, zipf {times[1] * 1e3:.1f} us", flush=True)
         write_lab_csv(rows, args.out)
