@@ -19,7 +19,7 @@ from .atomic import write_json, write_text
 from .build import build_files
 from .claims import Inputs, check_claims, tex_to_text
 from .settings import git_repo, load_settings
-from .sources import load_rows, read_yaml
+from .sources import load_all, load_rows, read_yaml
 from .trace import Tracer
 
 SCRIPT = "experiments/analysis/claims_check.py"
@@ -40,7 +40,7 @@ def load_inputs(args, settings: dict) -> Inputs:
     if args.build:
         files = build_files(args.build[0])
         if files:
-            data.build = pd.concat([load_rows(p, repo) for p in files], ignore_index=True)
+            data.build = load_all(files, repo)
     return data
 
 

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from . import plotting
 from .build import build_files, matrix_kernels
 from .settings import load_settings
-from .sources import load_rows
+from .sources import load_all
 
 
 def main(argv=None) -> int:
@@ -29,7 +28,7 @@ def main(argv=None) -> int:
     files = build_files(args.build)
     if not files:
         raise SystemExit(f"{args.build}: no <target>/<impl>.json compile results; expected the aot_build rule's output")
-    rows = pd.concat([load_rows(p) for p in files], ignore_index=True)
+    rows = load_all(files)
     rows = rows[rows["kernel"].isin(matrix_kernels(rows))]
     rows["label"] = rows["impl"].str.removeprefix("tritonmoe_") + ":" + rows["kernel"].str.strip("_").str.removesuffix("_kernel")
     per = rows.groupby(["target", "label"], as_index=False).agg(

@@ -57,6 +57,12 @@ def load_rows(path: str | Path, repo: str | Path | None = ".") -> pd.DataFrame:
     return frame
 
 
+def load_all(paths, repo: str | Path | None = ".") -> pd.DataFrame:
+    """`load_rows` of every path, one frame (an empty one for no paths)."""
+    paths = list(paths)
+    return pd.concat([load_rows(p, repo) for p in paths], ignore_index=True) if paths else pd.DataFrame()
+
+
 def read_yaml(path: str | Path) -> dict:
     with open(path) as f:
         return yaml.safe_load(f)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .latency_rows import MODES, shown_rows
 from .settings import CONFIG, git_repo, load_settings
-from .sources import load_rows
+from .sources import load_all
 from .trace import Tracer, latex_escape
 
 SCRIPT = "experiments/analysis/tab_ceiling.py"
@@ -64,10 +64,10 @@ def main(argv=None) -> int:
     tr = Tracer(SCRIPT)
     lines = []
     if args.latency and args.ceiling:
-        latency = pd.concat([load_rows(p, repo) for p in args.latency], ignore_index=True)
+        latency = load_all(args.latency, repo)
         layer = shown_rows(latency, settings)
         layer = layer[layer["impl"] == settings["headline_impl"]]
-        dense = pd.concat([load_rows(p, repo) for p in args.ceiling], ignore_index=True)
+        dense = load_all(args.ceiling, repo)
         dense = dense[(dense["dtype"] == settings["dtype"]) & (dense["impl"] == DENSE)]
         lines = ceiling_lines(tr, layer, dense, settings)
     if lines:

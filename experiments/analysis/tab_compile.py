@@ -16,7 +16,7 @@ import pandas as pd
 
 from .build import build_files, matrix_kernels
 from .settings import CONFIG, load_settings
-from .sources import load_rows
+from .sources import load_all
 from .trace import Tracer, latex_escape
 
 SCRIPT = "experiments/analysis/tab_compile.py"
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     settings = load_settings(args.settings)
     tr = Tracer(SCRIPT)
     files = [p for p in (build_files(args.build[0]) if args.build else []) if p.stem == settings["headline_impl"]]
-    rows = pd.concat([load_rows(p) for p in files], ignore_index=True) if files else pd.DataFrame()
+    rows = load_all(files)
     lines, failures = table_lines(tr, rows, settings) if not rows.empty else ([], [])
     if lines:
         table = "\n".join([r"\begin{tabular}{llrrrrl}", r"\toprule",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .settings import CONFIG, git_repo, load_settings
-from .sources import load_rows
+from .sources import load_all
 from .trace import Tracer
 
 SCRIPT = "experiments/analysis/tab_heldout.py"
@@ -114,9 +114,8 @@ def main(argv=None) -> int:
     settings = load_settings(args.settings)
     repo = git_repo(settings)
     tr = Tracer(SCRIPT)
-    rows = pd.DataFrame()
-    if args.heldout:
-        rows = pd.concat([load_rows(p, repo) for p in args.heldout], ignore_index=True)
+    rows = load_all(args.heldout, repo)
+    if not rows.empty:
         rows = rows[(rows["dtype"] == settings["dtype"]) & (rows["graph"] == 1)]
     none = (r"\emph{No device folder under results/raw/ holds a heldout.csv "
             r"(\texttt{experiments/bench/heldout.py}).}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._host import next_power_of_2
+from ._host import cdiv, next_power_of_2
 from .align import align_meta, check_tail, expert_blocks, layout_plan, max_blocks, max_rows
 from .config import default_config, tail_of
 from .descriptors import wants_descriptors
@@ -242,10 +242,6 @@ def _check_flavour(flavour: str) -> None:
         raise ValueError(f"flavour: expected one of {FLAVOURS}, got {flavour!r}")
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 # --- the kernels, one function each, in the order of their modules --------------------------------
 
 def _route_accesses(s: LayerShape, programs: int) -> tuple[Access, ...]:
@@ -274,14 +270,14 @@ def _block_table_accesses(s: LayerShape, b: Blocks, *, sorted_ids_write: int, co
 
 def _router_partials_launch(s: LayerShape, split_h: int, block_e: int) -> tuple[Launch, int]:
     """`routing._router_partials_kernel` and the bytes of the partial logits it writes."""
-    splits = _cdiv(s.hidden, split_h)
+    splits = cdiv(s.hidden, split_h)
     x = s.tokens * s.hidden * s.elem_bytes
     wr = s.experts * s.hidden * s.elem_bytes
     partial = splits * s.tokens * s.experts * _F32
     return Launch("_router_partials_kernel", "routing", (
         # Every expert block reads all of x over its H slice; the router once per block of tokens.
-        Access("x_ptr", False, read=_cdiv(s.experts, block_e) * x, unique_read=x),
-        Access("wr_ptr", True, read=_cdiv(s.tokens, PARTIALS_BLOCK_T) * wr, unique_read=wr),
+        Access("x_ptr", False, read=cdiv(s.experts, block_e) * x, unique_read=x),
+        Access("wr_ptr", True, read=cdiv(s.tokens, PARTIALS_BLOCK_T) * wr, unique_read=wr),
         _same("partial_ptr", write=partial),
     )), partial
 
@@ -291,7 +287,7 @@ def route_launches(s: LayerShape, split: bool | None = None) -> list[Launch]:
     if split is None:
         split = route_split(s.tokens, s.hidden, s.experts, s.elem_bytes)
     if not split:
-        return [Launch("_routing_kernel", "routing", (*_route_accesses(s, _cdiv(s.tokens, route_block_t(s.tokens))),
+        return [Launch("_routing_kernel", "routing", (*_route_accesses(s, cdiv(s.tokens, route_block_t(s.tokens))),
                                                       _same("ids_ptr", write=s.routed * _I32)))]
     partials, partial = _router_partials_launch(s, ROUTE_SPLIT_H, ROUTE_SPLIT_BLOCK_E)
     return [partials, Launch("_select_partials_kernel", "routing", (
@@ -328,7 +324,7 @@ def routing_launches(s: LayerShape, b: Blocks, split: bool | None = None) -> lis
             *_block_table_accesses(s, b, sorted_ids_write=b.padded_rows * _I32),
             _same("slot_rows_ptr", write=n * _I32),
         ))]
-    table = _cdiv(n, meta["CHUNK"]) * meta["BLOCK_E"] * _I32  # [num_chunks, BLOCK_E] int32
+    table = cdiv(n, meta["CHUNK"]) * meta["BLOCK_E"] * _I32  # [num_chunks, BLOCK_E] int32
     count = Launch("_count_kernel", "routing", (
         _same("ids_ptr", read=n * _I32),
         _same("chunk_counts_ptr", write=table),
@@ -393,7 +389,7 @@ def gate_up_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool) 
 
     Every (M block, N block) program gathers its block's real token rows of x over all of H and
     the expert's weight tile; padding rows are written (as zeros), never read from x."""
-    n_blocks = _cdiv(n, cfg["BLOCK_N"])
+    n_blocks = cdiv(n, cfg["BLOCK_N"])
     mats = 2 if fused else 1
     e = s.elem_bytes
     return Launch("_gate_up_kernel", "gate_up", (
@@ -409,7 +405,7 @@ def gather_launch(s: LayerShape, b: Blocks) -> Launch:
     """`gate_up._gather_rows_kernel`: every program reads the used-row count; the used ones copy their
     real slots' token rows of x (padding rows written as zeros) into aligned order."""
     e = s.elem_bytes
-    programs = _cdiv(b.max_rows, GATHER_BLOCK_R)
+    programs = cdiv(b.max_rows, GATHER_BLOCK_R)
     return Launch("_gather_rows_kernel", "gate_up", (
         Access("x_ptr", False, read=s.routed * s.hidden * e, unique_read=s.tokens * s.hidden * e),
         Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
@@ -424,7 +420,7 @@ def gate_up_desc_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: b
     matrix ends (fused: F per matrix; plain: 2F), so a plain GEMM over the gate rows with F off BLOCK_N
     also reads the first up rows of its last box."""
     bn = cfg["BLOCK_N"]
-    n_blocks = _cdiv(n, bn)
+    n_blocks = cdiv(n, bn)
     rows = 2 * s.ffn if fused else min(n_blocks * bn, 2 * s.ffn - row_offset)
     e = s.elem_bytes
     return Launch("_gate_up_desc_kernel", "gate_up", (
@@ -444,7 +440,7 @@ def gate_up_persistent_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fu
     `gather` (`PERSISTENT` without `DESC`): `gate_up._gate_up_persistent_gather_kernel`, whose used tiles read their
     block's slot ids and their real slots' token rows of x over H (as `_gate_up_kernel`) instead of gathered rows."""
     bn = cfg["BLOCK_N"]
-    n_blocks = _cdiv(n, bn)
+    n_blocks = cdiv(n, bn)
     rows = 2 * s.ffn if fused else min(n_blocks * bn, 2 * s.ffn - row_offset)
     e = s.elem_bytes
     programs = max(1, min(sms, b.max_blocks * n_blocks))
@@ -468,7 +464,7 @@ def gate_up_persistent_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fu
 def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
     """`swiglu._swiglu_kernel`: gate and up of the used rows in, act out."""
     block_f = max(16, min(256, 8192 // b.block_m, next_power_of_2(s.ffn)))
-    programs = _cdiv(b.max_rows, b.block_m) * _cdiv(s.ffn, block_f)
+    programs = cdiv(b.max_rows, b.block_m) * cdiv(s.ffn, block_f)
     rows = b.padded_rows * s.ffn * s.elem_bytes
     return Launch("_swiglu_kernel", "act", (
         _same("gate_ptr", read=rows),
@@ -481,8 +477,8 @@ def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
 def down_splits(s: LayerShape, cfg_down: dict) -> int:
     """The number of F splits `down.down` launches (SPLIT_K after rounding to BLOCK_K)."""
     split_k = max(1, int(cfg_down.get("SPLIT_K", 1)))
-    k_per_split = _cdiv(_cdiv(s.ffn, split_k), cfg_down["BLOCK_K"]) * cfg_down["BLOCK_K"]
-    return _cdiv(s.ffn, k_per_split)
+    k_per_split = cdiv(cdiv(s.ffn, split_k), cfg_down["BLOCK_K"]) * cfg_down["BLOCK_K"]
+    return cdiv(s.ffn, k_per_split)
 
 
 def down_partial_bytes(s: LayerShape, splits: int) -> int:
@@ -494,7 +490,7 @@ def down_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
     """`down._down_kernel`: every (M block, H block, F split) program reads all BLOCK_M rows of act
     (padding included) over its split; partial rows are written for real slots only. The descriptor
     kernel (`_down_desc_kernel`) moves the same bytes (its boxes are clipped at F and H)."""
-    h_blocks = _cdiv(s.hidden, cfg_down["BLOCK_N"])
+    h_blocks = cdiv(s.hidden, cfg_down["BLOCK_N"])
     splits = down_splits(s, cfg_down)
     e = s.elem_bytes
     desc = wants_descriptors(cfg_down, s.ffn, s.elem_bytes)  # `down.uses_descriptors`, contiguous weights
@@ -512,7 +508,7 @@ def fused_expert_launch(s: LayerShape, b: Blocks, cfg_expert: dict) -> Launch:
     """`fused_expert._fused_expert_kernel` (decode): every (M block, F chunk) program gathers its
     block's token rows of x over H, the chunk's gate and up rows and the matching [H, BLOCK_F] slice
     of the down weights, and writes the fp32 partial rows of its real slots for that chunk."""
-    chunks = _cdiv(s.ffn, cfg_expert["BLOCK_F"])
+    chunks = cdiv(s.ffn, cfg_expert["BLOCK_F"])
     e = s.elem_bytes
     return Launch("_fused_expert_kernel", KERNEL_STAGES["_fused_expert_kernel"], (
         Access("x_ptr", False, read=s.routed * s.hidden * e * chunks, unique_read=s.tokens * s.hidden * e),
@@ -527,14 +523,14 @@ def fused_expert_launch(s: LayerShape, b: Blocks, cfg_expert: dict) -> Launch:
 
 
 def fused_expert_chunks(s: LayerShape, cfg_expert: dict) -> int:
-    return _cdiv(s.ffn, cfg_expert["BLOCK_F"])
+    return cdiv(s.ffn, cfg_expert["BLOCK_F"])
 
 
 def down_combine_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
     """`down._down_combine_kernel`: every (H block, token) program reads, for each of the token's K choices, the
     choice's act row over F (found through `slot_rows`; padding rows never read) and the [BLOCK_N, F] slice of its
     expert's down weights, and writes its columns of y."""
-    h_blocks = _cdiv(s.hidden, cfg_down["BLOCK_N"])
+    h_blocks = cdiv(s.hidden, cfg_down["BLOCK_N"])
     e = s.elem_bytes
     return Launch("_down_combine_kernel", "down", (
         Access("act_ptr", False, read=s.routed * s.ffn * e * h_blocks, unique_read=s.routed * s.ffn * e),
