@@ -1,6 +1,7 @@
 """Lab code that experiments/NOTES.md reports on: the one-launch decode layer (`decode_layer_lab.py`, not in the
 package), the last-arriver combine (`lastcombine_lab.py`), the block-and-tail pair (`pair_lab.py`) and the benchmarks'
-timing function (`timing.py`), and what the borrowed-config lab (`borrow_lab.py`) times.
+timing function (`timing.py`), what the borrowed-config lab (`borrow_lab.py`) times, and the Gluon GEMMs of
+`gluon_lab.py` (compiled for sm90 without a GPU; checked against float64 on a Hopper GPU).
 
 The decode layer's barrier launch spins on global counters, which Triton's interpreter (one program after
 another) cannot run; here it runs as three phased launches of the same kernel, and on the GPU the barrier
@@ -171,3 +172,74 @@ def test_borrow_lab_variants():
     assert "PERSISTENT" not in named["no_persistent"]["gate_up"] and named["no_persistent"]["gate_up"]["DESC"]
     assert named["no_persistent/T64"]["TAIL_M"] == 64 and named["no_persistent/T32"]["TAIL_M"] == 32
     assert len({json.dumps(c, sort_keys=True) for c in named.values()}) == len(named)
+
+
+# The Gluon lab (`gluon_lab.py`, NOTES v15): Hopper-only kernels (wgmma, TMA, mbarriers, `gl.warp_specialize`), which
+# Triton's interpreter cannot run. Without a GPU they are compiled for sm90; on a Hopper GPU checked against float64.
+@pytest.mark.parametrize("ws", [False, True], ids=["pipelined", "warp_specialised"])
+@pytest.mark.parametrize("swiglu,bn,nb", [(True, 128, 4), (False, 256, 3)], ids=["gate_up", "down"])
+def test_gluon_lab_kernels_compile_for_sm90(ws, swiglu, bn, nb):
+    import re
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+    import triton
+    import gluon_lab
+
+    def desc(block):
+        return f"tensordesc<bf16{block},{gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)!r}>"
+    sig = {"a_desc": desc([128, 64]), "w_desc": desc([bn, 64]), "out_desc": desc([128, bn]),
+           "expert_ids_ptr": "*i32", "num_post_ptr": "*i32", "N": "i32", "K": "i32", "w_rows": "i32",
+           "second_row": "i32", "NUM_PROGRAMS": "constexpr", "SWIGLU": "constexpr", "NUM_BUF": "constexpr",
+           "GROUP_M": "constexpr", "num_warps": "constexpr"}
+    consts = {"NUM_PROGRAMS": 132, "SWIGLU": swiglu, "NUM_BUF": nb, "GROUP_M": 8, "num_warps": 8}
+    kernel = gluon_lab._grouped_gemm_kernel
+    if ws:
+        kernel = gluon_lab._grouped_gemm_ws_kernel
+        sig = {**sig, "LOADER_REGS": "constexpr"}
+        sig["num_warps"] = sig.pop("num_warps")  # the kernel's parameter order
+        consts["LOADER_REGS"] = 40
+    compiled = triton.compile(GluonASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 8})
+    ptx = compiled.asm["ptx"]
+    shapes = set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))
+    assert shapes == {f"m64n{bn}k16"}
+    assert "cp.async.bulk.tensor" in ptx  # TMA loads
+    assert compiled.metadata.shared <= 232448  # fits an H100's shared memory
+    assert ("setmaxnreg" in ptx) == ws
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ws", [False, True], ids=["pipelined", "warp_specialised"])
+@pytest.mark.parametrize("T,E,K", [(1, 4, 2), (200, 4, 2), (300, 8, 8)])
+def test_gluon_lab_matches_reference_on_gpu(T, E, K, ws):
+    """Both Gluon GEMMs against float64 on an aligned layout with padding rows, an expert without tokens (T=1) and
+    several tiles per program (T=300, K=8: 2400 rows over 8 experts, 1 program)."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon lab kernels are written for Hopper (sm90)")
+    import gluon_lab
+    from tritonmoe.align import align_tokens
+    from tritonmoe.gate_up import gather_rows
+    H, F = 352, 256  # H: gate/up's K steps end in a partial box (zero-filled by TMA)
+    layer = make_layer(T, E, H, F, torch.bfloat16, "cuda", seed=T + E)
+    _, ids = tritonmoe.route(layer.x, layer.weights[0], K)
+    align = align_tokens(ids, E, 128)
+    used = int(align.num_post_padded)
+    xs = gather_rows(layer.x, align)
+    w_gate_up = layer.weights[1]
+    # the lab's down view needs whole [256, BK] boxes per expert: an output width of 512
+    w_down = (torch.randn(E, 512, F, device="cuda") / F ** 0.5).to(torch.bfloat16)
+    rows_x = xs[:used].double()
+    experts = align.expert_ids[: used // 128].repeat_interleave(128).long()
+    gate = torch.einsum("rh,rfh->rf", rows_x, w_gate_up[experts, :F].double())
+    up = torch.einsum("rh,rfh->rf", rows_x, w_gate_up[experts, F:].double())
+    act_ref = torch.nn.functional.silu(gate) * up
+    gluon_lab._POISON[0] = True  # outputs start as NaN: a row the kernel misses fails the check
+    try:
+        act = gluon_lab.gluon_gate_up(xs, w_gate_up, align, ws=ws, programs=1 if T == 300 else None)
+        out = gluon_lab.gluon_down(act, w_down, align, ws=ws, programs=1 if T == 300 else None)
+    finally:
+        gluon_lab._POISON[0] = False
+    assert_rel_close(act[:used], act_ref, torch.bfloat16, "gluon gate/up")
+    out_ref = torch.einsum("rf,rhf->rh", act[:used].double(), w_down[experts].double())
+    assert_rel_close(out[:used], out_ref, torch.bfloat16, "gluon down")
