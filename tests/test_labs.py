@@ -177,14 +177,18 @@ def test_borrow_lab_variants():
 # The Gluon lab (`gluon_lab.py`, NOTES v15): Hopper-only kernels (wgmma, TMA, mbarriers, `gl.warp_specialize`), which
 # Triton's interpreter cannot run. Without a GPU they are compiled for sm90; on a Hopper GPU checked against float64.
 @pytest.mark.parametrize("ws", [False, True], ids=["pipelined", "warp_specialised"])
-@pytest.mark.parametrize("swiglu,bn,nb", [(True, 128, 4), (False, 256, 3)], ids=["gate_up", "down"])
-def test_gluon_lab_kernels_compile_for_sm90(ws, swiglu, bn, nb):
+@pytest.mark.parametrize("swiglu", [True, False], ids=["gate_up", "down"])
+def test_gluon_lab_kernels_compile_for_sm90(ws, swiglu):
+    """Each launcher's default tile (`gluon_gate_up`, `gluon_down`), compiled as it launches."""
     import re
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
     import triton
     import gluon_lab
+
+    defaults = (gluon_lab.gluon_gate_up if swiglu else gluon_lab.gluon_down).__kwdefaults__
+    bn, nb = defaults["block_n"], defaults["num_buf"]
 
     def desc(block):
         return f"tensordesc<bf16{block},{gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)!r}>"

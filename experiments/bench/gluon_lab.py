@@ -60,7 +60,8 @@ def _issue_loads(step, total, k_tiles, pid, num_pid_m, num_pid_n, expert_ids_ptr
     tile = pid + (s // k_tiles) * NUM_PROGRAMS
     k0 = (s % k_tiles) * BK
     pid_m, pid_n = _grouped_tile(tile, num_pid_m, num_pid_n, GROUP_M)
-    expert = gl.load(expert_ids_ptr + pid_m)
+    # a program without tiles (total == 0) has no valid block: read block 0's expert, load nothing
+    expert = gl.load(expert_ids_ptr + gl.where(pred, pid_m, 0))
     slot = step % NUM_BUF
     bar = bars.index(slot)
     if TWO:
@@ -279,7 +280,7 @@ def gluon_gate_up(xs: torch.Tensor, w_gate_up: torch.Tensor, align, *, block_n=1
     return out
 
 
-def gluon_down(act: torch.Tensor, w_down: torch.Tensor, align, *, block_n=256, block_k=64, num_buf=4, group_m=8,
+def gluon_down(act: torch.Tensor, w_down: torch.Tensor, align, *, block_n=256, block_k=64, num_buf=3, group_m=8,
                ws=False, loader_regs=40, programs=None, num_warps=8) -> torch.Tensor:
     """act [rows, F] (aligned order) times each block's expert's W_down^T [F, H], rows in aligned order."""
     E, H, F = w_down.shape
