@@ -43,7 +43,7 @@ from tritonmoe.tuned import CONFIG_DIR, config_path, device_slug  # noqa: E402
 from device_info import atomic_write_text  # noqa: E402
 from problems import load_models, make_tokens, make_weights, zipf_router  # noqa: E402
 from timing import bench  # noqa: E402
-from tritonmoe.config import fit_shared_memory  # noqa: E402
+from tritonmoe.config import fit_shared_memory, with_tails  # noqa: E402
 
 TUNE_TOKENS = (1, 4, 16, 64, 128, 256, 1024, 2048, 4096, 8192)
 
@@ -210,9 +210,9 @@ def tail_variants(cfg: dict) -> list[dict]:
     bm = cfg["BLOCK_M"]
     out = [cfg]
     if bm >= 64:
-        out += [{**cfg, "TAIL_M": t} for t in (bm // 2, bm // 4) if t >= 16]
+        out += [with_tails(cfg, t) for t in (bm // 2, bm // 4) if t >= 16]
     else:
-        out += [fit_shared_memory({**cfg, "BLOCK_M": big, "TAIL_M": bm}, 2) for big in (64, 128)]
+        out += [with_tails(cfg, bm, big) for big in (64, 128)]
     return out
 
 

@@ -117,6 +117,16 @@ def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET) -> 
     return out
 
 
+def with_tails(cfg: dict, tail_m: int, block_m: int | None = None, elem_bytes: int = 2) -> dict:
+    """`cfg` with tail blocks of `tail_m` rows (see `tritonmoe.align`) and, given `block_m`, blocks of that height;
+    a new block height refits the tiles to shared memory (`fit_shared_memory`), a tail alone changes no tile. The
+    one rule behind the tuner's tail variants (`experiments/bench/tune.py`) and the borrowed configs' guard
+    (`tritonmoe.tuned.skew_guard`)."""
+    if block_m is None or block_m == cfg["BLOCK_M"]:
+        return {**cfg, "TAIL_M": tail_m}
+    return fit_shared_memory({**cfg, "BLOCK_M": block_m, "TAIL_M": tail_m}, elem_bytes)
+
+
 def default_config(backend: str, num_routed: int, E: int, H: int, F: int, elem_bytes: int = 2) -> dict:
     if backend == "interpreter":
         return _interpreter_config(num_routed, E, H, F)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .config import fit_shared_memory, tail_of
+from .config import tail_of, with_tails
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -173,9 +173,9 @@ def skew_guard(cfg: dict, num_routed: int, E: int, H: int, F: int, tokens: int,
         return cfg, ""
     bm = cfg["BLOCK_M"]
     if bm < 64 and tokens >= 64:
-        return fit_shared_memory({**cfg, "BLOCK_M": 64, "TAIL_M": bm}, elem_bytes), f"+tails:64/{bm}"
+        return with_tails(cfg, bm, 64, elem_bytes), f"+tails:64/{bm}"
     if bm >= 64 and num_routed >= bm * min(E, num_routed) and 3 * H * F * elem_bytes >= GUARD_EXPERT_BYTES:
-        return {**cfg, "TAIL_M": bm // 2}, f"+tails:{bm}/{bm // 2}"
+        return with_tails(cfg, bm // 2), f"+tails:{bm}/{bm // 2}"
     return cfg, ""
 
 
