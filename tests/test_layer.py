@@ -5,8 +5,11 @@ dimension; H=64, F=32 take the EVEN_K path; H=33, F=17 are odd.
 """
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import tritonmoe
+from tritonmoe._gemm_common import order_blocks, tile_of
 from helpers import assert_rel_close, layer_reference, make_layer, rel_err
 
 DTYPES = [torch.float32, torch.float16]
@@ -78,6 +81,13 @@ def _desc_config(block_m, bn, bk, group_m, split_k, gate_up=True, down=True):
     return {**cfg, "gate_up": {**cfg["gate_up"], "DESC": gate_up}, "down": {**cfg["down"], "DESC": down}}
 
 
+def _expert_order(cfg, group_m=None):
+    """`cfg` with both GEMMs' tiles in expert order (`EXPERT_ORDER`, `tritonmoe._gemm_common.tile_of`)."""
+    g = {} if group_m is None else {"GROUP_M": group_m}
+    return {**cfg, "gate_up": {**cfg["gate_up"], "EXPERT_ORDER": True, **g},
+            "down": {**cfg["down"], "EXPERT_ORDER": True, **g}}
+
+
 @pytest.mark.parametrize("config", [
     _config(16, 16, 16, 1, 1),
     _config(32, 32, 16, 4, 3),
@@ -99,10 +109,18 @@ def _desc_config(block_m, bn, bk, group_m, split_k, gate_up=True, down=True):
     _combine_config(32, 8, 32),
     {**_combine_config(64, 32, 16, DESC=True), "TAIL_M": 16},
     {**_config(32, 32, 16, 4, 1), "ROUTE_SPLIT": True},
+    _expert_order({**_config(32, 16, 16, 2, 2), "TAIL_M": 16}),
+    _expert_order(_desc_config(16, 32, 16, 1, 1)),
+    _expert_order({**_desc_config(32, 16, 16, 4, 1), "TAIL_M": 16}),
+    _expert_order({**_desc_config(16, 16, 16, 2, 1), "gate_up": {**_desc_config(16, 16, 16, 2, 1)["gate_up"],
+                                                                  "PERSISTENT": True}}),
+    _expert_order({**_config(16, 16, 16, 3, 1), "gate_up": {**_config(16, 16, 16, 3, 1)["gate_up"],
+                                                            "PERSISTENT": True}}),
 ], ids=["bm16-split1", "bm32-split3", "bm64-split4", "expert-bm16", "expert-bm32", "desc-bm16", "desc-bm32-split3",
         "desc-gate-up-only", "desc-down-only", "tail16-bm64-split4", "tail16-bm32", "desc-tail32-bm64",
         "expert-ignores-tail", "persistent-bm16", "persistent-falls-back-with-tails", "combine-bm16", "combine-bm32-uneven-f", "combine-desc-tail16",
-        "route-split"])
+        "route-split", "expert-order-tail16", "expert-order-desc", "expert-order-desc-tail16",
+        "expert-order-persistent", "expert-order-persistent-gather"])
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
 def test_moe_launch_configs(impl, config, device):
     """Any block sizes, program grouping and split of the down projection give the same layer; an
@@ -110,7 +128,7 @@ def test_moe_launch_configs(impl, config, device):
     `DESC` feeds the GEMMs through tensor descriptors (tokens gathered first), per GEMM; `TAIL_M` gives each
     expert's rest shorter tail blocks (the decode path ignores it); `COMBINE` in the down config sums each token's
     choices in the down kernel (no partial rows, no combine launch); `ROUTE_SPLIT` routes through split partial
-    logits and a selection launch."""
+    logits and a selection launch; `EXPERT_ORDER` walks the tiles expert by expert."""
     T, E, K, H, F = 70, 8, 2, 40, 56
     layer = make_layer(T, E, H, F, torch.float32, device, seed=7)
     y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=config)
@@ -268,3 +286,41 @@ def test_persistent_gate_up(impl, shape, dtype, desc, device, monkeypatch):
         monkeypatch.setattr(gu, "gather_rows", _Refuse().__getitem__)
     y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl, config=cfg)
     assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), dtype, impl)
+
+
+@triton.jit
+def _tile_order_kernel(expert_ids_ptr, out_m_ptr, out_n_ptr, num_pid_m, num_pid_n, GROUP_M: tl.constexpr,
+                       ORDER_BLOCKS: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_m, pid_n = tile_of(pid, expert_ids_ptr, num_pid_m, num_pid_n, GROUP_M, ORDER_BLOCKS)
+    tl.store(out_m_ptr + pid, pid_m)
+    tl.store(out_n_ptr + pid, pid_n)
+
+
+@pytest.mark.parametrize("group_m", [1, 2, 8])
+@pytest.mark.parametrize("routing", ["uniform", "zipf"])
+def test_expert_order_visits_every_tile_once(routing, group_m, device):
+    """`tile_of` in expert order: the programs over the used blocks' tiles visit each (block, column block) exactly
+    once, an expert's tiles one after the other (no program between two of them belongs to another expert), and
+    programs past them land on unused blocks; grouped order is the same permutation property over all blocks."""
+    T, E, K, H = 90, 8, 2, 32
+    layer = make_layer(T, E, H, 16, torch.float32, device, seed=3, routing=routing)
+    _, ids = tritonmoe.route(layer.x, layer.router_weight, K)
+    align = tritonmoe.align_tokens(ids, E, 16, 16)
+    used_blocks = int(align.num_post_padded) // 16
+    num_pid_m, num_pid_n = align.max_blocks, 3
+    total = num_pid_m * num_pid_n
+    out_m = torch.full((total,), -7, dtype=torch.int32, device=device)
+    out_n = torch.full((total,), -7, dtype=torch.int32, device=device)
+    order = order_blocks({"EXPERT_ORDER": True}, align)
+    assert order >= num_pid_m
+    _tile_order_kernel[(total,)](align.expert_ids, out_m, out_n, num_pid_m, num_pid_n, GROUP_M=group_m,
+                                 ORDER_BLOCKS=order)
+    m, n = out_m.cpu(), out_n.cpu()
+    used = used_blocks * num_pid_n
+    pairs = {(int(a), int(b)) for a, b in zip(m[:used], n[:used])}
+    assert pairs == {(b, c) for b in range(used_blocks) for c in range(num_pid_n)}  # each used tile exactly once
+    assert (m[used:] >= used_blocks).all()  # the rest: unused blocks, no work
+    experts = align.expert_ids.cpu()[m[:used].long()]
+    changes = int((experts[1:] != experts[:-1]).sum())
+    assert changes == len(set(experts.tolist())) - 1  # one run of tiles per expert

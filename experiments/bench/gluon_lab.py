@@ -392,7 +392,44 @@ def run_case(name: str, T: int, rows: list[dict], args) -> None:
     torch.cuda.empty_cache()
 
 
+def profile_case(name: str, T: int, bm: int = 128) -> None:
+    """One call of each GEMM for Nsight Compute (`--profile model:tokens`): production's persistent descriptor
+    gate/up and its tuned down, the warp-specialised Gluon gate/up and down, and cuBLAS `bmm` on even rows.
+
+        ncu --clock-control none --kernel-name regex:"_gate_up_persistent_kernel|_down|_grouped_gemm_ws|nvjet|xmma" \\
+            --section SpeedOfLight --section MemoryWorkloadAnalysis --csv \\
+            python experiments/bench/gluon_lab.py --profile mixtral-8x7b:1024
+    """
+    import tritonmoe
+    from problems import load_models, make_tokens, make_weights
+    from tritonmoe.align import align_tokens
+    from tritonmoe.down import down
+    from tritonmoe.gate_up import gate_up, gather_rows
+    m = load_models()[name]
+    w = make_weights(m, torch.bfloat16, "cuda", "uniform")
+    x = make_tokens(m, T, w, "uniform", torch.bfloat16, "cuda", seed=1000 + T)
+    weights, ids = tritonmoe.route(x, w.router_weight, m.top_k)
+    cfg = tritonmoe.api.resolve_config(x, ids.numel(), m.experts, m.hidden, m.ffn, None)
+    align = align_tokens(ids, m.experts, bm)
+    xs = gather_rows(x, align)
+    pd = {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "DESC": True,
+          "PERSISTENT": True}
+    act = gate_up(x, w.w_gate_up, align, pd, fuse_swiglu=True, x_sorted=xs)
+    down(act, w.w_down, align, weights, {**cfg["down"], "SPLIT_K": 1})
+    act_g = gluon_gate_up(xs, w.w_gate_up, align, ws=True)
+    gluon_down(act_g, w.w_down, align, ws=True)
+    rows_e = -(-T * m.top_k // m.experts)
+    torch.bmm(torch.randn((m.experts, rows_e, m.hidden), dtype=torch.bfloat16, device="cuda"),
+              w.w_gate_up.transpose(1, 2))
+    torch.cuda.synchronize()
+
+
 def main(argv=None) -> int:
+    if argv is None and "--profile" in sys.argv:
+        name, tokens = sys.argv[sys.argv.index("--profile") + 1].split(":")
+        profile_case(name, int(tokens))
+        return 0
+
     def extra(ap):
         ap.add_argument("--block-m", type=int, nargs="+", default=[128])
         ap.add_argument("--num-buf", type=int, nargs="+", default=[3, 4])

@@ -14,7 +14,7 @@ draw, the one with the smaller worst slowdown over the two draws is kept (`pick_
 down step also tries the down projection that sums each token's choices itself (`down.down_combine`);
 `--combine-only` makes just that choice on the configs already in the tables, decided on whole-layer times;
 `--persistent-only` likewise for the persistent gate/up (`PERSISTENT`, no tail blocks; tokens gathered first or inside
-the loop) at `--tokens`. `--seed-from SLUG` skips the search for a card like one already tuned: each bucket of device
+the loop) at `--tokens`; `--order-only` for the tiles' order (`EXPERT_ORDER`: expert by expert, per GEMM). `--seed-from SLUG` skips the search for a card like one already tuned: each bucket of device
 SLUG's tables (those of `--tokens` where given) gets that config and its tail and skew variants timed here as whole
 layers (the robust pick), seconds a bucket instead of minutes (an H200 from the H100's tables:
 `tune.py --seed-from h100-sxm`).
@@ -426,6 +426,43 @@ def persistent_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
     return best[0]
 
 
+def order_variants(cfg: dict) -> list[dict]:
+    """The config with its GEMMs' tiles in expert order (`EXPERT_ORDER`, `tritonmoe._gemm_common.tile_of`): both,
+    and each alone. None for the one-kernel decode path or a config that has it already."""
+    if cfg.get("expert") or cfg["gate_up"].get("EXPERT_ORDER") or cfg["down"].get("EXPERT_ORDER"):
+        return []
+    on = {"EXPERT_ORDER": True}
+    return [{**cfg, "gate_up": {**cfg["gate_up"], **on}, "down": {**cfg["down"], **on}},
+            {**cfg, "gate_up": {**cfg["gate_up"], **on}},
+            {**cfg, "down": {**cfg["down"], **on}}]
+
+
+def order_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
+    """The table's config, or an `order_variants` one: the robust pick (`pick_robust`) over the config and its
+    variants as whole layers on the uniform and zipf draws, taken only where it is at least 1% faster than the
+    table's config on the uniform draw."""
+    variants = order_variants(cfg)
+    if not variants:
+        return cfg
+
+    def which(c):
+        return "+".join(g for g in ("gate_up", "down") if c[g].get("EXPERT_ORDER")) or "grouped"
+    results = []
+    for c, times, _ in layer_times(m, w, tokens, [cfg] + variants, describe=which):
+        results.append((c, *times))
+        log.append({"model": m.name, "tokens": tokens, "expert_order": which(c),
+                    "uniform_us": round(times[0] * 1e3, 2), "zipf_us": round(times[1] * 1e3, 2)})
+    if not results or results[0][0] is not cfg:
+        return cfg
+    _, u0, z0 = results[0]
+    best = pick_robust(results)
+    if best[0] is not cfg and best[1] > 0.99 * u0:
+        best = results[0]
+    print(f"{m.name} T={tokens}: grouped {u0*1e3:.1f}/{z0*1e3:.1f} us (uniform/zipf), kept {which(best[0])} "
+          f"{best[1]*1e3:.1f}/{best[2]*1e3:.1f} us", flush=True)
+    return best[0]
+
+
 def table_tokens(table: dict, top_k: int, tokens: list[int] | None = None) -> list[int]:
     """The token counts of a table's buckets (slots // top_k), ascending; only those in `tokens` where given."""
     out = sorted(int(b) // top_k for b in table)
@@ -449,6 +486,9 @@ def main(argv=None) -> int:
                          f"{COMBINE_MAX_ROUTED} slots)")
     ap.add_argument("--persistent-only", action="store_true",
                     help="only the persistent gate/up choice, on the configs already in the tables (--tokens filters)")
+    ap.add_argument("--order-only", action="store_true",
+                    help="only the tile order (`EXPERT_ORDER` per GEMM), on the configs already in the tables "
+                         "(--tokens filters)")
     ap.add_argument("--seed-from", metavar="SLUG",
                     help="start from this device's tables (configs/SLUG/) instead of a full search: the robust pick "
                          "over each bucket's config and its tail and skew variants, timed here")
@@ -478,17 +518,19 @@ def main(argv=None) -> int:
                 continue
             seed = json.loads(seed_path.read_text())
             tokens_list = table_tokens(seed, m.top_k, tokens_given)
-        elif args.tails_only or args.combine_only or args.persistent_only:
-            tokens_list = table_tokens(table, m.top_k, tokens_given if args.tails_only else None)
+        elif args.tails_only or args.combine_only or args.persistent_only or args.order_only:
+            tokens_list = table_tokens(table, m.top_k, tokens_given if (args.tails_only or args.order_only) else None)
         else:
             tokens_list = args.tokens
         for tokens in tokens_list:
             if time.time() - t0 > args.budget_s:
                 print("# time budget reached", flush=True)
                 break
-            if args.combine_only or args.persistent_only:
+            if args.combine_only or args.persistent_only or args.order_only:
                 key = str(tokens * m.top_k)
-                if args.persistent_only:
+                if args.order_only:
+                    table[key] = order_point(m, w, tokens, table[key], log)
+                elif args.persistent_only:
                     if tokens not in args.tokens:
                         continue
                     table[key] = persistent_point(m, w, tokens, table[key], log)

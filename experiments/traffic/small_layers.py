@@ -29,6 +29,7 @@ class SmallLayer:
     combine: bool = False  # the down projection that sums each token's choices itself (the down config's COMBINE)
     persistent: bool = False  # the persistent gate/up kernel (the gate_up config's PERSISTENT; with desc or without)
     route_split: bool = False  # the routing through split partial logits and a selection launch (ROUTE_SPLIT)
+    expert_order: bool = False  # both GEMMs' tiles in expert order (the GEMM configs' EXPERT_ORDER)
 
     def config(self, cfg: dict) -> dict:
         """The layer config the count runs: `cfg` (the resolved default) with this layer's overrides."""
@@ -42,13 +43,16 @@ class SmallLayer:
             cfg = {**cfg, "down": {"BLOCK_N": 16, "BLOCK_K": 16, "COMBINE": True}}
         if self.route_split:
             cfg = {**cfg, "ROUTE_SPLIT": True}
+        if self.expert_order:
+            cfg = {**cfg, "gate_up": {**cfg["gate_up"], "EXPERT_ORDER": True},
+                   "down": {**cfg["down"], "EXPERT_ORDER": True}}
         return cfg
 
     @property
     def name(self) -> str:
         """The `model` column of its traffic.csv rows."""
         return (f"small-H{self.hidden}-F{self.ffn}-E{self.experts}-K{self.top_k}-{self.routing}"
-                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else "") + ("-combine" if self.combine else "") + ("-persistent" if self.persistent else "") + ("-split" if self.route_split else ""))
+                + ("-desc" if self.desc else "") + (f"-bm{self.tail[0]}-tail{self.tail[1]}" if self.tail else "") + ("-combine" if self.combine else "") + ("-persistent" if self.persistent else "") + ("-split" if self.route_split else "") + ("-order" if self.expert_order else ""))
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, router_weight, w_gate_up, w_down) on the CPU."""
@@ -105,4 +109,13 @@ SMALL_LAYERS = (
     # The split routing (`routing.route_split`, forced by ROUTE_SPLIT): past the one routing-and-alignment program
     # (T > 32); H over two slices, the second partial; experts over two blocks, the second partial.
     SmallLayer(tokens=40, hidden=300, ffn=24, experts=20, top_k=3, seed=16, route_split=True),
+    # Expert order (EXPERT_ORDER): the pointer kernels with tail blocks, the descriptor ones, the persistent gate/up
+    # (tokens gathered first, and inside the loop); an expert over several blocks (skewed) and one without tokens.
+    SmallLayer(tokens=60, hidden=40, ffn=24, experts=4, top_k=2, routing="skewed", seed=17, tail=(64, 16),
+               expert_order=True),
+    SmallLayer(tokens=13, hidden=24, ffn=40, experts=6, top_k=2, routing="empty_expert", seed=18, desc=True,
+               expert_order=True),
+    SmallLayer(tokens=30, hidden=40, ffn=24, experts=4, top_k=2, seed=19, desc=True, persistent=True,
+               expert_order=True),
+    SmallLayer(tokens=21, hidden=40, ffn=24, experts=6, top_k=3, seed=20, persistent=True, expert_order=True),
 )

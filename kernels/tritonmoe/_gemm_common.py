@@ -3,6 +3,8 @@ gate/up accumulation from one load of x, and the dot precision."""
 import triton
 import triton.language as tl
 
+from ._host import next_power_of_2
+
 
 @triton.jit
 def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
@@ -14,6 +16,29 @@ def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     pid_m = first_m + (pid % width) % size_m
     pid_n = (pid % width) // size_m
     return pid_m, pid_n
+
+
+@triton.jit
+def tile_of(pid, expert_ids_ptr, num_pid_m, num_pid_n, GROUP_M: tl.constexpr, ORDER_BLOCKS: tl.constexpr):
+    """(pid_m, pid_n) of program/tile `pid`. ORDER_BLOCKS == 0: `grouped_pid` over all row blocks. Otherwise expert by
+    expert: an expert's tiles (its blocks, contiguous in the alignment, times every column block) come one after the
+    other, and `grouped_pid` orders them within it. Tiles that run at once then read each expert's weight tile from
+    DRAM about once; with groups that cut across experts, an expert's blocks could fall into different groups and
+    stream its weights again. ORDER_BLOCKS (a power of two >= the blocks in `expert_ids`, -1 marking unused ones)
+    sizes the vector load that finds the expert's first block and block count. Programs past the used tiles get an
+    unused block (height 0)."""
+    if ORDER_BLOCKS == 0:
+        return grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M)
+    else:
+        f = pid // num_pid_n  # a block of the expert whose tiles hold `pid`: tiles before it are (blocks before) * N
+        expert = tl.load(expert_ids_ptr + tl.minimum(f, num_pid_m - 1))
+        bs = tl.arange(0, ORDER_BLOCKS)
+        ids = tl.load(expert_ids_ptr + bs, mask=bs < num_pid_m, other=-1)
+        first = tl.sum(((ids >= 0) & (ids < expert)).to(tl.int32))
+        count = tl.sum((ids == expert).to(tl.int32))
+        used = (f < num_pid_m) & (expert >= 0)
+        local_m, pid_n = grouped_pid(tl.where(used, pid - first * num_pid_n, 0), tl.maximum(count, 1), num_pid_n, GROUP_M)
+        return tl.where(used, first + local_m, f), tl.where(used, pid_n, 0)
 
 
 @triton.jit
@@ -75,6 +100,15 @@ def gate_up_accumulate(
         a_ptrs += BLOCK_K * stride_xh
         g_ptrs += BLOCK_K * stride_wh
     return acc_g, acc_u
+
+
+def order_blocks(cfg: dict, align) -> int:
+    """A GEMM config's tile order as its kernels take it (`tile_of`'s ORDER_BLOCKS): 0 for `grouped_pid` over all
+    blocks, else with `EXPERT_ORDER` the power of two that covers the alignment's blocks, at least 256 (fewer
+    compiled variants across token counts; the ids are 1 KB)."""
+    if not cfg.get("EXPERT_ORDER"):
+        return 0
+    return max(256, next_power_of_2(align.max_blocks))
 
 
 def dot_precision(dtype) -> str:

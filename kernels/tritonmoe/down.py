@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import block_extent, block_slots, dot_precision, grouped_pid
+from ._gemm_common import block_extent, block_slots, dot_precision, order_blocks, tile_of
 from ._host import cdiv, next_power_of_2
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
@@ -66,9 +66,10 @@ def _down_kernel(
     stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
     EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ORDER_BLOCKS: tl.constexpr,
 ):
     num_pid_n = tl.cdiv(H, BLOCK_N)
-    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    pid_m, pid_n = tile_of(tl.program_id(0), expert_ids_ptr, num_pid_m, num_pid_n, GROUP_M, ORDER_BLOCKS)
     pid_s = tl.program_id(1)
     row0, height = block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M, TAIL_M)
     if height == BLOCK_M:
@@ -114,12 +115,13 @@ def _down_desc_kernel(
     H, F, num_routed, k_per_split, num_pid_m, stride_ps, stride_pm, stride_pn,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ORDER_BLOCKS: tl.constexpr,
 ):
     """`_down_kernel` with both operands as descriptor boxes: act `[max_padded, F]` (BLOCK_M-row boxes, TAIL_M-row
     boxes for tail blocks) and the weights `[E, H, F]` in `[1, BLOCK_N, BLOCK_K]` boxes. Boxes past F or H read
     zeros; splits start at multiples of BLOCK_K."""
     num_pid_n = tl.cdiv(H, BLOCK_N)
-    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    pid_m, pid_n = tile_of(tl.program_id(0), expert_ids_ptr, num_pid_m, num_pid_n, GROUP_M, ORDER_BLOCKS)
     pid_s = tl.program_id(1)
     row0, height = block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M, TAIL_M)
     if height == BLOCK_M:
@@ -178,7 +180,7 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
             topk_weights.reshape(-1), align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
             H, F, align.num_routed, k_per_split, num_pid_m, partial.stride(0), partial.stride(1), partial.stride(2),
             PRECISION=dot_precision(act.dtype), BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk,
-            GROUP_M=cfg.get("GROUP_M", 1),
+            GROUP_M=cfg.get("GROUP_M", 1), ORDER_BLOCKS=order_blocks(cfg, align),
             num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
         )
         return partial
@@ -190,6 +192,7 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
         partial.stride(0), partial.stride(1), partial.stride(2),
         EVEN_K=(F % k_per_split == 0 and k_per_split % bk == 0), PRECISION=dot_precision(act.dtype),
         BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+        ORDER_BLOCKS=order_blocks(cfg, align),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return partial

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, grouped_pid
+from ._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, order_blocks, tile_of
 from ._host import cdiv, next_power_of_2
 from ._validate import interpreter_active
 from .align import Alignment
@@ -75,9 +75,10 @@ def _gate_up_kernel(
     TOP_K: tl.constexpr, FUSE_SWIGLU: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    ORDER_BLOCKS: tl.constexpr,
 ):
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    pid_m, pid_n = tile_of(tl.program_id(0), expert_ids_ptr, num_pid_m, num_pid_n, GROUP_M, ORDER_BLOCKS)
     row0, height = block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M, TAIL_M)
     if height == BLOCK_M:
         _gate_up_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
@@ -170,10 +171,11 @@ def _gate_up_desc_kernel(
     N, H, num_pid_m, row_offset, stride_om, stride_on,
     FUSE_SWIGLU: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ORDER_BLOCKS: tl.constexpr,
 ):
     """`a_desc` boxes BLOCK_M rows of the gathered tokens, `a_tail_desc` TAIL_M rows (for tail blocks)."""
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = grouped_pid(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    pid_m, pid_n = tile_of(tl.program_id(0), expert_ids_ptr, num_pid_m, num_pid_n, GROUP_M, ORDER_BLOCKS)
     row0, height = block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M, TAIL_M)
     if height > 0:
         expert = tl.load(expert_ids_ptr + pid_m)
@@ -215,6 +217,7 @@ def _gate_up_persistent_kernel(
     a_desc, w_desc, out_desc, out_ptr, expert_ids_ptr, num_post_ptr, N, H, row_offset, stride_om, stride_on,
     NUM_PROGRAMS: tl.constexpr, FUSE_SWIGLU: tl.constexpr, TMA_STORE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ORDER_BLOCKS: tl.constexpr,
 ):
     """`_gate_up_desc_kernel` (no tail blocks) as a persistent grid: NUM_PROGRAMS programs walk the used tiles in
     grouped order. The flattened tile loop lets the pipeline load the next tile's first boxes while this tile's last
@@ -225,7 +228,7 @@ def _gate_up_persistent_kernel(
     num_tiles = num_pid_m * num_pid_n
     k_tiles = tl.cdiv(H, BLOCK_K)
     for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
-        pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = tile_of(tile, expert_ids_ptr, num_pid_m, num_pid_n, GROUP_M, ORDER_BLOCKS)
         row0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
         box_e, box_n = _persistent_weight_box(tl.load(expert_ids_ptr + pid_m), n0, row_offset, FUSE_SWIGLU)
@@ -246,6 +249,7 @@ def _gate_up_persistent_gather_kernel(
     TOP_K: tl.constexpr, NUM_PROGRAMS: tl.constexpr, FUSE_SWIGLU: tl.constexpr, TMA_STORE: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    ORDER_BLOCKS: tl.constexpr,
 ):
     """`_gate_up_persistent_kernel` with the tokens gathered inside it: each tile loads its slots' rows of `x` by
     pointers (as `_gate_up_kernel` does), so no gather launch writes K copies of x first; the weights still come as
@@ -257,7 +261,7 @@ def _gate_up_persistent_gather_kernel(
     k_tiles = tl.cdiv(H, BLOCK_K)
     ks = tl.arange(0, BLOCK_K)
     for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
-        pid_m, pid_n = grouped_pid(tile, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = tile_of(tile, expert_ids_ptr, num_pid_m, num_pid_n, GROUP_M, ORDER_BLOCKS)
         row0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
         box_e, box_n = _persistent_weight_box(tl.load(expert_ids_ptr + pid_m), n0, row_offset, FUSE_SWIGLU)
@@ -333,7 +337,7 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
             a_desc, w_desc, descriptor(out, [bm, bn]) if tma_store else out, out, align.expert_ids,
             align.num_post_padded, n, H, row_offset, out.stride(0), out.stride(1),
             NUM_PROGRAMS=programs, FUSE_SWIGLU=fuse_swiglu, TMA_STORE=tma_store, PRECISION=dot_precision(x_sorted.dtype),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1), ORDER_BLOCKS=order_blocks(cfg, align),
             num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
         )
         return out
@@ -343,6 +347,7 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
         n, H, align.max_blocks, row_offset, out.stride(0), out.stride(1),
         FUSE_SWIGLU=fuse_swiglu, PRECISION=dot_precision(x_sorted.dtype),
         BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+        ORDER_BLOCKS=order_blocks(cfg, align),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return out
@@ -380,6 +385,7 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
             n, H, align.num_routed, row_offset, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
             TOP_K=align.num_routed // x.shape[0], NUM_PROGRAMS=programs, FUSE_SWIGLU=fuse_swiglu, TMA_STORE=tma_store,
             PRECISION=dot_precision(x.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+            ORDER_BLOCKS=order_blocks(cfg, align),
             num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
         )
         return out
@@ -394,6 +400,7 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
         TOP_K=align.num_routed // x.shape[0], FUSE_SWIGLU=fuse_swiglu, EVEN_K=(H % bk == 0),
         PRECISION=dot_precision(x.dtype),
         BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 1),
+        ORDER_BLOCKS=order_blocks(cfg, align),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return out

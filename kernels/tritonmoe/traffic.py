@@ -372,13 +372,26 @@ def _block_extent(b: Blocks, programs_per_block: int) -> Access:
     return Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32)
 
 
-def _block_metadata(b: Blocks, programs_per_block: int) -> tuple[Access, ...]:
+def _expert_ids(b: Blocks, programs_per_block: int, cfg: dict, persistent: bool = False) -> Access:
+    """`expert_ids` of a grouped GEMM: each used tile reads its block's expert. In expert order (`EXPERT_ORDER`,
+    `_gemm_common.tile_of`) every program of a grid over all blocks (every tile of a persistent one) also reads one
+    block's expert and the ids of all the grid's blocks (a persistent grid's: the used ones) to find its place."""
+    read, unique = b.used_blocks * programs_per_block * _I32, b.used_blocks * _I32
+    if cfg.get("EXPERT_ORDER"):
+        if persistent:
+            read += b.used_blocks * programs_per_block * (1 + b.used_blocks) * _I32
+        else:
+            read += b.max_blocks * programs_per_block * (1 + b.max_blocks) * _I32
+            unique = b.max_blocks * _I32
+    return Access("expert_ids_ptr", False, read=read, unique_read=unique)
+
+
+def _block_metadata(b: Blocks, programs_per_block: int, cfg: dict | None = None) -> tuple[Access, ...]:
     """What every program of a grouped GEMM reads before its tiles: its block's extent (all programs),
-    then the used blocks' expert and slot ids."""
+    then the used blocks' expert (`_expert_ids`, with the config's tile order) and slot ids."""
     return (
         _block_extent(b, programs_per_block),
-        Access("expert_ids_ptr", False, read=b.used_blocks * programs_per_block * _I32,
-               unique_read=b.used_blocks * _I32),
+        _expert_ids(b, programs_per_block, cfg or {}),
         Access("sorted_ids_ptr", False, read=b.padded_rows * programs_per_block * _I32,
                unique_read=b.padded_rows * _I32),
     )
@@ -397,7 +410,7 @@ def gate_up_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool) 
         Access("w_ptr", True, read=b.used_blocks * mats * n * s.hidden * e,
                unique_read=b.hit_experts * mats * n * s.hidden * e),
         _same("out_ptr", write=b.padded_rows * n * e),
-        *_block_metadata(b, n_blocks),
+        *_block_metadata(b, n_blocks, cfg),
     ))
 
 
@@ -428,7 +441,7 @@ def gate_up_desc_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: b
         Access("w_desc", True, read=b.used_blocks * rows * s.hidden * e, unique_read=b.hit_experts * rows * s.hidden * e),
         _same("out_ptr", write=b.padded_rows * n * e),
         _block_extent(b, n_blocks),
-        Access("expert_ids_ptr", False, read=b.used_blocks * n_blocks * _I32, unique_read=b.used_blocks * _I32),
+        _expert_ids(b, n_blocks, cfg),
     ))
 
 
@@ -457,7 +470,7 @@ def gate_up_persistent_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fu
         Access("w_desc", True, read=b.used_blocks * rows * s.hidden * e, unique_read=b.hit_experts * rows * s.hidden * e),
         _same("out_desc", write=b.padded_rows * n * e),
         Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32),
-        Access("expert_ids_ptr", False, read=b.used_blocks * n_blocks * _I32, unique_read=b.used_blocks * _I32),
+        _expert_ids(b, n_blocks, cfg, persistent=True),
     ))
 
 
@@ -500,7 +513,7 @@ def down_launch(s: LayerShape, b: Blocks, cfg_down: dict) -> Launch:
                unique_read=b.hit_experts * s.hidden * s.ffn * e),
         _same("partial_ptr", write=splits * s.routed * s.hidden * down_partial_bytes(s, splits)),
         Access("topk_weights_ptr", False, read=s.routed * h_blocks * splits * _F32, unique_read=s.routed * _F32),
-        *_block_metadata(b, h_blocks * splits),
+        *_block_metadata(b, h_blocks * splits, cfg_down),
     ))
 
 
