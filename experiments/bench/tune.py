@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -437,21 +438,23 @@ def order_variants(cfg: dict) -> list[dict]:
             {**cfg, "down": {**cfg["down"], **on}}]
 
 
-def order_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
+def order_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 1) -> dict:
     """The table's config, or an `order_variants` one: the robust pick (`pick_robust`) over the config and its
-    variants as whole layers on the uniform and zipf draws, taken only where it is at least 1% faster than the
-    table's config on the uniform draw."""
+    variants as whole layers on the uniform and zipf draws (medians of `repeat` interleaved timings), taken only
+    where it is at least 1% faster than the table's config on the uniform draw."""
     variants = order_variants(cfg)
     if not variants:
         return cfg
 
     def which(c):
         return "+".join(g for g in ("gate_up", "down") if c[g].get("EXPERT_ORDER")) or "grouped"
-    results = []
-    for c, times, _ in layer_times(m, w, tokens, [cfg] + variants, describe=which):
-        results.append((c, *times))
+    runs: dict[int, list] = {}
+    for c, times, _ in layer_times(m, w, tokens, ([cfg] + variants) * repeat, describe=which):
+        runs.setdefault(id(c), [c, []])[1].append(times)
         log.append({"model": m.name, "tokens": tokens, "expert_order": which(c),
                     "uniform_us": round(times[0] * 1e3, 2), "zipf_us": round(times[1] * 1e3, 2)})
+    results = [(c, statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+               for c, ts in runs.values() if len(ts) == repeat]
     if not results or results[0][0] is not cfg:
         return cfg
     _, u0, z0 = results[0]
@@ -489,6 +492,8 @@ def main(argv=None) -> int:
     ap.add_argument("--order-only", action="store_true",
                     help="only the tile order (`EXPERT_ORDER` per GEMM), on the configs already in the tables "
                          "(--tokens filters)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="with --order-only: interleaved timings of each variant, their medians compared")
     ap.add_argument("--seed-from", metavar="SLUG",
                     help="start from this device's tables (configs/SLUG/) instead of a full search: the robust pick "
                          "over each bucket's config and its tail and skew variants, timed here")
@@ -529,7 +534,7 @@ def main(argv=None) -> int:
             if args.combine_only or args.persistent_only or args.order_only:
                 key = str(tokens * m.top_k)
                 if args.order_only:
-                    table[key] = order_point(m, w, tokens, table[key], log)
+                    table[key] = order_point(m, w, tokens, table[key], log, args.repeat)
                 elif args.persistent_only:
                     if tokens not in args.tokens:
                         continue
