@@ -16,6 +16,8 @@ BLOCK_M block (`tritonmoe.align`); both GEMMs then run their tile at both height
 `"PERSISTENT": True` in `gate_up` runs that GEMM as a persistent grid (`tritonmoe.gate_up`; one program per SM,
 descriptor store of each tile; alignments with tail blocks fall back to one program per tile): beside `"DESC"` on the
 gathered copy of the tokens, without it gathering the tokens inside the loop (weights still by descriptor boxes).
+`"EXPERT_ORDER": True` in `gate_up` or `down` runs that GEMM's tiles expert by expert, GROUP_M row blocks at a time
+within each expert (`tritonmoe._gemm_common.tile_of`), instead of GROUP_M row blocks at a time over all experts.
 `"COMBINE": True` in `down` (with BLOCK_N, BLOCK_K, num_warps, num_stages) computes the down projection and the combine
 in one launch, a program per token and block of H (`tritonmoe.down.down_combine`; for few tokens). A top-level
 `"ROUTE_SPLIT"` (bool) overrides `tritonmoe.routing.route_split`, the choice of reading the router through partial
