@@ -4,6 +4,8 @@
 rule aot_build:
     input:
         script="experiments/aot/build_all.py",
+        helpers=[f"experiments/aot/{f}.py" for f in ("compile_kernel", "launches", "layer_config", "targets")],
+        targets="config/aot_targets.yaml",
         kernels=KERNEL_SOURCES,
     output:
         directory(BUILD),
