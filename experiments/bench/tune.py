@@ -4,9 +4,10 @@
 For each model and token bucket: for each BLOCK_M, the best gate_up config and the best
 down(+combine) config are found separately (each candidate captured in a CUDA graph and timed by its
 replays), then the BLOCK_M with the lowest sum wins; the winner is checked against the float64
-reference. Last, tail-block variants of the winner (`TAIL_M`, see `tritonmoe.align`) are timed as whole
+reference. Then tail-block variants of the winner (`TAIL_M`, see `tritonmoe.align`) are timed as whole
 layers on the uniform draw and on the skewed (zipf) one; among those within 5% of the fastest on the uniform
-draw, the one with the smaller worst slowdown over the two draws is kept (`pick_robust`). One command tunes a new card:
+draw, the one with the smaller worst slowdown over the two draws is kept (`pick_robust`). Last, the same robust
+pick decides the tiles' order per GEMM (`EXPERT_ORDER`, `order_point`). One command tunes a new card:
 
     python experiments/bench/tune.py --models mixtral-8x7b qwen3-30b-a3b
 
@@ -493,7 +494,8 @@ def main(argv=None) -> int:
                     help="only the tile order (`EXPERT_ORDER` per GEMM), on the configs already in the tables "
                          "(--tokens filters)")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="with --order-only: interleaved timings of each variant, their medians compared")
+                    help="the order step (--order-only, and the last step of a full tune): interleaved timings of each "
+                         "variant, their medians compared")
     ap.add_argument("--seed-from", metavar="SLUG",
                     help="start from this device's tables (configs/SLUG/) instead of a full search: the robust pick "
                          "over each bucket's config and its tail and skew variants, timed here")
@@ -554,6 +556,8 @@ def main(argv=None) -> int:
                 cfg, ms, info = tune_point(m, w, tokens, backend)
                 print(f"{name} T={tokens}: {ms*1e3:.1f} us (gate_up+down) rel_err {info['rel_err']:.2e} {cfg}", flush=True)
             cfg = robust_point(m, w, tokens, cfg, log)
+            if not args.tails_only:  # the tile order on the kept config (as --order-only does on a table's)
+                cfg = order_point(m, w, tokens, cfg, log, args.repeat)
             print(f"{name} T={tokens}: keeps BLOCK_M={cfg['BLOCK_M']} TAIL_M={cfg.get('TAIL_M', '-')}", flush=True)
             table[str(tokens * m.top_k)] = cfg
             atomic_write_text(path, json.dumps(dict(sorted(table.items(), key=lambda kv: int(kv[0]))), indent=1) + "\n")
