@@ -7,6 +7,7 @@ rule aot_build:
         helpers=[f"experiments/aot/{f}.py" for f in ("compile_kernel", "launches", "layer_config", "targets")],
         targets="config/aot_targets.yaml",
         kernels=KERNEL_SOURCES,
+        tables=TUNED_TABLES,
     output:
         directory(BUILD),
     params:

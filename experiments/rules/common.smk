@@ -36,6 +36,8 @@ LOGGED = " > {log} 2>&1 || (tail -n 25 {log} >&2; exit 1)"
 ANALYSIS_LIB = [f"experiments/analysis/{name}.py" for name in
                 ("raw", "schema", "sources", "derive", "trace", "settings", "atomic", "plotting")]
 KERNEL_SOURCES = sorted(str(p) for p in Path("kernels/tritonmoe").glob("*.py"))
+# The tuned tables: each AOT target builds the launches of its device's tables (experiments/aot/layer_config.py).
+TUNED_TABLES = sorted(str(p) for p in Path("kernels/tritonmoe/configs").glob("*/*.json"))
 
 
 # The GPU stage (measure.smk): the device this machine measures, and this run's start time.
