@@ -36,7 +36,9 @@ from problems import lab_main  # noqa: E402
 
 @gluon.jit
 def _grouped_tile(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
-    """`tritonmoe._gemm_common.grouped_pid` in Gluon: GROUP_M row blocks at a time."""
+    """`tritonmoe._gemm_common.grouped_pid` in Gluon: GROUP_M row blocks at a time. (A Gluon kernel compiles a call to
+    the `triton.jit` original on the GPU, but not where TRITON_INTERPRET has turned it into an interpreted function,
+    as in the tests that compile these kernels without a GPU.)"""
     width = GROUP_M * num_pid_n
     group = tile // width
     first_m = group * GROUP_M
@@ -44,6 +46,27 @@ def _grouped_tile(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
     pid_m = first_m + (tile % width) % size_m
     pid_n = (tile % width) // size_m
     return pid_m, pid_n
+
+
+@gluon.jit
+def _program_tiles(num_post_ptr, N, K, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
+                   NUM_PROGRAMS: gl.constexpr):
+    """This program's share of the persistent grid over the used row blocks: (pid, row blocks, column blocks,
+    K steps a tile, tiles of this program)."""
+    pid = gl.program_id(0)
+    num_pid_m = gl.load(num_post_ptr) // BM
+    num_pid_n = gl.cdiv(N, BN)
+    my_tiles = gl.cdiv(gl.maximum(num_pid_m * num_pid_n - pid, 0), NUM_PROGRAMS)
+    return pid, num_pid_m, num_pid_n, gl.cdiv(K, BK), my_tiles
+
+
+@gluon.jit
+def _store_tile(out, out_desc, out_smem, row0, n0):
+    """A finished tile through the output's descriptor (TMA store), once the previous tile's store has left out_smem."""
+    tma.store_wait(pendings=0)
+    out_smem.store(out.to(out_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(out_desc, [row0, n0], out_smem)
 
 
 @gluon.jit
@@ -90,12 +113,7 @@ def _grouped_gemm_kernel(a_desc, w_desc, out_desc, expert_ids_ptr, num_post_ptr,
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BN, 16])
 
-    pid = gl.program_id(0)
-    num_pid_m = gl.load(num_post_ptr) // BM
-    num_pid_n = gl.cdiv(N, BN)
-    num_tiles = num_pid_m * num_pid_n
-    k_tiles = gl.cdiv(K, BK)
-    my_tiles = gl.cdiv(gl.maximum(num_tiles - pid, 0), NUM_PROGRAMS)
+    pid, num_pid_m, num_pid_n, k_tiles, my_tiles = _program_tiles(num_post_ptr, N, K, BM, BN, BK, NUM_PROGRAMS)
     total = my_tiles * k_tiles
 
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
@@ -136,10 +154,7 @@ def _grouped_gemm_kernel(a_desc, w_desc, out_desc, expert_ids_ptr, num_post_ptr,
             else:
                 acc_g = warpgroup_mma_wait(num_outstanding=0, deps=(acc_g, ))
                 out = acc_g
-            tma.store_wait(pendings=0)  # the previous tile's store has left out_smem
-            out_smem.store(out.to(out_desc.dtype))
-            fence_async_shared()
-            tma.async_copy_shared_to_global(out_desc, [pid_m * BM, pid_n * BN], out_smem)
+            _store_tile(out, out_desc, out_smem, pid_m * BM, pid_n * BN)
     tma.store_wait(pendings=0)
     for i in gl.static_range(NUM_BUF):
         mbarrier.invalidate(bars.index(i))
@@ -205,10 +220,7 @@ def _ws_consumer(a_bufs, w_bufs, ready, empty, out_desc, out_smem, pid, num_pid_
             out = acc_g
         mbarrier.arrive(empty.index((step + NUM_BUF - 1) % NUM_BUF), count=1)
         pid_m, pid_n = _grouped_tile(pid + t * NUM_PROGRAMS, num_pid_m, num_pid_n, GROUP_M)
-        tma.store_wait(pendings=0)
-        out_smem.store(out.to(out_desc.dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(out_desc, [pid_m * BM, pid_n * BN], out_smem)
+        _store_tile(out, out_desc, out_smem, pid_m * BM, pid_n * BN)
     tma.store_wait(pendings=0)
 
 
@@ -223,12 +235,7 @@ def _grouped_gemm_ws_kernel(a_desc, w_desc, out_desc, expert_ids_ptr, num_post_p
     BN: gl.constexpr = w_desc.block_type.shape[0]
     dtype: gl.constexpr = a_desc.dtype
     gl.static_assert(BM == 16 * num_warps, "one 16-row wgmma slice per warp")
-    pid = gl.program_id(0)
-    num_pid_m = gl.load(num_post_ptr) // BM
-    num_pid_n = gl.cdiv(N, BN)
-    num_tiles = num_pid_m * num_pid_n
-    k_tiles = gl.cdiv(K, BK)
-    my_tiles = gl.cdiv(gl.maximum(num_tiles - pid, 0), NUM_PROGRAMS)
+    pid, num_pid_m, num_pid_n, k_tiles, my_tiles = _program_tiles(num_post_ptr, N, K, BM, BN, BK, NUM_PROGRAMS)
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
     w_bufs = gl.allocate_shared_memory(dtype, [(1 + SWIGLU) * NUM_BUF] + w_desc.block_type.shape, w_desc.layout)
     out_smem = gl.allocate_shared_memory(out_desc.dtype, out_desc.block_type.shape, out_desc.layout)
