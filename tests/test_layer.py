@@ -10,6 +10,7 @@ import triton.language as tl
 
 import tritonmoe
 from tritonmoe._gemm_common import order_blocks, tile_of
+from tritonmoe.config import with_expert_order
 from helpers import assert_rel_close, layer_reference, make_layer, rel_err
 
 DTYPES = [torch.float32, torch.float16]
@@ -81,13 +82,6 @@ def _desc_config(block_m, bn, bk, group_m, split_k, gate_up=True, down=True):
     return {**cfg, "gate_up": {**cfg["gate_up"], "DESC": gate_up}, "down": {**cfg["down"], "DESC": down}}
 
 
-def _expert_order(cfg, group_m=None):
-    """`cfg` with both GEMMs' tiles in expert order (`EXPERT_ORDER`, `tritonmoe._gemm_common.tile_of`)."""
-    g = {} if group_m is None else {"GROUP_M": group_m}
-    return {**cfg, "gate_up": {**cfg["gate_up"], "EXPERT_ORDER": True, **g},
-            "down": {**cfg["down"], "EXPERT_ORDER": True, **g}}
-
-
 @pytest.mark.parametrize("config", [
     _config(16, 16, 16, 1, 1),
     _config(32, 32, 16, 4, 3),
@@ -109,12 +103,12 @@ def _expert_order(cfg, group_m=None):
     _combine_config(32, 8, 32),
     {**_combine_config(64, 32, 16, DESC=True), "TAIL_M": 16},
     {**_config(32, 32, 16, 4, 1), "ROUTE_SPLIT": True},
-    _expert_order({**_config(32, 16, 16, 2, 2), "TAIL_M": 16}),
-    _expert_order(_desc_config(16, 32, 16, 1, 1)),
-    _expert_order({**_desc_config(32, 16, 16, 4, 1), "TAIL_M": 16}),
-    _expert_order({**_desc_config(16, 16, 16, 2, 1), "gate_up": {**_desc_config(16, 16, 16, 2, 1)["gate_up"],
+    with_expert_order({**_config(32, 16, 16, 2, 2), "TAIL_M": 16}),
+    with_expert_order(_desc_config(16, 32, 16, 1, 1)),
+    with_expert_order({**_desc_config(32, 16, 16, 4, 1), "TAIL_M": 16}),
+    with_expert_order({**_desc_config(16, 16, 16, 2, 1), "gate_up": {**_desc_config(16, 16, 16, 2, 1)["gate_up"],
                                                                   "PERSISTENT": True}}),
-    _expert_order({**_config(16, 16, 16, 3, 1), "gate_up": {**_config(16, 16, 16, 3, 1)["gate_up"],
+    with_expert_order({**_config(16, 16, 16, 3, 1), "gate_up": {**_config(16, 16, 16, 3, 1)["gate_up"],
                                                             "PERSISTENT": True}}),
 ], ids=["bm16-split1", "bm32-split3", "bm64-split4", "expert-bm16", "expert-bm32", "desc-bm16", "desc-bm32-split3",
         "desc-gate-up-only", "desc-down-only", "tail16-bm64-split4", "tail16-bm32", "desc-tail32-bm64",

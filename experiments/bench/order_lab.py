@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
+from tritonmoe.config import with_expert_order  # noqa: E402
 from problems import lab_main, load_models, make_tokens, make_weights  # noqa: E402
 
 _WEIGHTS: dict = {}
@@ -30,11 +31,7 @@ _WEIGHTS: dict = {}
 
 def ordered(cfg: dict, group_m: int | None = None) -> dict:
     """`cfg` with both GEMMs in expert order (and GROUP_M set, if given); the one-kernel decode path is left as is."""
-    if cfg.get("expert"):
-        return cfg
-    g = {} if group_m is None else {"GROUP_M": group_m}
-    return {**cfg, "gate_up": {**cfg["gate_up"], "EXPERT_ORDER": True, **g},
-            "down": {**cfg["down"], "EXPERT_ORDER": True, **g}}
+    return cfg if cfg.get("expert") else with_expert_order(cfg, group_m=group_m)
 
 
 def run_case(name: str, T: int, rows: list[dict], args) -> None:

@@ -45,7 +45,7 @@ from tritonmoe.tuned import CONFIG_DIR, config_path, device_slug  # noqa: E402
 from device_info import atomic_write_text  # noqa: E402
 from problems import load_models, make_tokens, make_weights, zipf_router  # noqa: E402
 from timing import bench  # noqa: E402
-from tritonmoe.config import fit_shared_memory, with_tails  # noqa: E402
+from tritonmoe.config import fit_shared_memory, with_expert_order, with_tails  # noqa: E402
 
 TUNE_TOKENS = (1, 4, 16, 64, 128, 256, 1024, 2048, 4096, 8192)
 
@@ -433,10 +433,7 @@ def order_variants(cfg: dict) -> list[dict]:
     and each alone. None for the one-kernel decode path or a config that has it already."""
     if cfg.get("expert") or cfg["gate_up"].get("EXPERT_ORDER") or cfg["down"].get("EXPERT_ORDER"):
         return []
-    on = {"EXPERT_ORDER": True}
-    return [{**cfg, "gate_up": {**cfg["gate_up"], **on}, "down": {**cfg["down"], **on}},
-            {**cfg, "gate_up": {**cfg["gate_up"], **on}},
-            {**cfg, "down": {**cfg["down"], **on}}]
+    return [with_expert_order(cfg, g) for g in (("gate_up", "down"), ("gate_up",), ("down",))]
 
 
 def order_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 1) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tritonmoe.config import with_expert_order
 
 ROUTINGS = ("uniform", "skewed", "empty_expert")
 
@@ -44,8 +45,7 @@ class SmallLayer:
         if self.route_split:
             cfg = {**cfg, "ROUTE_SPLIT": True}
         if self.expert_order:
-            cfg = {**cfg, "gate_up": {**cfg["gate_up"], "EXPERT_ORDER": True},
-                   "down": {**cfg["down"], "EXPERT_ORDER": True}}
+            cfg = with_expert_order(cfg)
         return cfg
 
     @property

@@ -37,7 +37,8 @@ def tile_of(pid, expert_ids_ptr, num_pid_m, num_pid_n, GROUP_M: tl.constexpr, OR
         first = tl.sum(((ids >= 0) & (ids < expert)).to(tl.int32))
         count = tl.sum((ids == expert).to(tl.int32))
         used = (f < num_pid_m) & (expert >= 0)
-        local_m, pid_n = grouped_pid(tl.where(used, pid - first * num_pid_n, 0), tl.maximum(count, 1), num_pid_n, GROUP_M)
+        local = tl.where(used, pid - first * num_pid_n, 0)
+        local_m, pid_n = grouped_pid(local, tl.maximum(count, 1), num_pid_n, GROUP_M)
         return tl.where(used, first + local_m, f), tl.where(used, pid_n, 0)
 
 

@@ -129,6 +129,13 @@ def with_tails(cfg: dict, tail_m: int, block_m: int | None = None, elem_bytes: i
     return fit_shared_memory({**cfg, "BLOCK_M": block_m, "TAIL_M": tail_m}, elem_bytes)
 
 
+def with_expert_order(cfg: dict, gemms: tuple[str, ...] = ("gate_up", "down"), group_m: int | None = None) -> dict:
+    """`cfg` with the tiles of the named GEMMs in expert order (`EXPERT_ORDER`) and, given `group_m`, their GROUP_M
+    set. The one rule behind the tuner's order variants (`experiments/bench/tune.py`), its lab and the tests."""
+    extra = {"EXPERT_ORDER": True, **({} if group_m is None else {"GROUP_M": group_m})}
+    return {**cfg, **{g: {**cfg[g], **extra} for g in gemms}}
+
+
 def default_config(backend: str, num_routed: int, E: int, H: int, F: int, elem_bytes: int = 2) -> dict:
     if backend == "interpreter":
         return _interpreter_config(num_routed, E, H, F)
