@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
+from tritonmoe import _launch  # noqa: E402
 from problems import add_cases_argument, load_models, make_tokens, make_weights  # noqa: E402
 
 
@@ -71,8 +72,11 @@ def main(argv=None) -> int:
     add_cases_argument(ap, "mixtral-8x7b:64")
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=1, help="median of this many loops of --calls calls")
-    ap.add_argument("--modes", nargs="+", choices=["stub", "lean"], default=[])
+    ap.add_argument("--modes", nargs="+", choices=["stub", "lean", "slow"], default=[],
+                    help="stub: launches replaced by no-ops; lean: session 12's leaner JITFunction.run; slow: "
+                         "tritonmoe._launch's fast path switched off (every launch through kernel[grid])")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--sort", nargs="+", default=["cumulative"], help="cProfile orders to print (e.g. tottime)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -97,16 +101,22 @@ def main(argv=None) -> int:
         extra = []
         for mode in args.modes:
             y0 = fn().clone()
-            JITFunction.run = (lambda self, *a, grid, warmup, **k: None) if mode == "stub" else lean_run(orig)
+            if mode == "stub":
+                JITFunction.run = lambda self, *a, grid, warmup, **k: None
+            elif mode == "lean":
+                JITFunction.run = lean_run(orig)
+            # The fast path launches compiled kernels itself: off for every mode, so they all go through run.
+            _launch._ENABLED = False
             try:
-                if mode == "lean":
+                if mode in ("lean", "slow"):
                     for _ in range(3):
                         fn()
                     same = bool(torch.equal(fn(), y0))
                 extra.append(f"{mode} {med_us():.1f} us" + (f" (output bit-identical: {same})"
-                                                                             if mode == "lean" else ""))
+                                                                             if mode in ("lean", "slow") else ""))
             finally:
                 JITFunction.run = orig
+                _launch._ENABLED = True
         lines.append(f"## {name} T={T}: host {us:.1f} us per eager call (median of {args.repeat} x {args.calls} calls); "
                      + "; ".join(extra))
         print(lines[-1], flush=True)
@@ -116,9 +126,10 @@ def main(argv=None) -> int:
         prof.enable()
         host_us(fn, args.calls)
         prof.disable()
-        s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(35)
-        lines.append(s.getvalue())
+        for order in args.sort:
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats(order).print_stats(35)
+            lines.append(s.getvalue())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     return 0

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_power_of_2
+from ._launch import launch
 
 # Elements of the [CHUNK, BLOCK_E] one-hot tiles the kernels hold in registers.
 _TILE_ELEMS = 16384
@@ -338,18 +339,30 @@ def layout_plan(N: int, num_experts: int, block_m: int, tail_m: int | None = Non
                 slab_rows=min(_SLAB_ROWS, next_power_of_2(num_chunks)))
 
 
-def alloc_alignment(N: int, num_experts: int, block_m: int, device, tail_m: int | None = None) -> Alignment:
+# Each int32 table of an alignment starts on a multiple of this many elements of their one allocation (128 bytes:
+# the kernels see 16-byte aligned pointers, as from separate allocations).
+_TABLE_ALIGN = 32
+
+
+def int32_tables(device, *sizes: int) -> list[torch.Tensor]:
+    """1-D int32 tensors of `sizes` elements, views of one allocation (one `torch.empty` instead of one each: a few us
+    of host time per table on the GPU machine's host; perf notes v17), each starting 128-byte aligned."""
+    parts = []
+    for n in sizes:
+        parts += [n, -n % _TABLE_ALIGN]
+    return torch.empty((sum(parts),), dtype=torch.int32, device=device).split(parts)[::2]
+
+
+def alloc_alignment(N: int, num_experts: int, block_m: int, device, tail_m: int | None = None,
+                    extra: tuple[int, ...] = ()) -> Alignment | tuple[Alignment, list[torch.Tensor]]:
+    """The alignment's tables (uninitialised), in one allocation; with `extra` sizes, also int32 scratch tables of
+    those sizes from the same allocation, returned beside it."""
     tail = check_tail(block_m, tail_m)
     nb = max_blocks(N, num_experts, block_m, tail)
-    return Alignment(
-        sorted_ids=torch.empty((max_rows(N, num_experts, block_m, tail),), dtype=torch.int32, device=device),
-        expert_ids=torch.empty((nb,), dtype=torch.int32, device=device),
-        block_rows=torch.empty((nb + 1,), dtype=torch.int32, device=device),
-        num_post_padded=torch.empty((1,), dtype=torch.int32, device=device),
-        expert_counts=torch.empty((num_experts,), dtype=torch.int32, device=device),
-        slot_rows=torch.empty((N,), dtype=torch.int32, device=device),
-        block_m=block_m, num_routed=N, tail_m=tail,
-    )
+    t = int32_tables(device, max_rows(N, num_experts, block_m, tail), nb, nb + 1, 1, num_experts, N, *extra)
+    a = Alignment(sorted_ids=t[0], expert_ids=t[1], block_rows=t[2], num_post_padded=t[3], expert_counts=t[4],
+                  slot_rows=t[5], block_m=block_m, num_routed=N, tail_m=tail)
+    return (a, list(t[6:])) if extra else a
 
 
 def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m: int | None = None) -> Alignment:
@@ -359,34 +372,35 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail_m:
     if ids.dtype != torch.int32:
         ids = ids.to(torch.int32)
     N = ids.numel()
-    a = alloc_alignment(N, num_experts, block_m, ids.device, tail_m)
     meta = align_meta(N, num_experts, block_m, tail_m)
     if N <= meta["CHUNK"]:
+        a = alloc_alignment(N, num_experts, block_m, ids.device, tail_m)
         # Eight warps for the widest one-hot tiles ([1024, 16] spilled 14 KB at four: session 5).
         warps = 8 if meta["CHUNK"] * meta["BLOCK_E"] >= 8192 else 4
-        _align_small_kernel[(1,)](ids, a.sorted_ids, a.slot_rows, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
-                                  N, num_experts, a.max_blocks, **meta, num_warps=warps)
+        launch(_align_small_kernel, (1,), ids, a.sorted_ids, a.slot_rows, a.expert_ids, a.block_rows,
+               a.num_post_padded, a.expert_counts, N, num_experts, a.max_blocks, **meta, num_warps=warps)
         return a
     chunk, block_e = meta["CHUNK"], meta["BLOCK_E"]
     plan = layout_plan(N, num_experts, block_m, tail_m)
     num_chunks = plan["num_chunks"]
-    chunk_counts = torch.empty((num_chunks, block_e), dtype=torch.int32, device=ids.device)
-    chunk_base = torch.empty((num_chunks, block_e), dtype=torch.int32, device=ids.device)
-    _count_kernel[(num_chunks,)](ids, chunk_counts, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
+    a, (chunk_counts, chunk_base) = alloc_alignment(N, num_experts, block_m, ids.device, tail_m,
+                                                    extra=(num_chunks * block_e,) * 2)
+    launch(_count_kernel, (num_chunks,), ids, chunk_counts, N, num_experts, CHUNK=chunk, BLOCK_E=block_e)
     tables = (chunk_counts, chunk_base, a.expert_ids, a.block_rows, a.sorted_ids, a.num_post_padded, a.expert_counts)
     if plan["parallel"]:
         rows = plan["slab_rows"]
-        _totals_kernel[(plan["slabs"],)](chunk_counts, a.expert_counts, num_chunks, num_experts,
-                                         BLOCK_E=block_e, SLAB_E=_SLAB_E, ROWS=rows)
-        _layout_kernel[(plan["block_programs"] + plan["slabs"],)](
+        launch(_totals_kernel, (plan["slabs"],), chunk_counts, a.expert_counts, num_chunks, num_experts,
+               BLOCK_E=block_e, SLAB_E=_SLAB_E, ROWS=rows)
+        launch(
+            _layout_kernel, (plan["block_programs"] + plan["slabs"],),
             *tables, N, num_experts, num_chunks, a.max_blocks, plan["block_programs"],
             BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], BLOCK_E=block_e, BLOCK_B=meta["BLOCK_B"], SLAB_E=_SLAB_E, ROWS=rows,
         )
     else:
-        _offsets_kernel[(1,)](
-            *tables, N, num_experts, num_chunks, a.max_blocks,
+        launch(
+            _offsets_kernel, (1,), *tables, N, num_experts, num_chunks, a.max_blocks,
             BLOCK_M=block_m, TAIL_M=meta["TAIL_M"], BLOCK_E=block_e, ROWS=plan["rows"], BLOCK_B=meta["BLOCK_B"],
         )
-    _scatter_kernel[(num_chunks,)](ids, chunk_base, a.sorted_ids, a.slot_rows, N, num_experts, CHUNK=chunk, BLOCK_E=block_e,
-                                   num_warps=8)
+    launch(_scatter_kernel, (num_chunks,), ids, chunk_base, a.sorted_ids, a.slot_rows, N, num_experts,
+           CHUNK=chunk, BLOCK_E=block_e, num_warps=8)
     return a

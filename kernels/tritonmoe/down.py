@@ -19,6 +19,7 @@ import triton.language as tl
 
 from ._gemm_common import block_extent, block_slots, dot_precision, order_blocks, tile_of
 from ._host import cdiv, next_power_of_2
+from ._launch import launch
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
 
@@ -174,7 +175,7 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
     grid = (num_pid_m * cdiv(H, bn), split_k)
     if uses_descriptors(cfg, act, w_down):
         a_desc = descriptor(act, [bm, bk])
-        _down_desc_kernel[grid](
+        launch(_down_desc_kernel, grid,
             a_desc, descriptor(act, [align.tail_m, bk]) if align.has_tails else a_desc,
             descriptor(w_down, [1, bn, bk]), partial,
             topk_weights.reshape(-1), align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
@@ -184,7 +185,7 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
             num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
         )
         return partial
-    _down_kernel[grid](
+    launch(_down_kernel, grid,
         act, w_down, partial, topk_weights.reshape(-1),
         align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
         H, F, align.num_routed, k_per_split, num_pid_m,
@@ -253,7 +254,7 @@ def down_combine(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk
     T, K = topk_ids.shape
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
     y = out if out is not None else torch.empty((T, H), dtype=act.dtype, device=act.device)
-    _down_combine_kernel[(T, cdiv(H, bn))](
+    launch(_down_combine_kernel, (T, cdiv(H, bn)),
         act, w_down, y, topk_weights.reshape(-1), topk_ids.reshape(-1), align.slot_rows,
         H, F, act.stride(0), act.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2), y.stride(0),
         TOP_K=K, BLOCK_KK=next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=(F % bk == 0),
@@ -272,7 +273,7 @@ def combine(partial: torch.Tensor, num_tokens: int, top_k: int, out_dtype: torch
     block_h = min(block_h, next_power_of_2(H))
     block_t = max(1, min(8, 4096 // block_h, next_power_of_2(max(1, num_tokens // 64))))
     grid = (cdiv(num_tokens, block_t), cdiv(H, block_h))
-    _combine_kernel[grid](
+    launch(_combine_kernel, grid,
         partial, y, num_tokens, H, partial.stride(0), partial.stride(1), y.stride(0), split_k,
         TOP_K=top_k, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4,
     )

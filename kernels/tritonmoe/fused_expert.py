@@ -17,6 +17,7 @@ import triton.language as tl
 
 from ._gemm_common import block_slots, dot_precision, gate_up_accumulate
 from ._host import cdiv
+from ._launch import launch
 from .align import Alignment
 
 
@@ -69,7 +70,7 @@ def fused_expert(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
     chunks = cdiv(F, bf)
     partial = torch.empty((chunks, align.num_routed, H), dtype=torch.float32, device=x.device)
     grid = (align.max_blocks * chunks,)
-    _fused_expert_kernel[grid](
+    launch(_fused_expert_kernel, grid,
         x, w_gate_up, w_down, partial, topk_weights.reshape(-1),
         align.sorted_ids, align.expert_ids, align.num_post_padded,
         H, F, align.num_routed,

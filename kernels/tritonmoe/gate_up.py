@@ -36,6 +36,7 @@ import triton.language as tl
 
 from ._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, order_blocks, tile_of
 from ._host import cdiv, next_power_of_2
+from ._launch import launch
 from ._validate import interpreter_active
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
@@ -120,7 +121,7 @@ def gather_rows(x: torch.Tensor, align: Alignment) -> torch.Tensor:
     rows past the used positions are left unwritten (no kernel reads them)."""
     max_padded, H = align.sorted_ids.shape[0], x.shape[1]
     out = torch.empty((max_padded, H), dtype=x.dtype, device=x.device)
-    _gather_rows_kernel[(cdiv(max_padded, GATHER_BLOCK_R),)](
+    launch(_gather_rows_kernel, (cdiv(max_padded, GATHER_BLOCK_R),),
         x, align.sorted_ids, align.num_post_padded, out, H, align.num_routed, x.stride(0), x.stride(1), out.stride(0),
         TOP_K=align.num_routed // x.shape[0], BLOCK_R=GATHER_BLOCK_R, BLOCK_H=min(256, next_power_of_2(H)),
         num_warps=4)
@@ -333,7 +334,7 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
     if uses_persistent(cfg, align):
         programs = persistent_programs(x_sorted.device, align.max_blocks * cdiv(n, bn))
         tma_store = descriptor_ok(out)
-        _gate_up_persistent_kernel[(programs,)](
+        launch(_gate_up_persistent_kernel, (programs,),
             a_desc, w_desc, descriptor(out, [bm, bn]) if tma_store else out, out, align.expert_ids,
             align.num_post_padded, n, H, row_offset, out.stride(0), out.stride(1),
             NUM_PROGRAMS=programs, FUSE_SWIGLU=fuse_swiglu, TMA_STORE=tma_store, PRECISION=dot_precision(x_sorted.dtype),
@@ -342,7 +343,7 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
         )
         return out
     grid = (align.max_blocks * cdiv(n, bn),)
-    _gate_up_desc_kernel[grid](
+    launch(_gate_up_desc_kernel, grid,
         a_desc, a_tail_desc, w_desc, out, align.expert_ids, align.block_rows, align.num_post_padded,
         n, H, align.max_blocks, row_offset, out.stride(0), out.stride(1),
         FUSE_SWIGLU=fuse_swiglu, PRECISION=dot_precision(x_sorted.dtype),
@@ -379,7 +380,7 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
                   else descriptor(w_gate_up, [1, bn, bk]))
         programs = persistent_programs(x.device, align.max_blocks * cdiv(n, bn))
         tma_store = descriptor_ok(out)
-        _gate_up_persistent_gather_kernel[(programs,)](
+        launch(_gate_up_persistent_gather_kernel, (programs,),
             x, w_desc, descriptor(out, [bm, bn]) if tma_store else out, out,
             align.sorted_ids, align.expert_ids, align.num_post_padded,
             n, H, align.num_routed, row_offset, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
@@ -391,7 +392,7 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
         return out
     num_pid_m = align.max_blocks
     grid = (num_pid_m * cdiv(n, bn),)
-    _gate_up_kernel[grid](
+    launch(_gate_up_kernel, grid,
         x, w_gate_up, out,
         align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
         n, H, align.num_routed, row_offset, row_offset + F, num_pid_m,

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_power_of_2
+from ._launch import launch
 from .align import Alignment, align_meta, align_one_chunk, align_tokens, alloc_alignment
 from .routing import route, router_partials, routing_meta, select_experts, sum_split_logits
 
@@ -74,7 +75,7 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     partial = router_partials(x, router_weight, SPLIT_H, SPLIT_BLOCK_E)
     # Four warps: one warp (shuffle-only reductions) left every other block's padding rows unwritten at
     # E=64 on the H100 (Triton 3.6; session 5, run 3), so the program keeps the warps it was validated with.
-    _route_align_partials_kernel[(1,)](
+    launch(_route_align_partials_kernel, (1,),
         partial, weights, ids, a.sorted_ids, a.slot_rows, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
         T, E, splits, a.max_blocks,
         TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_T=block_t, BLOCK_E=rmeta["BLOCK_E"], BLOCK_K=rmeta["BLOCK_K"],

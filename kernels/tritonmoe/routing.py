@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_power_of_2
+from ._launch import launch
 
 
 @triton.jit
@@ -181,7 +182,7 @@ def router_partials(x: torch.Tensor, router_weight: torch.Tensor, split_h: int, 
     E = router_weight.shape[0]
     splits = cdiv(H, split_h)
     partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
-    _router_partials_kernel[(cdiv(E, block_e), splits)](
+    launch(_router_partials_kernel, (cdiv(E, block_e), splits),
         x, router_weight, partial, T, H, E,
         x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
         BLOCK_T=PARTIALS_BLOCK_T, BLOCK_H=min(128, split_h), BLOCK_E=block_e, SPLIT_H=split_h, num_warps=4,
@@ -250,10 +251,10 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize:
     if split:
         partial = router_partials(x, router_weight, ROUTE_SPLIT_H, ROUTE_SPLIT_BLOCK_E)
         meta = select_meta(partial.shape[0], E, top_k, renormalize)
-        _select_partials_kernel[(cdiv(T, meta["BLOCK_T"]),)](
+        launch(_select_partials_kernel, (cdiv(T, meta["BLOCK_T"]),),
             partial, weights, ids, T, E, partial.shape[0], **meta, num_warps=4)
         return weights, ids
-    _routing_kernel[(cdiv(T, block_t),)](
+    launch(_routing_kernel, (cdiv(T, block_t),),
         x, router_weight, weights, ids, T, H, E,
         x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
         **routing_meta(H, E, top_k, renormalize, block_t), num_warps=4,

@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_power_of_2
+from ._launch import launch
 from .align import Alignment
 
 
@@ -37,6 +38,6 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, align: Alignment) -> torch.Tens
     bm = align.block_m
     block_f = max(16, min(256, 8192 // bm, next_power_of_2(F)))  # <= 8K elements a tile: no spills
     grid = (cdiv(rows, bm), cdiv(F, block_f))
-    _swiglu_kernel[grid](gate, up, out, align.num_post_padded, F, gate.stride(0), up.stride(0), out.stride(0),
-                         BLOCK_M=bm, BLOCK_F=block_f, num_warps=4)
+    launch(_swiglu_kernel, grid, gate, up, out, align.num_post_padded, F, gate.stride(0), up.stride(0), out.stride(0),
+           BLOCK_M=bm, BLOCK_F=block_f, num_warps=4)
     return out
