@@ -96,3 +96,20 @@ def test_switched_off(monkeypatch):
     y = _run(x, 333, 2, 1)
     assert torch.allclose(y.double(), _expected(x, 333, 2, 1), rtol=1e-6, atol=1e-6)
     assert not _launch._KERNELS
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 200])
+def test_layer_through_fast_path_matches_slow(monkeypatch, T):
+    """The layer's launches go through the fast path (it caches their kernels) and give the bits of Triton's own
+    launches."""
+    import tritonmoe
+    from helpers import make_layer
+    layer = make_layer(T, 8, 256, 384, torch.bfloat16, "cuda", seed=T)
+    _launch.clear()
+    for _ in range(2):
+        fast = tritonmoe.moe(layer.x, *layer.weights, 2)
+    assert _launch._KERNELS, "no launch took the fast path"
+    monkeypatch.setattr(_launch, "_ENABLED", False)
+    slow = tritonmoe.moe(layer.x, *layer.weights, 2)
+    assert torch.equal(fast, slow)

@@ -4,7 +4,7 @@ The eager rows carry 0.2-0.6 ms of host work per layer call (v12, v14). Here the
 pieces a layer call is made of, each in a loop of calls while the GPU is kept busy (so that no call waits for it):
 Triton launches of a kernel with few and with many arguments, with and without tensor-descriptor arguments, the
 binder alone, the compiled kernel's own `run` (no binder, no cache key), a `TensorDescriptor` built in Python,
-`torch.empty`, and a small torch op.
+`torch.empty`, a small torch op, and `tritonmoe._launch.launch` (the package's launch path).
 
     python experiments/bench/launch_lab.py --out $OUT/launch.txt
 """
@@ -97,6 +97,13 @@ def main(argv=None) -> int:
     stream = torch.cuda.current_stream().cuda_stream
     direct = lambda: k.run(4, 1, 1, stream, k.function, k.packed_metadata, None, None, None, *vals)
     rows.append(("compiled kernel run(), 16 args", host_us(direct)))
+    from tritonmoe._launch import launch
+    fast = lambda: launch(_many, (4,), *argv_, **kw)
+    fast()
+    rows.append(("tritonmoe._launch.launch, 16 args", host_us(fast)))
+    fast_desc = lambda: launch(_desc, (1,), da, db, x, 256, 256, 256, BM=64, BK=64)
+    fast_desc()
+    rows.append(("tritonmoe._launch.launch, 2 descriptors + 4 args", host_us(fast_desc)))
     rows.append(("current stream handle", host_us(lambda: torch.cuda.current_stream().cuda_stream)))
     rows.append(("TensorDescriptor.from_tensor", host_us(lambda: TensorDescriptor.from_tensor(m, [64, 64]))))
     rows.append(("torch.empty 1 MB cuda", host_us(lambda: torch.empty(1 << 19, device="cuda", dtype=torch.bfloat16))))

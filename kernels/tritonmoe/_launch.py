@@ -3,7 +3,8 @@
 An eager layer call is 5-9 Triton launches, and on the GPU machine's host each `kernel[grid](...)` took ~32 us
 (`experiments/bench/launch_lab.py`, H100 host, session 14): the binder (the arguments' specialization, ~8 us),
 then `JITFunction.run`'s per-call bookkeeping (options parsed into a string key, the current device and stream
-looked up, the kernel's global values re-checked, hooks), then the launcher (~10 us). `launch` keeps the binder,
+looked up, the kernel's global values re-checked, launch metadata built for the hooks and the hook chains called,
+empty or not), then the launcher (~10 us). `launch` keeps the binder,
 so the compiled kernel is chosen by exactly the specialization Triton would compute (pointer alignment, integer
 values of 1 or multiples of 16, int32/int64 ranges, dtypes, constexprs), and replaces the bookkeeping with one
 dictionary lookup keyed by that specialization. A key it has not seen, a launch hook (a profiler) or the
@@ -28,10 +29,17 @@ except ImportError:  # pragma: no cover - a torch without CUDA
     _raw_stream = None
 
 
+def _hooked() -> bool:
+    """A launch hook is installed (a profiler): Triton's own path calls it. Triton 3.6 keeps the hooks as chains
+    that are never None (and calls the empty chains on every launch); older releases use None for none."""
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    return any(h is not None and getattr(h, "calls", True) for h in hooks)
+
+
 def launch(fn, grid: tuple, *args, **kwargs):
     """`fn[grid](*args, **kwargs)`, with the host's per-launch work cut to the binder, a lookup and the launcher."""
     caches = getattr(fn, "device_caches", None)
-    if not _ENABLED or caches is None or _raw_stream is None or knobs.runtime.launch_enter_hook is not None:
+    if not _ENABLED or caches is None or _raw_stream is None or _hooked():
         return fn[grid](*args, **kwargs)
     device = torch.cuda.current_device()
     entry = caches.get(device)
