@@ -44,3 +44,12 @@ def pytest_collection_modifyitems(config, items):
 def device() -> str:
     """Where the kernels run: 'cuda' when compiled for a GPU, else 'cpu' under the interpreter."""
     return "cuda" if gpu_active() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    """Each test records its own layer plans (`tritonmoe._launch`): tests that patch module constants, kernels or
+    tuned tables must not replay a plan recorded by another test."""
+    from tritonmoe import _launch
+    _launch._PLANS.clear()
+    yield

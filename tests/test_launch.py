@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+import tritonmoe
+from helpers import assert_rel_close, layer_reference, make_layer
 from tritonmoe import _launch
 
 
@@ -103,8 +105,6 @@ def test_switched_off(monkeypatch):
 def test_layer_through_fast_path_matches_slow(monkeypatch, T):
     """The layer's launches go through the fast path (it caches their kernels) and give the bits of Triton's own
     launches."""
-    import tritonmoe
-    from helpers import make_layer
     layer = make_layer(T, 8, 256, 384, torch.bfloat16, "cuda", seed=T)
     _launch.clear()
     for _ in range(2):
@@ -113,3 +113,78 @@ def test_layer_through_fast_path_matches_slow(monkeypatch, T):
     monkeypatch.setattr(_launch, "_ENABLED", False)
     slow = tritonmoe.moe(layer.x, *layer.weights, 2)
     assert torch.equal(fast, slow)
+
+
+def _moe_slow(monkeypatch, layer, K, impl):
+    with monkeypatch.context() as m:
+        m.setattr(_launch, "_ENABLED", False)
+        return tritonmoe.moe(layer.x, *layer.weights, K, impl=impl)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,E,K,H,F", [(1, 8, 2, 256, 384), (7, 8, 2, 1024, 1536), (300, 8, 2, 1024, 1536),
+                                       (33, 64, 8, 256, 384), (600, 64, 8, 512, 256), (2048, 16, 4, 1024, 1536)])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_plan_replay_is_bit_identical(monkeypatch, impl, T, E, K, H, F):
+    """The first call records a plan, later calls with new inputs of the same metadata replay it; each output equals
+    Triton's own launches on the same inputs, bit for bit, and the float64 reference within tolerance."""
+    first = make_layer(T, E, H, F, torch.bfloat16, "cuda", seed=T + E)
+    y0 = tritonmoe.moe(first.x, *first.weights, K, impl=impl)
+    assert any(_launch._PLANS.values()), "the first call recorded no plan"
+    assert torch.equal(y0, _moe_slow(monkeypatch, first, K, impl))
+    for seed in (1, 2):
+        layer = make_layer(T, E, H, F, torch.bfloat16, "cuda", seed=1000 * seed + T)  # new tensors, new pointers
+        y = tritonmoe.moe(layer.x, *layer.weights, K, impl=impl)
+        assert torch.equal(y, _moe_slow(monkeypatch, layer, K, impl)), f"replay {seed}"
+        assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.bfloat16, f"{impl} T={T} replay")
+
+
+@pytest.mark.gpu
+def test_plan_keys_on_alignment_and_strides(monkeypatch):
+    """An input 2 bytes off 16-byte alignment, or with other strides, gets a plan of its own (Triton specializes on
+    both); every call still matches the normal path."""
+    layer = make_layer(64, 8, 256, 384, torch.bfloat16, "cuda", seed=3)
+    tritonmoe.moe(layer.x, *layer.weights, 2)
+    buf = torch.empty(64 * 256 + 1, dtype=torch.bfloat16, device="cuda")
+    x_off = buf[1:].view(64, 256)
+    x_off.copy_(layer.x)
+    wide = torch.empty(64, 512, dtype=torch.bfloat16, device="cuda")
+    x_strided = wide[:, :256]
+    x_strided.copy_(layer.x)
+    want = _moe_slow(monkeypatch, layer, 2, "tritonmoe_fused")
+    for x in (x_off, x_strided, layer.x):
+        y = tritonmoe.moe(x, *layer.weights, 2)
+        assert torch.equal(y, want)
+    assert sum(1 for p in _launch._PLANS.values() if p) == 3
+
+
+@pytest.mark.gpu
+def test_plan_replay_inside_graph_capture():
+    """A replay captured into a CUDA graph reads the inputs the graph was captured on; recording is skipped while
+    capturing (the normal path is captured instead)."""
+    layer = make_layer(16, 8, 256, 384, torch.bfloat16, "cuda", seed=5)
+    x = layer.x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        tritonmoe.moe(x, *layer.weights, 2)  # records
+        tritonmoe.moe(x, *layer.weights, 2)  # replays
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = tritonmoe.moe(x, *layer.weights, 2)
+    new = make_layer(16, 8, 256, 384, torch.bfloat16, "cuda", seed=6).x
+    x.copy_(new)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, tritonmoe.moe(new, *layer.weights, 2))
+
+
+@pytest.mark.gpu
+def test_plan_not_recorded_for_bad_input_and_errors_stay():
+    """A call that raises records nothing, and the same bad call raises again (validation is not skipped)."""
+    layer = make_layer(8, 8, 256, 384, torch.bfloat16, "cuda", seed=7)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="top_k"):
+            tritonmoe.moe(layer.x, *layer.weights, 9)
+    assert not any(_launch._PLANS.values())

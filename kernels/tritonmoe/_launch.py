@@ -1,27 +1,47 @@
-"""Kernel launches with less host work than `kernel[grid](...)` (perf notes v17).
+"""Kernel launches with less host work than `kernel[grid](...)`, and recorded layer calls (perf notes v17).
 
-An eager layer call is 5-9 Triton launches, and on the GPU machine's host each `kernel[grid](...)` took ~32 us
-(`experiments/bench/launch_lab.py`, H100 host, session 14): the binder (the arguments' specialization, ~8 us),
-then `JITFunction.run`'s per-call bookkeeping (options parsed into a string key, the current device and stream
-looked up, the kernel's global values re-checked, launch metadata built for the hooks and the hook chains called,
-empty or not), then the launcher (~10 us). `launch` keeps the binder,
-so the compiled kernel is chosen by exactly the specialization Triton would compute (pointer alignment, integer
-values of 1 or multiples of 16, int32/int64 ranges, dtypes, constexprs), and replaces the bookkeeping with one
-dictionary lookup keyed by that specialization. A key it has not seen, a launch hook (a profiler) or the
-interpreter go through Triton's own path, which compiles and launches as usual and hands back the kernel.
+An eager layer call is 5-9 Triton launches and ~200 Python function calls of the package's own (validation, the
+tuned-config lookup, tile arithmetic, allocations, descriptors). On the GPU machine's host each `kernel[grid](...)`
+took 23-32 us (`experiments/bench/launch_lab.py`, H100 host, session 14) and the package's Python another ~200 us
+a call, while the GPU, idle when an eager call starts, waits for the first launch.
 
-It assumes what `JITFunction.run` re-checks on every call stays fixed while the process runs: the kernels'
-global values (module constants) and Triton's debug/instrumentation knobs. `TRITONMOE_FAST_LAUNCH=0` turns it off.
+`launch` keeps Triton's binder, so the compiled kernel is chosen by exactly the specialization Triton would compute
+(pointer alignment, integers of 1 or multiples of 16, int32/int64 ranges, dtypes, constexprs), and replaces
+`JITFunction.run`'s per-call bookkeeping (options parsed into a string key, the current device and stream looked
+up, the kernel's global values re-checked, launch metadata built for the hooks, the hook chains called, empty or
+not) with one dictionary lookup keyed by that specialization. A key it has not seen, a launch hook (a profiler)
+or the interpreter go through Triton's own path, which compiles and launches as usual and hands back the kernel.
+
+`Plan` goes further for a whole layer call. Everything the package's host code decides (configuration, tile
+sizes, grids, every kernel argument) is a function of the inputs' metadata: shapes, strides, dtypes, devices,
+16-byte alignment of the pointers, `top_k`, `renormalize`, `impl`. The first call with a given metadata key runs
+the normal path under a recorder, which notes every allocation (`empty`) and every launch (the compiled kernel,
+its grid and its arguments, pointers resolved to an input or an allocation plus an offset). Later calls with the
+same key skip the Python: one allocation for all intermediates (each at its recorded size, 256-byte aligned), one
+for the output, and the recorded launches with the new pointers filled in. The kernels see the same arguments
+Triton would have bound (same values, same specialization), so the results are bit-identical (`tests/test_launch.py`
+checks it). A call that does anything the recorder cannot express (a launch outside `launch`, a tensor argument
+that is neither an input nor an allocation of the call) is not recorded and always takes the normal path.
+
+Both assume what `JITFunction.run` re-checks on every call stays fixed while the process runs: the kernels' global
+values (module constants) and Triton's debug/instrumentation knobs; plans also assume the tuned tables do. Change
+any of them and call `clear()`. `TRITONMOE_FAST_LAUNCH=0` turns both off.
 """
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 from triton import knobs
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 _ENABLED = os.environ.get("TRITONMOE_FAST_LAUNCH", "1") != "0"
 _KERNELS: dict = {}
+_PLANS: dict = {}
+_MAX_PLANS = 1024
+_ALIGN = 256  # bytes: where each recorded intermediate starts in a plan's one allocation
+_local = threading.local()
 
 try:
     from torch._C import _cuda_getCurrentRawStream as _raw_stream
@@ -38,30 +58,189 @@ def _hooked() -> bool:
 
 def launch(fn, grid: tuple, *args, **kwargs):
     """`fn[grid](*args, **kwargs)`, with the host's per-launch work cut to the binder, a lookup and the launcher."""
+    rec = getattr(_local, "recorder", None)
     caches = getattr(fn, "device_caches", None)
     if not _ENABLED or caches is None or _raw_stream is None or _hooked():
+        if rec is not None:
+            rec.failed = True
         return fn[grid](*args, **kwargs)
     device = torch.cuda.current_device()
     entry = caches.get(device)
     if entry is None:  # first launch of fn on this device: Triton builds its binder
-        return fn[grid](*args, **kwargs)
+        kernel = fn[grid](*args, **kwargs)
+        if rec is not None:
+            rec.launch(kernel, grid, caches[device][4](*args, **kwargs)[0])
+        return kernel
     bound, specialization, options = entry[4](*args, **kwargs)
     key = (fn, device, *specialization, *options.items())
     try:
         kernel = _KERNELS.get(key)
     except TypeError:  # an unhashable constexpr
-        return fn[grid](*args, **kwargs)
+        kernel = None
+        key = None
     if kernel is None:
         kernel = fn[grid](*args, **kwargs)
-        if not hasattr(kernel, "result"):  # a compiled kernel, not a pending asynchronous compile
+        if key is not None and not hasattr(kernel, "result"):  # compiled, not a pending asynchronous compile
             _KERNELS[key] = kernel
-        return kernel
-    n = len(grid)
-    kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _raw_stream(device), kernel.function,
-               kernel.packed_metadata, None, None, None, *bound.values())
+    else:
+        n = len(grid)
+        kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _raw_stream(device), kernel.function,
+                   kernel.packed_metadata, None, None, None, *bound.values())
+    if rec is not None:
+        rec.launch(kernel, grid, bound)
     return kernel
 
 
+def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """`torch.empty` for the package's intermediates and outputs (a recorded call notes each one)."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    rec = getattr(_local, "recorder", None)
+    if rec is not None:
+        rec.allocs.append(t)
+    return t
+
+
+class _Ptr:
+    """A pointer for a tensor descriptor's base (the launcher asks it for `data_ptr()`)."""
+    __slots__ = ("p", "dtype")
+
+    def __init__(self, p: int, dtype: torch.dtype):
+        self.p, self.dtype = p, dtype
+
+    def data_ptr(self) -> int:
+        return self.p
+
+
+class _Desc:
+    """What the launcher reads of a `TensorDescriptor`: base, shape, strides, block shape, padding."""
+    __slots__ = ("base", "shape", "strides", "block_shape", "padding")
+
+    def __init__(self, base, shape, strides, block_shape, padding):
+        self.base, self.shape, self.strides, self.block_shape, self.padding = base, shape, strides, block_shape, padding
+
+
+class _Recorder:
+    def __init__(self, inputs: tuple[torch.Tensor, ...]):
+        self.inputs = inputs
+        self.allocs: list[torch.Tensor] = []
+        self.launches: list = []
+        self.failed = False
+
+    def launch(self, kernel, grid, bound) -> None:
+        if hasattr(kernel, "result") or kernel is None:
+            self.failed = True
+            return
+        n = len(grid)
+        self.launches.append((kernel, (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1), tuple(bound.values())))
+
+    def build(self, out: torch.Tensor) -> "Plan | None":
+        if self.failed or not self.launches:
+            return None
+        # Sources of pointers: the inputs (0..3), the intermediates' one allocation (4), the output (5).
+        ranges = []  # (start, end, source, offset of start within the source)
+        for i, t in enumerate(self.inputs):
+            s = t.untyped_storage()
+            ranges.append((t.data_ptr(), s.data_ptr() + s.nbytes(), i, 0))
+        spans = sorted((s.untyped_storage().data_ptr(), s.untyped_storage().data_ptr() + s.untyped_storage().nbytes())
+                       for s in self.inputs)
+        if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+            return None  # inputs sharing memory: a pointer's source would be ambiguous
+        arena, out_rec = 0, None
+        for t in self.allocs:
+            if t is out:
+                out_rec = t
+                ranges.append((t.data_ptr(), t.data_ptr() + t.untyped_storage().nbytes(), 5, 0))
+                continue
+            ranges.append((t.data_ptr(), t.data_ptr() + t.untyped_storage().nbytes(), 4, arena))
+            arena += -(-max(1, t.untyped_storage().nbytes()) // _ALIGN) * _ALIGN
+        if out_rec is None or not out.is_contiguous():
+            return None
+
+        def locate(p: int):
+            for start, end, src, off in ranges:
+                if start <= p < end or p == start:
+                    return src, off + p - start
+            return None
+
+        launches = []
+        for kernel, grid, values in self.launches:
+            template, subs = list(values), []
+            for pos, v in enumerate(values):
+                if isinstance(v, torch.Tensor):
+                    where = locate(v.data_ptr())
+                    if where is None:
+                        return None
+                    subs.append((pos, *where, None))
+                elif isinstance(v, TensorDescriptor):
+                    where = locate(v.base.data_ptr())
+                    if where is None:
+                        return None
+                    subs.append((pos, *where, (v.base.dtype, list(v.shape), list(v.strides), list(v.block_shape),
+                                               v.padding)))
+            launches.append((kernel, grid, template, tuple(subs)))
+        return Plan(launches, arena, tuple(out.shape), out.dtype)
+
+
+class Plan:
+    """A recorded layer call: its launches, replayed on new pointers (see the module docstring)."""
+
+    def __init__(self, launches, arena_bytes: int, out_shape: tuple, out_dtype: torch.dtype):
+        self.launches, self.arena_bytes, self.out_shape, self.out_dtype = launches, arena_bytes, out_shape, out_dtype
+
+    def run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        device = inputs[0].device
+        arena = torch.empty((self.arena_bytes,), dtype=torch.uint8, device=device) if self.arena_bytes else None
+        out = torch.empty(self.out_shape, dtype=self.out_dtype, device=device)
+        bases = [t.data_ptr() for t in inputs] + [arena.data_ptr() if arena is not None else 0, out.data_ptr()]
+        stream = _raw_stream(torch.cuda.current_device())
+        for kernel, grid, template, subs in self.launches:
+            vals = template.copy()
+            for pos, src, off, desc in subs:
+                if desc is None:
+                    vals[pos] = bases[src] + off
+                else:
+                    dtype, shape, strides, block, padding = desc
+                    vals[pos] = _Desc(_Ptr(bases[src] + off, dtype), shape, strides, block, padding)
+            kernel.run(grid[0], grid[1], grid[2], stream, kernel.function, kernel.packed_metadata, None, None, None,
+                       *vals)
+        return out
+
+
+def plan_key(inputs: tuple, *extra):
+    """The metadata a layer call's host code depends on (None when an input is not a CUDA tensor: no plan)."""
+    key = list(extra)
+    for t in inputs:
+        if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+            return None
+        if t.device.type != "cuda":
+            return None
+        key += (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16)
+    key.append(torch.cuda.current_device())
+    return tuple(key)
+
+
+def planned(key, inputs: tuple, fn, *args, **kwargs) -> torch.Tensor:
+    """`fn(*args, **kwargs)` (a layer call on `inputs`, returning a fresh output tensor): replayed from the plan
+    recorded for `key`, or run and recorded."""
+    if key is None or not _ENABLED or _raw_stream is None or _hooked():
+        return fn(*args, **kwargs)
+    plan = _PLANS.get(key)
+    if plan:
+        return plan.run(inputs)
+    if plan is False or getattr(_local, "recorder", None) is not None or torch.cuda.is_current_stream_capturing():
+        return fn(*args, **kwargs)
+    rec = _local.recorder = _Recorder(inputs)
+    try:
+        out = fn(*args, **kwargs)
+    finally:
+        _local.recorder = None
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = rec.build(out) or False
+    return out
+
+
 def clear() -> None:
-    """Forgets the kernels `launch` has seen (Triton's own caches are untouched)."""
+    """Forgets the kernels `launch` has seen and the recorded plans (Triton's own caches are untouched)."""
     _KERNELS.clear()
+    _PLANS.clear()

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_power_of_2
-from ._launch import launch
+from ._launch import empty, launch
 
 # Elements of the [CHUNK, BLOCK_E] one-hot tiles the kernels hold in registers.
 _TILE_ELEMS = 16384
@@ -350,7 +350,7 @@ def int32_tables(device, *sizes: int) -> list[torch.Tensor]:
     parts = []
     for n in sizes:
         parts += [n, -n % _TABLE_ALIGN]
-    return torch.empty((sum(parts),), dtype=torch.int32, device=device).split(parts)[::2]
+    return empty((sum(parts),), torch.int32, device).split(parts)[::2]
 
 
 def alloc_alignment(N: int, num_experts: int, block_m: int, device, tail_m: int | None = None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ._launch import plan_key, planned
 from ._validate import check_kernel_device, check_layer_inputs, check_routing, check_expert_weights, check_tensor
 from .align import align_tokens
 from .config import backend_of, default_config, tail_of
@@ -60,7 +61,19 @@ def moe(x: torch.Tensor, router_weight: torch.Tensor, w_gate_up: torch.Tensor, w
         top_k: int, *, renormalize: bool = True, impl: str = "tritonmoe_fused",
         config: dict | None = None) -> torch.Tensor:
     """The MoE layer from `x [T, H]` to `y [T, H]`, routing included; see the module docstring for
-    the layout. `impl` picks the variant (`IMPLS`); `config` overrides the launch configuration."""
+    the layout. `impl` picks the variant (`IMPLS`); `config` overrides the launch configuration.
+
+    On a GPU, a call with the inputs' metadata of an earlier call (shapes, strides, dtypes, pointer alignment,
+    `top_k`, `renormalize`, `impl`; no `config`) replays that call's recorded launches on the new pointers, without
+    re-running the host code (`tritonmoe._launch.Plan`): the same kernels, arguments and results."""
+    if config is None and type(top_k) is int and type(renormalize) is bool and type(impl) is str:
+        inputs = (x, router_weight, w_gate_up, w_down)
+        key = plan_key(inputs, top_k, renormalize, impl)
+        return planned(key, inputs, _moe, x, router_weight, w_gate_up, w_down, top_k, renormalize, impl, None)
+    return _moe(x, router_weight, w_gate_up, w_down, top_k, renormalize, impl, config)
+
+
+def _moe(x, router_weight, w_gate_up, w_down, top_k, renormalize, impl, config) -> torch.Tensor:
     _check_impl(impl)
     E, H, F, top_k = check_layer_inputs(x, router_weight, w_gate_up, w_down, top_k)
     if x.shape[0] == 0:

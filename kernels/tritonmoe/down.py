@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ._gemm_common import block_extent, block_slots, dot_precision, order_blocks, tile_of
 from ._host import cdiv, next_power_of_2
-from ._launch import launch
+from ._launch import empty, launch
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
 
@@ -170,7 +170,7 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
     # One split: each slot's row is final, so it is stored in the input dtype (half the bytes to write and
     # for the combine to read); several splits are summed later, so they keep fp32.
     partial_dtype = act.dtype if split_k == 1 else torch.float32
-    partial = torch.empty((split_k, align.num_routed, H), dtype=partial_dtype, device=act.device)
+    partial = empty((split_k, align.num_routed, H), partial_dtype, act.device)
     num_pid_m = align.max_blocks
     grid = (num_pid_m * cdiv(H, bn), split_k)
     if uses_descriptors(cfg, act, w_down):
@@ -253,7 +253,7 @@ def down_combine(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk
     E, H, F = w_down.shape
     T, K = topk_ids.shape
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
-    y = out if out is not None else torch.empty((T, H), dtype=act.dtype, device=act.device)
+    y = out if out is not None else empty((T, H), act.dtype, act.device)
     launch(_down_combine_kernel, (T, cdiv(H, bn)),
         act, w_down, y, topk_weights.reshape(-1), topk_ids.reshape(-1), align.slot_rows,
         H, F, act.stride(0), act.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2), y.stride(0),
@@ -267,7 +267,7 @@ def combine(partial: torch.Tensor, num_tokens: int, top_k: int, out_dtype: torch
             out: torch.Tensor | None = None) -> torch.Tensor:
     """y[t] = sum over splits s and choices k of partial[s, t*K + k], in that fixed order."""
     split_k, _, H = partial.shape
-    y = out if out is not None else torch.empty((num_tokens, H), dtype=out_dtype, device=partial.device)
+    y = out if out is not None else empty((num_tokens, H), out_dtype, partial.device)
     # Enough programs to fill the GPU even for one token with many partial rows to sum.
     block_h = max(128, min(1024, next_power_of_2(max(1, num_tokens * H // 512))))
     block_h = min(block_h, next_power_of_2(H))

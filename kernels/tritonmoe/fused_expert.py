@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ._gemm_common import block_slots, dot_precision, gate_up_accumulate
 from ._host import cdiv
-from ._launch import launch
+from ._launch import empty, launch
 from .align import Alignment
 
 
@@ -68,7 +68,7 @@ def fused_expert(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
     E, H, F = w_down.shape
     bf, bk, bh = cfg["BLOCK_F"], cfg["BLOCK_K"], cfg["BLOCK_H"]
     chunks = cdiv(F, bf)
-    partial = torch.empty((chunks, align.num_routed, H), dtype=torch.float32, device=x.device)
+    partial = empty((chunks, align.num_routed, H), torch.float32, x.device)
     grid = (align.max_blocks * chunks,)
     launch(_fused_expert_kernel, grid,
         x, w_gate_up, w_down, partial, topk_weights.reshape(-1),

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, order_blocks, tile_of
 from ._host import cdiv, next_power_of_2
-from ._launch import launch
+from ._launch import empty, launch
 from ._validate import interpreter_active
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
@@ -120,7 +120,7 @@ def gather_rows(x: torch.Tensor, align: Alignment) -> torch.Tensor:
     """`x` gathered into aligned order: `[max_padded, H]`, row p = the token of slot p (zeros for padding);
     rows past the used positions are left unwritten (no kernel reads them)."""
     max_padded, H = align.sorted_ids.shape[0], x.shape[1]
-    out = torch.empty((max_padded, H), dtype=x.dtype, device=x.device)
+    out = empty((max_padded, H), x.dtype, x.device)
     launch(_gather_rows_kernel, (cdiv(max_padded, GATHER_BLOCK_R),),
         x, align.sorted_ids, align.num_post_padded, out, H, align.num_routed, x.stride(0), x.stride(1), out.stride(0),
         TOP_K=align.num_routed // x.shape[0], BLOCK_R=GATHER_BLOCK_R, BLOCK_H=min(256, next_power_of_2(H)),
@@ -368,7 +368,7 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
     n = F if fuse_swiglu else (rows if rows is not None else w_gate_up.shape[1] - row_offset)
     max_padded = align.sorted_ids.shape[0]
     if out is None:
-        out = torch.empty((max_padded, n), dtype=x.dtype, device=x.device)
+        out = empty((max_padded, n), x.dtype, x.device)
     if uses_descriptors(cfg, x, w_gate_up):
         if x_sorted is None:
             x_sorted = gather_rows(x, align)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_power_of_2
-from ._launch import launch
+from ._launch import empty, launch
 from .align import Alignment, align_meta, align_one_chunk, align_tokens, alloc_alignment
 from .routing import route, router_partials, routing_meta, select_experts, sum_split_logits
 
@@ -63,8 +63,8 @@ def route_and_align(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, re
     if T > MAX_TOKENS or N > meta["CHUNK"]:
         weights, ids = route(x, router_weight, top_k, renormalize, split=split)
         return weights, ids, align_tokens(ids, E, block_m, tail_m)
-    weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
-    ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
+    weights = empty((T, top_k), torch.float32, x.device)
+    ids = empty((T, top_k), torch.int32, x.device)
     a = alloc_alignment(N, E, block_m, x.device, tail_m)
     splits = cdiv(H, SPLIT_H)
     # Tokens selected at once: up to 16 (four times as many serial reductions at BLOCK_T = 4 cost olmoe T=16 30 us,

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_power_of_2
-from ._launch import launch
+from ._launch import empty, launch
 
 
 @triton.jit
@@ -181,7 +181,7 @@ def router_partials(x: torch.Tensor, router_weight: torch.Tensor, split_h: int, 
     T, H = x.shape
     E = router_weight.shape[0]
     splits = cdiv(H, split_h)
-    partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
+    partial = empty((splits, T, E), torch.float32, x.device)
     launch(_router_partials_kernel, (cdiv(E, block_e), splits),
         x, router_weight, partial, T, H, E,
         x.stride(0), x.stride(1), router_weight.stride(0), router_weight.stride(1),
@@ -242,8 +242,8 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize:
     T, H = x.shape
     block_t = block_t or route_block_t(T)
     E = router_weight.shape[0]
-    weights = torch.empty((T, top_k), dtype=torch.float32, device=x.device)
-    ids = torch.empty((T, top_k), dtype=torch.int32, device=x.device)
+    weights = empty((T, top_k), torch.float32, x.device)
+    ids = empty((T, top_k), torch.int32, x.device)
     if T == 0:
         return weights, ids
     if split is None:

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from ._host import cdiv, next_power_of_2
-from ._launch import launch
+from ._launch import empty, launch
 from .align import Alignment
 
 
@@ -34,7 +34,7 @@ def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, num_post_ptr, F, stride_gm, stride
 def swiglu(gate: torch.Tensor, up: torch.Tensor, align: Alignment) -> torch.Tensor:
     """`silu(gate) * up` over the used aligned rows; gate/up may be column views of one buffer."""
     rows, F = gate.shape
-    out = torch.empty((rows, F), dtype=gate.dtype, device=gate.device)
+    out = empty((rows, F), gate.dtype, gate.device)
     bm = align.block_m
     block_f = max(16, min(256, 8192 // bm, next_power_of_2(F)))  # <= 8K elements a tile: no spills
     grid = (cdiv(rows, bm), cdiv(F, block_f))
