@@ -103,13 +103,14 @@ def test_switched_off(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [1, 200])
 def test_layer_through_fast_path_matches_slow(monkeypatch, T):
-    """The layer's launches go through the fast path (it caches their kernels) and give the bits of Triton's own
-    launches."""
+    """The layer's launches go through the fast path (the first call caches their kernels and records a plan, the
+    next replays it) and give the bits of Triton's own launches."""
     layer = make_layer(T, 8, 256, 384, torch.bfloat16, "cuda", seed=T)
     _launch.clear()
     for _ in range(2):
         fast = tritonmoe.moe(layer.x, *layer.weights, 2)
     assert _launch._KERNELS, "no launch took the fast path"
+    assert any(_launch._PLANS.values()), "no plan recorded"
     monkeypatch.setattr(_launch, "_ENABLED", False)
     slow = tritonmoe.moe(layer.x, *layer.weights, 2)
     assert torch.equal(fast, slow)

@@ -66,26 +66,26 @@ def launch(fn, grid: tuple, *args, **kwargs):
         return fn[grid](*args, **kwargs)
     device = torch.cuda.current_device()
     entry = caches.get(device)
-    if entry is None:  # first launch of fn on this device: Triton builds its binder
+    kernel = None
+    if entry is None:  # first launch of fn on this device: Triton builds its binder, compiles and launches
         kernel = fn[grid](*args, **kwargs)
-        if rec is not None:
-            rec.launch(kernel, grid, caches[device][4](*args, **kwargs)[0])
-        return kernel
+        entry = caches[device]
     bound, specialization, options = entry[4](*args, **kwargs)
     key = (fn, device, *specialization, *options.items())
     try:
-        kernel = _KERNELS.get(key)
-    except TypeError:  # an unhashable constexpr
-        kernel = None
-        key = None
-    if kernel is None:
-        kernel = fn[grid](*args, **kwargs)
+        cached = _KERNELS.get(key)
+    except TypeError:  # an unhashable constexpr: never cached
+        cached, key = None, None
+    if kernel is None and cached is not None:
+        n = len(grid)
+        cached.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _raw_stream(device), cached.function,
+                   cached.packed_metadata, None, None, None, *bound.values())
+        kernel = cached
+    else:
+        if kernel is None:
+            kernel = fn[grid](*args, **kwargs)
         if key is not None and not hasattr(kernel, "result"):  # compiled, not a pending asynchronous compile
             _KERNELS[key] = kernel
-    else:
-        n = len(grid)
-        kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _raw_stream(device), kernel.function,
-                   kernel.packed_metadata, None, None, None, *bound.values())
     if rec is not None:
         rec.launch(kernel, grid, bound)
     return kernel
