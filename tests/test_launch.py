@@ -189,3 +189,21 @@ def test_plan_not_recorded_for_bad_input_and_errors_stay():
         with pytest.raises(ValueError, match="top_k"):
             tritonmoe.moe(layer.x, *layer.weights, 9)
     assert not any(_launch._PLANS.values())
+
+
+@pytest.mark.gpu
+def test_plan_keeps_no_tensor_alive():
+    """A recorded plan holds no reference to the call's inputs, weights or intermediates: their memory is freed
+    when the caller drops them (a plan that kept a 20 GB model's weights would run the next model out of memory)."""
+    import gc
+    import weakref
+    layer = make_layer(300, 8, 1024, 1536, torch.bfloat16, "cuda", seed=11)
+    tritonmoe.moe(layer.x, *layer.weights, 2)
+    assert any(_launch._PLANS.values())
+    refs = [weakref.ref(t) for t in (layer.x, *layer.weights)]
+    del layer
+    gc.collect()
+    assert all(r() is None for r in refs), "a plan keeps an input alive"
+    for p in _launch._PLANS.values():
+        for _, _, template, _ in p.launches:
+            assert not any(isinstance(v, (torch.Tensor,)) for v in template)

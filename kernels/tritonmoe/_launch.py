@@ -171,12 +171,14 @@ class _Recorder:
                     if where is None:
                         return None
                     subs.append((pos, *where, None))
+                    template[pos] = None  # the plan keeps no tensor alive (inputs, weights, intermediates)
                 elif isinstance(v, TensorDescriptor):
                     where = locate(v.base.data_ptr())
                     if where is None:
                         return None
                     subs.append((pos, *where, (v.base.dtype, list(v.shape), list(v.strides), list(v.block_shape),
                                                v.padding)))
+                    template[pos] = None
             launches.append((kernel, grid, template, tuple(subs)))
         return Plan(launches, arena, tuple(out.shape), out.dtype)
 
