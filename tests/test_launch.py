@@ -207,3 +207,37 @@ def test_plan_keeps_no_tensor_alive():
     for p in _launch._PLANS.values():
         for _, _, template, _ in p.launches:
             assert not any(isinstance(v, (torch.Tensor,)) for v in template)
+
+
+def test_recorder_resolves_pointers():
+    """The recorder's bookkeeping, without a GPU: each tensor argument becomes (source, byte offset) against the
+    inputs (0-3), the intermediates' one allocation (4, each intermediate 256-byte aligned in it) or the output (5);
+    descriptors keep their geometry; the template keeps no tensor; unknown pointers and shared inputs give no plan."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    inputs = tuple(torch.zeros(n, dtype=torch.float32) for n in (64, 32, 128, 96))
+    rec = _launch._Recorder(inputs)
+    a = torch.zeros(10, dtype=torch.int32)  # 40 bytes -> 256 in the arena
+    b = torch.zeros(4, 8, dtype=torch.float32)
+    out = torch.zeros(3, 5, dtype=torch.float32)
+    rec.allocs += [a, b, out]
+    kernel = object()
+    desc = TensorDescriptor(inputs[2].view(8, 16), [8, 16], [16, 1], [8, 16])
+    rec.launches.append((kernel, (2, 1, 1), (inputs[0][4:], 7, a[3:], b, desc, out, None, "c")))
+    plan = rec.build(out)
+    (k, grid, template, subs), = plan.launches
+    assert k is kernel and grid == (2, 1, 1) and plan.arena_bytes == 256 + 256
+    assert template == [None, 7, None, None, None, None, None, "c"]
+    assert subs[0] == (0, 0, 16, None)  # inputs[0] + 4 floats
+    assert subs[1] == (2, 4, 12, None)  # a + 3 ints, a at arena offset 0
+    assert subs[2] == (3, 4, 256, None)  # b at arena offset 256
+    assert subs[3][:3] == (4, 2, 0) and subs[3][3][1:] == ([8, 16], [16, 1], [8, 16], "zero")
+    assert subs[4] == (5, 5, 0, None)
+    stray = _launch._Recorder(inputs)
+    stray.allocs.append(out)
+    stray.launches.append((kernel, (1, 1, 1), (torch.zeros(4),)))
+    assert stray.build(out) is None
+    base = torch.zeros(256)
+    shared = _launch._Recorder((base[:64], base[64:96], base[32:160], torch.zeros(4)))
+    shared.allocs.append(out)
+    shared.launches.append((kernel, (1, 1, 1), (out,)))
+    assert shared.build(out) is None
