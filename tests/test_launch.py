@@ -228,10 +228,17 @@ def test_recorder_resolves_pointers():
     assert k is kernel and grid == (2, 1, 1) and plan.arena_bytes == 256 + 256
     assert template == [None, 7, None, None, None, None, None, "c"]
     assert subs[0] == (0, 0, 16, None)  # inputs[0] + 4 floats
-    assert subs[1] == (2, 4, 12, None)  # a + 3 ints, a at arena offset 0
-    assert subs[2] == (3, 4, 256, None)  # b at arena offset 256
+    assert subs[1] == (2, 4, 256 + 12, None)  # a + 3 ints; a (used with b) after b, the larger, in the arena
+    assert subs[2] == (3, 4, 0, None)
     assert subs[3][:3] == (4, 2, 0) and subs[3][3][1:] == ([8, 16], [16, 1], [8, 16], "zero")
     assert subs[4] == (5, 5, 0, None)
+    # A later launch's intermediate shares bytes with those whose launches are over.
+    c = torch.zeros(64, dtype=torch.float32)
+    rec2 = _launch._Recorder(inputs)
+    rec2.allocs += [a, b, c, out]
+    rec2.launches += [(kernel, (1, 1, 1), (a, b)), (kernel, (1, 1, 1), (b, out)), (kernel, (1, 1, 1), (c, out))]
+    plan2 = rec2.build(out)
+    assert [sub[2] for sub in plan2.launches[2][3]] == [0, 0] and plan2.arena_bytes == 512
     stray = _launch._Recorder(inputs)
     stray.allocs.append(out)
     stray.launches.append((kernel, (1, 1, 1), (torch.zeros(4),)))
@@ -241,3 +248,17 @@ def test_recorder_resolves_pointers():
     shared.allocs.append(out)
     shared.launches.append((kernel, (1, 1, 1), (out,)))
     assert shared.build(out) is None
+
+
+def test_pack_shares_bytes_only_between_disjoint_lifetimes():
+    bufs = {0: (1000, 0, 1), 1: (300, 1, 2), 2: (5000, 2, 3), 3: (10, 4, 4), 4: (700, 0, 4)}
+    off = _launch._pack(bufs)
+    r = _launch._round
+    for i in bufs:
+        for j in bufs:
+            if i < j and bufs[i][1] <= bufs[j][2] and bufs[j][1] <= bufs[i][2]:  # lifetimes overlap
+                a, b = (off[i], off[i] + r(bufs[i][0])), (off[j], off[j] + r(bufs[j][0]))
+                assert a[1] <= b[0] or b[1] <= a[0], (i, j, off)
+    assert all(o % 256 == 0 for o in off.values())
+    peak = max(off[i] + r(bufs[i][0]) for i in bufs)
+    assert peak < sum(r(b[0]) for b in bufs.values())  # buffer 0 and 2 (and 3) reuse bytes

@@ -17,8 +17,9 @@ sizes, grids, every kernel argument) is a function of the inputs' metadata: shap
 16-byte alignment of the pointers, `top_k`, `renormalize`, `impl`. The first call with a given metadata key runs
 the normal path under a recorder, which notes every allocation (`empty`) and every launch (the compiled kernel,
 its grid and its arguments, pointers resolved to an input or an allocation plus an offset). Later calls with the
-same key skip the Python: one allocation for all intermediates (each at its recorded size, 256-byte aligned), one
-for the output, and the recorded launches with the new pointers filled in. The kernels see the same arguments
+same key skip the Python: one allocation for all intermediates (each 256-byte aligned; intermediates whose launches
+do not overlap share bytes, so it stays near the normal path's peak), one for the output, and the recorded
+launches with the new pointers filled in. The kernels see the same arguments
 Triton would have bound (same values, same specialization), so the results are bit-identical (`tests/test_launch.py`
 checks it). A call that does anything the recorder cannot express (a launch outside `launch`, a tensor argument
 that is neither an input nor an allocation of the call) is not recorded and always takes the normal path.
@@ -134,53 +135,87 @@ class _Recorder:
         self.launches.append((kernel, (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1), tuple(bound.values())))
 
     def build(self, out: torch.Tensor) -> "Plan | None":
-        if self.failed or not self.launches:
+        if self.failed or not self.launches or not out.is_contiguous():
             return None
-        # Sources of pointers: the inputs (0..3), the intermediates' one allocation (4), the output (5).
-        ranges = []  # (start, end, source, offset of start within the source)
-        for i, t in enumerate(self.inputs):
-            s = t.untyped_storage()
-            ranges.append((t.data_ptr(), s.data_ptr() + s.nbytes(), i, 0))
-        spans = sorted((s.untyped_storage().data_ptr(), s.untyped_storage().data_ptr() + s.untyped_storage().nbytes())
-                       for s in self.inputs)
+        spans = sorted((t.untyped_storage().data_ptr(), t.untyped_storage().data_ptr() + t.untyped_storage().nbytes())
+                       for t in self.inputs)
         if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
             return None  # inputs sharing memory: a pointer's source would be ambiguous
-        arena, out_rec = 0, None
+        # Where a pointer can come from: ("in", input index) from the input's first element to its storage's end,
+        # ("out", 0) the output, ("al", allocation index) an intermediate.
+        ranges = [(t.data_ptr(), t.untyped_storage().data_ptr() + t.untyped_storage().nbytes(), "in", i)
+                  for i, t in enumerate(self.inputs)]
+        sizes = []
         for t in self.allocs:
+            end = t.data_ptr() + t.untyped_storage().nbytes()
             if t is out:
-                out_rec = t
-                ranges.append((t.data_ptr(), t.data_ptr() + t.untyped_storage().nbytes(), 5, 0))
-                continue
-            ranges.append((t.data_ptr(), t.data_ptr() + t.untyped_storage().nbytes(), 4, arena))
-            arena += -(-max(1, t.untyped_storage().nbytes()) // _ALIGN) * _ALIGN
-        if out_rec is None or not out.is_contiguous():
+                ranges.append((t.data_ptr(), end, "out", 0))
+            else:
+                ranges.append((t.data_ptr(), end, "al", len(sizes)))
+                sizes.append(max(1, t.untyped_storage().nbytes()))
+        if not any(r[2] == "out" for r in ranges):
             return None
 
         def locate(p: int):
-            for start, end, src, off in ranges:
+            for start, end, kind, idx in ranges:
                 if start <= p < end or p == start:
-                    return src, off + p - start
+                    return kind, idx, p - start
             return None
 
-        launches = []
-        for kernel, grid, values in self.launches:
-            template, subs = list(values), []
+        resolved = []  # per launch: [(position, kind, index, byte offset, descriptor geometry or None)]
+        live: dict[int, list[int]] = {}  # intermediate -> [first launch, last launch] using it
+        for n, (_, _, values) in enumerate(self.launches):
+            args = []
             for pos, v in enumerate(values):
-                if isinstance(v, torch.Tensor):
-                    where = locate(v.data_ptr())
-                    if where is None:
-                        return None
-                    subs.append((pos, *where, None))
-                    template[pos] = None  # the plan keeps no tensor alive (inputs, weights, intermediates)
-                elif isinstance(v, TensorDescriptor):
+                if isinstance(v, TensorDescriptor):
                     where = locate(v.base.data_ptr())
-                    if where is None:
-                        return None
-                    subs.append((pos, *where, (v.base.dtype, list(v.shape), list(v.strides), list(v.block_shape),
-                                               v.padding)))
-                    template[pos] = None
+                    geometry = (v.base.dtype, list(v.shape), list(v.strides), list(v.block_shape), v.padding)
+                elif isinstance(v, torch.Tensor):
+                    where, geometry = locate(v.data_ptr()), None
+                else:
+                    continue
+                if where is None:
+                    return None  # a tensor that is neither an input nor an allocation of the call
+                args.append((pos, *where, geometry))
+                if where[0] == "al":
+                    live.setdefault(where[1], [n, n])[1] = n
+            resolved.append(args)
+        offsets = _pack({i: (sizes[i], *live[i]) for i in live})
+        launches = []
+        for (kernel, grid, values), args in zip(self.launches, resolved):
+            template, subs = list(values), []
+            for pos, kind, idx, off, geometry in args:
+                src = {"in": idx, "al": 4, "out": 5}[kind]
+                subs.append((pos, src, off + (offsets[idx] if kind == "al" else 0), geometry))
+                template[pos] = None  # the plan keeps no tensor alive (inputs, weights, intermediates)
             launches.append((kernel, grid, template, tuple(subs)))
+        arena = max((offsets[i] + _round(sizes[i]) for i in offsets), default=0)
         return Plan(launches, arena, tuple(out.shape), out.dtype)
+
+
+def _round(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _pack(buffers: dict[int, tuple[int, int, int]]) -> dict[int, int]:
+    """Byte offsets in one allocation for intermediates {index: (bytes, first launch, last launch)}: buffers whose
+    launches overlap get disjoint bytes, the others may share (the launches run in stream order, so a buffer's last
+    reader has finished before a later buffer's first writer starts). First fit in order of first use, largest
+    first among equals: the allocation stays near the normal path's peak (it frees intermediates as it goes)."""
+    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
+    offsets = {}
+    for i in sorted(buffers, key=lambda i: (buffers[i][1], -buffers[i][0], i)):
+        size, first, last = buffers[i]
+        size = _round(size)
+        busy = sorted((o, e) for o, e, f, l in placed if f <= last and first <= l)
+        at = 0
+        for o, e in busy:
+            if at + size <= o:
+                break
+            at = max(at, e)
+        offsets[i] = at
+        placed.append((at, at + size, first, last))
+    return offsets
 
 
 class Plan:
