@@ -123,14 +123,23 @@ def _jit_functions(tree: ast.Module) -> set[str]:
 
 
 def _package_kernels() -> dict[str, set[str]]:
-    """Per module of the package: the @triton.jit functions launched with `kernel[grid](...)`."""
+    """Per module of the package: the @triton.jit functions launched with `kernel[grid](...)` or through
+    `tritonmoe._launch.launch(kernel, grid, ...)`."""
     trees = {p.name: ast.parse(p.read_text()) for p in sorted(PACKAGE.glob("*.py"))}
     jit = set().union(*(_jit_functions(t) for t in trees.values()))
+
+    def launched_name(n):
+        if not isinstance(n, ast.Call):
+            return None
+        if isinstance(n.func, ast.Subscript) and isinstance(n.func.value, ast.Name):
+            return n.func.value.id
+        if isinstance(n.func, ast.Name) and n.func.id == "launch" and n.args and isinstance(n.args[0], ast.Name):
+            return n.args[0].id
+        return None
+
     launched = {}
     for name, tree in trees.items():
-        found = {n.func.value.id for n in ast.walk(tree)
-                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Subscript)
-                 and isinstance(n.func.value, ast.Name) and n.func.value.id in jit}
+        found = {k for k in map(launched_name, ast.walk(tree)) if k in jit}
         if found:
             launched[name] = found
     return launched

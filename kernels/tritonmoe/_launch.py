@@ -35,6 +35,7 @@ import threading
 
 import torch
 from triton import knobs
+from triton.runtime.jit import JITFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 _ENABLED = os.environ.get("TRITONMOE_FAST_LAUNCH", "1") != "0"
@@ -50,9 +51,15 @@ except ImportError:  # pragma: no cover - a torch without CUDA
     _raw_stream = None
 
 
+_JIT_RUN = JITFunction.run
+
+
 def _hooked() -> bool:
-    """A launch hook is installed (a profiler): Triton's own path calls it. Triton 3.6 keeps the hooks as chains
-    that are never None (and calls the empty chains on every launch); older releases use None for none."""
+    """Triton's own launch path must see every launch: a launch hook is installed (a profiler), or a tool has
+    replaced `JITFunction.run` (the AOT tooling's recorder, `host_lab.py`'s stubs). Triton 3.6 keeps the hooks as
+    chains that are never None (and calls the empty chains on every launch); older releases use None for none."""
+    if JITFunction.run is not _JIT_RUN:
+        return True
     hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
     return any(h is not None and getattr(h, "calls", True) for h in hooks)
 
@@ -70,6 +77,8 @@ def launch(fn, grid: tuple, *args, **kwargs):
     kernel = None
     if entry is None:  # first launch of fn on this device: Triton builds its binder, compiles and launches
         kernel = fn[grid](*args, **kwargs)
+        if kernel is None:
+            return None
         entry = caches[device]
     bound, specialization, options = entry[4](*args, **kwargs)
     key = (fn, device, *specialization, *options.items())
