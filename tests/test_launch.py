@@ -211,42 +211,59 @@ def test_plan_keeps_no_tensor_alive():
 
 def test_recorder_resolves_pointers():
     """The recorder's bookkeeping, without a GPU: each tensor argument becomes (source, byte offset) against the
-    inputs (0-3), the intermediates' one allocation (4, each intermediate 256-byte aligned in it) or the output (5);
-    descriptors keep their geometry; the template keeps no tensor; unknown pointers and shared inputs give no plan."""
+    inputs (0-3), the intermediates' one allocation (4, each 256-byte aligned in it, sharing bytes once a buffer's
+    launches are over) or the output (5); descriptors keep their geometry; the template keeps no tensor; an unknown
+    pointer or inputs sharing memory give no plan."""
     from triton.tools.tensor_descriptor import TensorDescriptor
+
+    def bound(*values):
+        return {f"a{i}": v for i, v in enumerate(values)}
+
     inputs = tuple(torch.zeros(n, dtype=torch.float32) for n in (64, 32, 128, 96))
     rec = _launch._Recorder(inputs)
     a = torch.zeros(10, dtype=torch.int32)  # 40 bytes -> 256 in the arena
-    b = torch.zeros(4, 8, dtype=torch.float32)
+    b = torch.zeros(4, 8, dtype=torch.float32)  # 128 bytes -> 256
     out = torch.zeros(3, 5, dtype=torch.float32)
-    rec.allocs += [a, b, out]
+    for t in (a, b, out):
+        rec.alloc(t)
     kernel = object()
     desc = TensorDescriptor(inputs[2].view(8, 16), [8, 16], [16, 1], [8, 16])
-    rec.launches.append((kernel, (2, 1, 1), (inputs[0][4:], 7, a[3:], b, desc, out, None, "c")))
+    rec.launch(kernel, (2,), bound(inputs[0][4:], 7, a[3:], b, desc, out, None, "c"))
     plan = rec.build(out)
     (k, grid, template, subs), = plan.launches
     assert k is kernel and grid == (2, 1, 1) and plan.arena_bytes == 256 + 256
     assert template == [None, 7, None, None, None, None, None, "c"]
     assert subs[0] == (0, 0, 16, None)  # inputs[0] + 4 floats
-    assert subs[1] == (2, 4, 256 + 12, None)  # a + 3 ints; a (used with b) after b, the larger, in the arena
+    assert subs[1] == (2, 4, 256 + 12, None)  # a + 3 ints; a (live with b) after b, the larger, in the arena
     assert subs[2] == (3, 4, 0, None)
     assert subs[3][:3] == (4, 2, 0) and subs[3][3][1:] == ([8, 16], [16, 1], [8, 16], "zero")
     assert subs[4] == (5, 5, 0, None)
     # A later launch's intermediate shares bytes with those whose launches are over.
     c = torch.zeros(64, dtype=torch.float32)
     rec2 = _launch._Recorder(inputs)
-    rec2.allocs += [a, b, c, out]
-    rec2.launches += [(kernel, (1, 1, 1), (a, b)), (kernel, (1, 1, 1), (b, out)), (kernel, (1, 1, 1), (c, out))]
+    for t in (a, b, c, out):
+        rec2.alloc(t)
+    for values in ((a, b), (b, out), (c, out)):
+        rec2.launch(kernel, (1,), bound(*values))
     plan2 = rec2.build(out)
     assert [sub[2] for sub in plan2.launches[2][3]] == [0, 0] and plan2.arena_bytes == 512
+    # An address handed out again within the call resolves to the newest allocation.
+    rec3 = _launch._Recorder(inputs)
+    rec3.alloc(a)
+    rec3.launch(kernel, (1,), bound(a))
+    rec3.alloc(a[:4])  # "freed and reused": same start address, a later allocation
+    rec3.alloc(out)
+    rec3.launch(kernel, (1,), bound(a[:4], out))
+    plan3 = rec3.build(out)
+    assert plan3.launches[0][3][0] == (0, 4, 0, None) and plan3.launches[1][3][0] == (0, 4, 0, None)
     stray = _launch._Recorder(inputs)
-    stray.allocs.append(out)
-    stray.launches.append((kernel, (1, 1, 1), (torch.zeros(4),)))
+    stray.alloc(out)
+    stray.launch(kernel, (1,), bound(torch.zeros(4)))
     assert stray.build(out) is None
     base = torch.zeros(256)
     shared = _launch._Recorder((base[:64], base[64:96], base[32:160], torch.zeros(4)))
-    shared.allocs.append(out)
-    shared.launches.append((kernel, (1, 1, 1), (out,)))
+    shared.alloc(out)
+    shared.launch(kernel, (1,), bound(out))
     assert shared.build(out) is None
 
 
@@ -262,3 +279,23 @@ def test_pack_shares_bytes_only_between_disjoint_lifetimes():
     assert all(o % 256 == 0 for o in off.values())
     peak = max(off[i] + r(bufs[i][0]) for i in bufs)
     assert peak < sum(r(b[0]) for b in bufs.values())  # buffer 0 and 2 (and 3) reuse bytes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 64, 2048])
+def test_plan_holds_every_launch_of_the_normal_path(T):
+    """A launch hook counts the kernels a normal call launches (with a hook installed, nothing is recorded or
+    replayed); the plan recorded without the hook replays exactly as many."""
+    from triton import knobs
+    layer = make_layer(T, 16, 512, 768, torch.bfloat16, "cuda", seed=T)
+    names = []
+    hook = lambda metadata: names.append(metadata.get()["name"])  # noqa: E731
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        tritonmoe.moe(layer.x, *layer.weights, 4)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert names and not any(_launch._PLANS.values())
+    tritonmoe.moe(layer.x, *layer.weights, 4)
+    plan, = [p for p in _launch._PLANS.values() if p]
+    assert [k.name for k, *_ in plan.launches] == names

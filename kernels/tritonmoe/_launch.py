@@ -68,7 +68,7 @@ def launch(fn, grid: tuple, *args, **kwargs):
     """`fn[grid](*args, **kwargs)`, with the host's per-launch work cut to the binder, a lookup and the launcher."""
     rec = getattr(_local, "recorder", None)
     caches = getattr(fn, "device_caches", None)
-    if not _ENABLED or caches is None or _raw_stream is None or _hooked():
+    if not _ENABLED or caches is None or _raw_stream is None or _hooked() or fn.pre_run_hooks:
         if rec is not None:
             rec.failed = True
         return fn[grid](*args, **kwargs)
@@ -77,11 +77,15 @@ def launch(fn, grid: tuple, *args, **kwargs):
     kernel = None
     if entry is None:  # first launch of fn on this device: Triton builds its binder, compiles and launches
         kernel = fn[grid](*args, **kwargs)
-        if kernel is None:
+        if kernel is None:  # nothing launched (a JIT cache hook took the compile)
+            if rec is not None:
+                rec.failed = True
             return None
         entry = caches[device]
     bound, specialization, options = entry[4](*args, **kwargs)
-    key = (fn, device, *specialization, *options.items())
+    # Triton keys on str(specialization), where True, 1 and 1.0 differ; equal tuples would not tell them apart, so
+    # the key adds the types of the keyword arguments (the package passes every constexpr by keyword).
+    key = (fn, device, *specialization, *options.items(), *map(type, kwargs.values()))
     try:
         cached = _KERNELS.get(key)
     except TypeError:  # an unhashable constexpr: never cached
@@ -94,6 +98,10 @@ def launch(fn, grid: tuple, *args, **kwargs):
     else:
         if kernel is None:
             kernel = fn[grid](*args, **kwargs)
+        if kernel is None:
+            if rec is not None:
+                rec.failed = True
+            return None
         if key is not None and not hasattr(kernel, "result"):  # compiled, not a pending asynchronous compile
             _KERNELS[key] = kernel
     if rec is not None:
@@ -106,7 +114,7 @@ def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     t = torch.empty(shape, dtype=dtype, device=device)
     rec = getattr(_local, "recorder", None)
     if rec is not None:
-        rec.allocs.append(t)
+        rec.alloc(t)
     return t
 
 
@@ -130,73 +138,80 @@ class _Desc:
 
 
 class _Recorder:
+    """Notes a layer call's allocations and launches, resolving each pointer argument when it is launched (so it
+    holds no tensor: intermediates are freed as in the normal path, and an address the allocator hands out again
+    within the call resolves to the newest allocation, the one alive at that launch)."""
+
     def __init__(self, inputs: tuple[torch.Tensor, ...]):
-        self.inputs = inputs
-        self.allocs: list[torch.Tensor] = []
-        self.launches: list = []
-        self.failed = False
+        spans = sorted((t.untyped_storage().data_ptr(), t.untyped_storage().data_ptr() + t.untyped_storage().nbytes())
+                       for t in inputs)
+        # Inputs sharing memory would make a pointer's source ambiguous: not recorded.
+        self.failed = any(a[1] > b[0] for a, b in zip(spans, spans[1:]))
+        # An input's pointers are taken from its first element to its storage's end.
+        self.inputs = [(t.data_ptr(), t.untyped_storage().data_ptr() + t.untyped_storage().nbytes()) for t in inputs]
+        self.allocs: list[tuple[int, int]] = []  # (start, end) of each allocation, in order
+        self.launches: list = []  # (kernel, grid, template, [(position, kind, index, offset, geometry)])
+
+    def alloc(self, t: torch.Tensor) -> None:
+        self.allocs.append((t.data_ptr(), t.data_ptr() + t.untyped_storage().nbytes()))
+
+    def locate(self, p: int):
+        for i, (start, end) in enumerate(self.inputs):
+            if start <= p < end or p == start:
+                return "in", i, p - start
+        for i in range(len(self.allocs) - 1, -1, -1):
+            start, end = self.allocs[i]
+            if start <= p < end or p == start:
+                return "al", i, p - start
+        return None
 
     def launch(self, kernel, grid, bound) -> None:
+        if self.failed:
+            return
         if hasattr(kernel, "result") or kernel is None:
             self.failed = True
             return
+        template, args = list(bound.values()), []
+        for pos, v in enumerate(template):
+            if isinstance(v, TensorDescriptor):
+                where = self.locate(v.base.data_ptr())
+                geometry = (v.base.dtype, list(v.shape), list(v.strides), list(v.block_shape), v.padding)
+            elif isinstance(v, torch.Tensor):
+                where, geometry = self.locate(v.data_ptr()), None
+            else:
+                continue
+            if where is None:  # a tensor that is neither an input nor an allocation of the call
+                self.failed = True
+                return
+            args.append((pos, *where, geometry))
+            template[pos] = None  # the plan keeps no tensor alive (inputs, weights, intermediates)
         n = len(grid)
-        self.launches.append((kernel, (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1), tuple(bound.values())))
+        self.launches.append((kernel, (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1), template, args))
 
     def build(self, out: torch.Tensor) -> "Plan | None":
         if self.failed or not self.launches or not out.is_contiguous():
             return None
-        spans = sorted((t.untyped_storage().data_ptr(), t.untyped_storage().data_ptr() + t.untyped_storage().nbytes())
-                       for t in self.inputs)
-        if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
-            return None  # inputs sharing memory: a pointer's source would be ambiguous
-        # Where a pointer can come from: ("in", input index) from the input's first element to its storage's end,
-        # ("out", 0) the output, ("al", allocation index) an intermediate.
-        ranges = [(t.data_ptr(), t.untyped_storage().data_ptr() + t.untyped_storage().nbytes(), "in", i)
-                  for i, t in enumerate(self.inputs)]
-        sizes = []
-        for t in self.allocs:
-            end = t.data_ptr() + t.untyped_storage().nbytes()
-            if t is out:
-                ranges.append((t.data_ptr(), end, "out", 0))
-            else:
-                ranges.append((t.data_ptr(), end, "al", len(sizes)))
-                sizes.append(max(1, t.untyped_storage().nbytes()))
-        if not any(r[2] == "out" for r in ranges):
+        found = [i for i, (start, _) in enumerate(self.allocs) if start == out.data_ptr()]
+        if not found:
             return None
-
-        def locate(p: int):
-            for start, end, kind, idx in ranges:
-                if start <= p < end or p == start:
-                    return kind, idx, p - start
-            return None
-
-        resolved = []  # per launch: [(position, kind, index, byte offset, descriptor geometry or None)]
-        live: dict[int, list[int]] = {}  # intermediate -> [first launch, last launch] using it
-        for n, (_, _, values) in enumerate(self.launches):
-            args = []
-            for pos, v in enumerate(values):
-                if isinstance(v, TensorDescriptor):
-                    where = locate(v.base.data_ptr())
-                    geometry = (v.base.dtype, list(v.shape), list(v.strides), list(v.block_shape), v.padding)
-                elif isinstance(v, torch.Tensor):
-                    where, geometry = locate(v.data_ptr()), None
-                else:
-                    continue
-                if where is None:
-                    return None  # a tensor that is neither an input nor an allocation of the call
-                args.append((pos, *where, geometry))
-                if where[0] == "al":
-                    live.setdefault(where[1], [n, n])[1] = n
-            resolved.append(args)
+        out_idx = found[-1]
+        live: dict[int, list[int]] = {}  # intermediate -> [first launch, last launch] receiving it
+        for n, (_, _, _, args) in enumerate(self.launches):
+            for _, kind, idx, _, _ in args:
+                if kind == "al" and idx != out_idx:
+                    live.setdefault(idx, [n, n])[1] = n
+        sizes = {i: max(1, self.allocs[i][1] - self.allocs[i][0]) for i in live}
         offsets = _pack({i: (sizes[i], *live[i]) for i in live})
         launches = []
-        for (kernel, grid, values), args in zip(self.launches, resolved):
-            template, subs = list(values), []
+        for kernel, grid, template, args in self.launches:
+            subs = []
             for pos, kind, idx, off, geometry in args:
-                src = {"in": idx, "al": 4, "out": 5}[kind]
-                subs.append((pos, src, off + (offsets[idx] if kind == "al" else 0), geometry))
-                template[pos] = None  # the plan keeps no tensor alive (inputs, weights, intermediates)
+                if kind == "in":
+                    subs.append((pos, idx, off, geometry))
+                elif idx == out_idx:
+                    subs.append((pos, 5, off, geometry))
+                else:
+                    subs.append((pos, 4, offsets[idx] + off, geometry))
             launches.append((kernel, grid, template, tuple(subs)))
         arena = max((offsets[i] + _round(sizes[i]) for i in offsets), default=0)
         return Plan(launches, arena, tuple(out.shape), out.dtype)
