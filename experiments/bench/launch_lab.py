@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import torch
-import triton
-import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
+
+import host_lab  # noqa: E402
 
 
 @triton.jit
@@ -41,25 +44,9 @@ def _desc(a_desc, b_desc, c_ptr, n0, n1, s0, BM: tl.constexpr, BK: tl.constexpr)
     b_desc.store([0, 0], a)
 
 
-def busy():
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    torch.cuda.synchronize()
-    for _ in range(40):
-        a @ a
-    return a
-
-
 def host_us(fn, calls=200, repeat=5):
-    out = []
-    for _ in range(repeat):
-        keep = busy()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        out.append((time.perf_counter() - t0) / calls * 1e6)
-        torch.cuda.synchronize()
-        del keep
-    return statistics.median(out)
+    """Median of `repeat` loops of `host_lab.host_us` (host microseconds per call, the GPU kept busy)."""
+    return statistics.median(host_lab.host_us(fn, calls) for _ in range(repeat))
 
 
 def main(argv=None) -> int:

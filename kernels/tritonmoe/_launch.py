@@ -64,46 +64,51 @@ def _hooked() -> bool:
     return any(h is not None and getattr(h, "calls", True) for h in hooks)
 
 
+def _grid3(grid: tuple) -> tuple[int, int, int]:
+    n = len(grid)
+    return grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1
+
+
+def _unrecorded():
+    """The call being recorded (if any) did something a plan cannot replay: it stays unrecorded."""
+    rec = getattr(_local, "recorder", None)
+    if rec is not None:
+        rec.failed = True
+
+
 def launch(fn, grid: tuple, *args, **kwargs):
     """`fn[grid](*args, **kwargs)`, with the host's per-launch work cut to the binder, a lookup and the launcher."""
-    rec = getattr(_local, "recorder", None)
     caches = getattr(fn, "device_caches", None)
     if not _ENABLED or caches is None or _raw_stream is None or _hooked() or fn.pre_run_hooks:
-        if rec is not None:
-            rec.failed = True
+        _unrecorded()
         return fn[grid](*args, **kwargs)
     device = torch.cuda.current_device()
     entry = caches.get(device)
-    kernel = None
-    if entry is None:  # first launch of fn on this device: Triton builds its binder, compiles and launches
-        kernel = fn[grid](*args, **kwargs)
-        if kernel is None:  # nothing launched (a JIT cache hook took the compile)
-            if rec is not None:
-                rec.failed = True
-            return None
+    # The first launch of fn on this device goes through Triton, which builds the binder (and compiles).
+    kernel = fn[grid](*args, **kwargs) if entry is None else None
+    if entry is None and kernel is not None:
         entry = caches[device]
-    bound, specialization, options = entry[4](*args, **kwargs)
-    # Triton keys on str(specialization), where True, 1 and 1.0 differ; equal tuples would not tell them apart, so
-    # the key adds the types of the keyword arguments (the package passes every constexpr by keyword).
-    key = (fn, device, *specialization, *options.items(), *map(type, kwargs.values()))
-    try:
-        cached = _KERNELS.get(key)
-    except TypeError:  # an unhashable constexpr: never cached
-        cached, key = None, None
-    if kernel is None and cached is not None:
-        n = len(grid)
-        cached.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _raw_stream(device), cached.function,
-                   cached.packed_metadata, None, None, None, *bound.values())
-        kernel = cached
-    else:
-        if kernel is None:
+    if entry is not None:
+        bound, specialization, options = entry[4](*args, **kwargs)
+        # Triton keys on str(specialization), where True, 1 and 1.0 differ; equal tuples would not tell them apart,
+        # so the key adds the types of the keyword arguments (the package passes every constexpr by keyword).
+        key = (fn, device, *specialization, *options.items(), *map(type, kwargs.values()))
+        try:
+            cached = _KERNELS.get(key)
+        except TypeError:  # an unhashable constexpr: never cached
+            cached, key = None, None
+        if kernel is None and cached is not None:
+            cached.run(*_grid3(grid), _raw_stream(device), cached.function, cached.packed_metadata, None, None, None,
+                       *bound.values())
+            kernel = cached
+        elif kernel is None:
             kernel = fn[grid](*args, **kwargs)
-        if kernel is None:
-            if rec is not None:
-                rec.failed = True
-            return None
-        if key is not None and not hasattr(kernel, "result"):  # compiled, not a pending asynchronous compile
-            _KERNELS[key] = kernel
+        if kernel is not None and kernel is not cached and key is not None and not hasattr(kernel, "result"):
+            _KERNELS[key] = kernel  # compiled, not a pending asynchronous compile
+    if kernel is None:  # nothing launched (a JIT cache hook took the compile)
+        _unrecorded()
+        return None
+    rec = getattr(_local, "recorder", None)
     if rec is not None:
         rec.launch(kernel, grid, bound)
     return kernel
@@ -185,8 +190,7 @@ class _Recorder:
                 return
             args.append((pos, *where, geometry))
             template[pos] = None  # the plan keeps no tensor alive (inputs, weights, intermediates)
-        n = len(grid)
-        self.launches.append((kernel, (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1), template, args))
+        self.launches.append((kernel, _grid3(grid), template, args))
 
     def build(self, out: torch.Tensor) -> "Plan | None":
         if self.failed or not self.launches or not out.is_contiguous():
