@@ -72,6 +72,9 @@ def tails_last(al: Alignment) -> tuple[Alignment, int, int]:
     return out, len(full), len(tail)
 
 
+_FULL_ROWS: dict = {}  # the full region's row count as a device tensor (made before any capture)
+
+
 def gate_up_split(x, wgu, al, n_full, n_tail, cfg, tail_cfg, out):
     """Persistent gate/up over the full region, then the pointer kernel over the tail region."""
     E, F2, H = wgu.shape
@@ -80,7 +83,8 @@ def gate_up_split(x, wgu, al, n_full, n_tail, cfg, tail_cfg, out):
     w_desc = descriptor(wgu, [2, bn, bk], shape=[2 * E, F, H])
     programs = persistent_programs(x.device, max(1, n_full) * cdiv(F, bn))
     tma_store = descriptor_ok(out)
-    full_rows = torch.tensor([n_full * bm], dtype=torch.int32, device=x.device)
+    full_rows = _FULL_ROWS.setdefault((n_full * bm, x.device),
+                                      torch.tensor([n_full * bm], dtype=torch.int32, device=x.device))
     top_k = al.num_routed // x.shape[0]
     if n_full:
         _gate_up_persistent_gather_kernel[(programs,)](
