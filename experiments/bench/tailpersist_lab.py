@@ -83,8 +83,10 @@ def gate_up_split(x, wgu, al, n_full, n_tail, cfg, tail_cfg, out):
     w_desc = descriptor(wgu, [2, bn, bk], shape=[2 * E, F, H])
     programs = persistent_programs(x.device, max(1, n_full) * cdiv(F, bn))
     tma_store = descriptor_ok(out)
-    full_rows = _FULL_ROWS.setdefault((n_full * bm, x.device),
-                                      torch.tensor([n_full * bm], dtype=torch.int32, device=x.device))
+    key = (n_full * bm, x.device)
+    if key not in _FULL_ROWS:
+        _FULL_ROWS[key] = torch.tensor([n_full * bm], dtype=torch.int32, device=x.device)
+    full_rows = _FULL_ROWS[key]
     top_k = al.num_routed // x.shape[0]
     if n_full:
         _gate_up_persistent_gather_kernel[(programs,)](
