@@ -214,6 +214,8 @@ def run_case(name, t, rows, args):
         g.replay()
         torch.cuda.synchronize()
         graphs[mode], ys[mode], tables[mode] = g, y.clone(), [v.clone() for v in _tables(out)]
+    if args.profile:
+        profile_kernels(name, graphs)
     for r in range(args.repeats):
         for mode, g in graphs.items():
             q = bench(g.replay, 10, 60)
@@ -226,8 +228,25 @@ def run_case(name, t, rows, args):
     torch.cuda.empty_cache()
 
 
+def profile_kernels(name, graphs, calls: int = 20):
+    """Per-kernel device time of each variant's replay (torch profiler, L2 warm: the kernels' own durations)."""
+    from torch.profiler import ProfilerActivity, profile
+    for mode, g in graphs.items():
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                g.replay()
+            torch.cuda.synchronize()
+        times: dict[str, list[float]] = {}
+        for ev in prof.events():
+            if ev.device_type == torch.autograd.DeviceType.CUDA:
+                times.setdefault(ev.name, []).append(ev.device_time)
+        parts = ", ".join(f"{k} {sum(v) / len(v):.2f} us" for k, v in times.items())
+        print(f"profile {name} {mode}: {parts}", flush=True)
+
+
 def add_arguments(ap):
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="print each variant's per-kernel device times")
     ap.add_argument("--modes", nargs="+", default=["base", "ident", "inside"])
 
 
