@@ -77,7 +77,9 @@ def test_fused_writes_no_gate_or_up(layer):
     else:
         out = "out_desc" if gu[0].kernel.startswith("_gate_up_persistent") else "out_ptr"
         assert gu[0].traffic.write == gu[0].buffers[out][1] == P * F * e
-    assert sum(k.traffic.write for k in w13.counted if gemm(k)) == P * 2 * F * e
+    # (at one token w13's first GEMM also stores the routing tables: its output buffer alone is counted)
+    assert sum(k.buffers["out_ptr"][1] if k.kernel == "_gate_up_select_kernel" else k.traffic.write
+               for k in w13.counted if gemm(k)) == P * 2 * F * e
 
 
 @interpreted

@@ -176,6 +176,18 @@ def test_persistent_point_needs_one_percent_on_uniform_then_the_smaller_worst_sl
     assert tune.persistent_point(_M, None, 4096, cfg, []) is cfg
 
 
+def test_select_point_writes_the_separate_launch_only_where_one_percent_faster(monkeypatch):
+    cfg = {"BLOCK_M": 16, "gate_up": {}, "down": {}, "SELECT_IN_GEMM": False}
+    for off_ms, separate in ((0.995, False), (0.98, True)):
+        _fake_times(monkeypatch, lambda c: (off_ms,) if c.get("SELECT_IN_GEMM") is False else (1.0,))
+        got = tune.select_point(_M, None, 1, cfg, [])
+        assert got.get("SELECT_IN_GEMM", True) is (not separate) and got["BLOCK_M"] == 16
+        assert separate or "SELECT_IN_GEMM" not in got  # the default is not written down
+    _fake_times(monkeypatch, lambda c: None if c.get("SELECT_IN_GEMM") is False else (1.0,))
+    assert tune.select_point(_M, None, 1, cfg, []) is cfg  # a side that did not run decides nothing
+    assert tune.select_point(_M, None, 2, cfg, []) is cfg  # one token only
+
+
 def test_table_tokens_lists_the_buckets_and_filters_by_tokens():
     """`--tails-only`, `--combine-only`, `--persistent-only` and `--seed-from` walk a table's buckets (slots // top_k),
     ascending; `--tokens` keeps those it names."""

@@ -10,7 +10,9 @@ general one-program alignment (one-hot tiles over all experts, prefix sums, bloc
   K chosen ids (blocks in expert order, as the general alignment has them), one slot row and padding rows;
 - `inside`: no second launch: every gate/up program sums the partial logits and picks the top k itself, finds the
   expert of its block the same way, and program 0 writes the weights, ids and alignment tables the down projection
-  reads.
+  reads;
+- `pkg_separate`, `pkg_select`: the package's layer (`tritonmoe.moe`) with the table's config and `SELECT_IN_GEMM` off
+  or on (the package's form of `inside`, after this lab).
 
 Each variant's alignment tables and y are compared with `base`'s (bit-identical expected). Whole layers as CUDA-graph
 replays with the sweep's timing, variants interleaved, `--repeats` rounds.
@@ -37,7 +39,8 @@ from tritonmoe.api import resolve_config  # noqa: E402
 from tritonmoe.config import tail_of  # noqa: E402
 from tritonmoe.down import combine, down, down_combine  # noqa: E402
 from tritonmoe.gate_up import uses_descriptors  # noqa: E402
-from tritonmoe.route_align import SPLIT_BLOCK_E, SPLIT_H, _SPLIT_TILE, route_and_align  # noqa: E402
+import tritonmoe  # noqa: E402
+from tritonmoe.route_align import SPLIT_BLOCK_E, SPLIT_H, route_and_align, split_block  # noqa: E402
 from tritonmoe.routing import router_partials, sum_split_logits, topk_softmax  # noqa: E402
 from tritonmoe.variants import act_fused  # noqa: E402
 
@@ -133,7 +136,7 @@ def _meta(x, wr, top_k, renormalize, al):
     splits = cdiv(x.shape[1], SPLIT_H)
     block_e = max(16, next_power_of_2(E))
     return dict(TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_E=block_e, BLOCK_K=next_power_of_2(top_k),
-                BLOCK_S=max(1, min(next_power_of_2(splits), _SPLIT_TILE // block_e)), HEIGHT=al.tail_m,
+                BLOCK_S=split_block(splits, 1, block_e), HEIGHT=al.tail_m,
                 BLOCK_B=next_power_of_2(al.max_blocks + 1)), splits
 
 
@@ -171,6 +174,11 @@ def gate_up_route(x, wr, wgu, top_k, renormalize, cfg):
 
 def layer(x, w, m, cfg, mode):
     wr, wgu, wd = w.router_weight, w.w_gate_up, w.w_down
+    if mode.startswith("pkg_"):  # the package's layer: the selection in the GEMM (its default) or the separate launch
+        c = {k: v for k, v in cfg.items() if k != "SELECT_IN_GEMM"}
+        if mode == "pkg_separate":
+            c["SELECT_IN_GEMM"] = False
+        return tritonmoe.moe(x, wr, wgu, wd, m.top_k, config=c), None
     if mode == "base":
         tw, ids, al = route_and_align(x, wr, m.top_k, True, cfg["BLOCK_M"], tail_of(cfg))
         act = act_fused(x, wgu, al, cfg)
@@ -213,15 +221,17 @@ def run_case(name, t, rows, args):
         y.fill_(float("nan"))
         g.replay()
         torch.cuda.synchronize()
-        graphs[mode], ys[mode], tables[mode] = g, y.clone(), [v.clone() for v in _tables(out)]
+        graphs[mode], ys[mode] = g, y.clone()
+        tables[mode] = None if out is None else [v.clone() for v in _tables(out)]
     if args.profile:
         profile_kernels(name, graphs)
     for r in range(args.repeats):
         for mode, g in graphs.items():
             q = bench(g.replay, 10, 60)
-            same_tables = all(torch.equal(a, b) for a, b in zip(tables[mode], tables["base"]))
+            same_tables = (None if tables[mode] is None or tables.get("base") is None else
+                           all(torch.equal(a, b) for a, b in zip(tables[mode], tables["base"])))
             rows.append({"model": name, "tokens": t, "variant": mode, "round": r, "median_us": q[0] * 1e3,
-                         "p20_us": q[1] * 1e3, "p80_us": q[2] * 1e3, "y_identical": bool(torch.equal(ys[mode], ys["base"])),
+                         "p20_us": q[1] * 1e3, "p80_us": q[2] * 1e3, "y_identical": bool(torch.equal(ys[mode], ys[args.modes[0]])),
                          "tables_identical": same_tables, "device_name": torch.cuda.get_device_name()})
             print(rows[-1], flush=True)
     del graphs, w

@@ -14,6 +14,8 @@ pick decides the tiles' order per GEMM (`EXPERT_ORDER`, `order_point`). One comm
 `--tails-only` runs just the last step on the configs already in the tables. For up to COMBINE_MAX_ROUTED slots the
 down step also tries the down projection that sums each token's choices itself (`down.down_combine`);
 `--combine-only` makes just that choice on the configs already in the tables, decided on whole-layer times;
+`--select-only` decides, at one token, whether the routing choice is made inside the first gate/up GEMM
+(`SELECT_IN_GEMM`, on by default) or by its own launch, likewise;
 `--persistent-only` likewise for the persistent gate/up (`PERSISTENT`, no tail blocks; tokens gathered first or inside
 the loop) at `--tokens`; `--order-only` for the tiles' order (`EXPERT_ORDER`: expert by expert, per GEMM). `--seed-from SLUG` skips the search for a card like one already tuned: each bucket of device
 SLUG's tables (those of `--tokens` where given) gets that config and its tail and skew variants timed here as whole
@@ -389,6 +391,29 @@ def combine_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
     return best
 
 
+def select_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 3) -> dict:
+    """At one token: the table's config with the routing choice inside the first gate/up GEMM (`SELECT_IN_GEMM`, the
+    default) or by the separate launch, as whole layers on the uniform draw, medians of `repeat` interleaved timings;
+    the separate launch is written down (`SELECT_IN_GEMM: false`) only where it is at least 1% faster."""
+    if tokens != 1:
+        return cfg
+    on = {k: v for k, v in cfg.items() if k != "SELECT_IN_GEMM"}
+    off = {**on, "SELECT_IN_GEMM": False}
+    runs: dict[int, list] = {id(on): [on, []], id(off): [off, []]}
+    for c, (ms,), (err,) in layer_times(m, w, tokens, [on, off] * repeat, draws=("uniform",),
+                                         describe=lambda c: f"SELECT_IN_GEMM={c.get('SELECT_IN_GEMM', True)}"):
+        runs[id(c)][1].append(ms)
+        log.append({"model": m.name, "tokens": tokens, "select_in_gemm": c.get("SELECT_IN_GEMM", True),
+                    "layer_us": round(ms * 1e3, 3), "rel_err": err})
+    if any(len(ts) != repeat for _, ts in runs.values()):
+        return cfg
+    t_on, t_off = (statistics.median(runs[id(c)][1]) for c in (on, off))
+    best = off if t_off <= 0.99 * t_on else on
+    print(f"{m.name} T={tokens}: selection in the GEMM {t_on*1e3:.2f} us, separate {t_off*1e3:.2f} us, kept "
+          f"{'separate' if best is off else 'in the GEMM'}", flush=True)
+    return best
+
+
 def persistent_variants(cfg: dict) -> list[dict]:
     """The persistent gate/up (`PERSISTENT`, no tail blocks) at the ridge's [128, 2x128] tile, 3 and 4 stages, the
     tokens from a gathered copy (`DESC`) or gathered inside the loop, beside a table config of BLOCK_M >= 64 (its own
@@ -485,6 +510,8 @@ def main(argv=None) -> int:
     ap.add_argument("--combine-only", action="store_true",
                     help="only the down+combine choice, on the configs already in the tables (buckets up to "
                          f"{COMBINE_MAX_ROUTED} slots)")
+    ap.add_argument("--select-only", action="store_true",
+                    help="only the one-token choice of SELECT_IN_GEMM, on the configs already in the tables")
     ap.add_argument("--persistent-only", action="store_true",
                     help="only the persistent gate/up choice, on the configs already in the tables (--tokens filters)")
     ap.add_argument("--order-only", action="store_true",
@@ -522,7 +549,7 @@ def main(argv=None) -> int:
                 continue
             seed = json.loads(seed_path.read_text())
             tokens_list = table_tokens(seed, m.top_k, tokens_given)
-        elif args.tails_only or args.combine_only or args.persistent_only or args.order_only:
+        elif args.tails_only or args.combine_only or args.persistent_only or args.order_only or args.select_only:
             tokens_list = table_tokens(table, m.top_k, tokens_given if (args.tails_only or args.order_only) else None)
         else:
             tokens_list = args.tokens
@@ -530,9 +557,11 @@ def main(argv=None) -> int:
             if time.time() - t0 > args.budget_s:
                 print("# time budget reached", flush=True)
                 break
-            if args.combine_only or args.persistent_only or args.order_only:
+            if args.combine_only or args.persistent_only or args.order_only or args.select_only:
                 key = str(tokens * m.top_k)
-                if args.order_only:
+                if args.select_only:
+                    table[key] = select_point(m, w, tokens, table[key], log)
+                elif args.order_only:
                     table[key] = order_point(m, w, tokens, table[key], log, args.repeat)
                 elif args.persistent_only:
                     if tokens not in args.tokens:
@@ -555,6 +584,7 @@ def main(argv=None) -> int:
             cfg = robust_point(m, w, tokens, cfg, log)
             if not args.tails_only:  # the tile order on the kept config (as --order-only does on a table's)
                 cfg = order_point(m, w, tokens, cfg, log, args.repeat)
+                cfg = select_point(m, w, tokens, cfg, log)  # one token: the routing choice's launch
             print(f"{name} T={tokens}: keeps BLOCK_M={cfg['BLOCK_M']} TAIL_M={cfg.get('TAIL_M', '-')}", flush=True)
             table[str(tokens * m.top_k)] = cfg
             atomic_write_text(path, json.dumps(dict(sorted(table.items(), key=lambda kv: int(kv[0]))), indent=1) + "\n")

@@ -23,7 +23,8 @@ from .align import align_tokens
 from .config import backend_of, default_config, tail_of
 from .down import combine, down, down_combine
 from .fused_expert import fused_expert
-from .route_align import route_and_align
+from .gate_up import selects_here
+from .route_align import one_token_fits, prepare_selection, route_and_align
 from .variants import VARIANTS
 
 IMPLS = tuple(VARIANTS)
@@ -44,12 +45,21 @@ def resolve_config(x: torch.Tensor, num_routed: int, E: int, H: int, F: int, con
     return default_config(backend_of(x.device), num_routed, E, H, F, x.element_size())
 
 
-def _experts_aligned(x, topk_weights, topk_ids, align, w_gate_up, w_down, impl, cfg):
+def selects_in_gemm(x: torch.Tensor, w_gate_up: torch.Tensor, top_k: int, impl: str, cfg: dict) -> bool:
+    """One token whose routing choice the variant's first gate/up GEMM makes (`route_align.prepare_selection`): the
+    layer config's `SELECT_IN_GEMM` (default on), that GEMM the pointer kernel, the slots within the one-program
+    alignment, and not the one-kernel decode path."""
+    return (x.shape[0] == 1 and cfg.get("SELECT_IN_GEMM", True) and not (impl == "tritonmoe_fused" and cfg.get("expert"))
+            and selects_here(cfg["gate_up"], x, w_gate_up)
+            and one_token_fits(top_k, w_gate_up.shape[0], cfg["BLOCK_M"], tail_of(cfg)))
+
+
+def _experts_aligned(x, topk_weights, topk_ids, align, w_gate_up, w_down, impl, cfg, select=None):
     if impl == "tritonmoe_fused" and cfg.get("expert"):
         # Decode: gate+up+SwiGLU and down in one kernel per F chunk (see tritonmoe.fused_expert).
         partial = fused_expert(x, w_gate_up, w_down, align, topk_weights, cfg["expert"])
         return combine(partial, x.shape[0], topk_weights.shape[1], x.dtype)
-    act = VARIANTS[impl](x, w_gate_up, align, cfg)
+    act = VARIANTS[impl](x, w_gate_up, align, cfg, select=select)
     if cfg["down"].get("COMBINE"):
         # Few tokens: each token's choices summed by the down kernel itself (see tritonmoe.down.down_combine).
         return down_combine(act, w_down, align, topk_weights, topk_ids, cfg["down"])
@@ -79,6 +89,9 @@ def _moe(x, router_weight, w_gate_up, w_down, top_k, renormalize, impl, config) 
     if x.shape[0] == 0:
         return x.new_empty((0, H))
     cfg = resolve_config(x, x.shape[0] * top_k, E, H, F, config)
+    if selects_in_gemm(x, w_gate_up, top_k, impl, cfg):
+        sel = prepare_selection(x, router_weight, top_k, renormalize, cfg["BLOCK_M"], tail_of(cfg))
+        return _experts_aligned(x, sel.weights, sel.ids, sel.align, w_gate_up, w_down, impl, cfg, select=sel)
     topk_weights, topk_ids, align = route_and_align(x, router_weight, top_k, renormalize, cfg["BLOCK_M"], tail_of(cfg),
                                                     split=cfg.get("ROUTE_SPLIT"))
     return _experts_aligned(x, topk_weights, topk_ids, align, w_gate_up, w_down, impl, cfg)

@@ -25,6 +25,11 @@ Two ways to feed the tensor cores, chosen by the config's `DESC` flag (the tuner
 - `PERSISTENT` without `DESC` (no tail blocks): the same persistent loop with the tokens gathered inside it by
   pointer loads and the weights as descriptor boxes (`_gate_up_persistent_gather_kernel`): no gather launch, which
   writes K copies of x on the top-k = 8 models.
+
+At one token the pointer kernel can also make the routing choice itself (`select=`, `_gate_up_select_kernel`, see
+`tritonmoe.route_align.prepare_selection`): every program picks the token's top k from the router's partial
+logits, takes the expert of its block, and program 0 stores the routing and alignment tables for the later launches.
+The tiles are those of `_gate_up_kernel` (same products, same order): the output is bit-identical.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from ._launch import empty, launch
 from ._validate import interpreter_active
 from .align import Alignment
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
+from .route_align import Selection, one_token_choices, write_one_token
 
 
 @triton.jit
@@ -92,6 +98,48 @@ def _gate_up_kernel(
                           N, H, num_routed, row_offset, up_offset,
                           stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
                           TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _gate_up_select_kernel(
+    x_ptr, w_ptr, out_ptr, partial_ptr, weights_ptr, ids_ptr,
+    sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr,
+    N, H, E, num_splits, max_blocks, row_offset, up_offset,
+    stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
+    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_KK: tl.constexpr,
+    BLOCK_S: tl.constexpr, HEIGHT: tl.constexpr, BLOCK_B: tl.constexpr,
+    FUSE_SWIGLU: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """`_gate_up_kernel` for one token whose routing this launch decides: program (block m, column block n) sums the
+    partial logits and picks the top k (`one_token_choices`), computes the tile of block m (HEIGHT rows: the slot of
+    the choice ranked m among the chosen ids, then padding), and program 0 stores the routing and the alignment
+    (`write_one_token`). TOP_K blocks times the column blocks."""
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid // num_pid_n
+    pid_n = pid % num_pid_n
+    w, ids, rank = one_token_choices(partial_ptr, E, num_splits, TOP_K, RENORMALIZE, BLOCK_E, BLOCK_KK, BLOCK_S)
+    if pid == 0:
+        write_one_token(w, ids, rank, weights_ptr, ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr,
+                        block_rows_ptr, num_post_ptr, expert_counts_ptr, E, max_blocks,
+                        TOP_K, BLOCK_E, BLOCK_KK, HEIGHT, BLOCK_B)
+    kk = tl.arange(0, BLOCK_KK)
+    expert = tl.sum(tl.where((rank == pid_m) & (kk < TOP_K), ids, 0), axis=0).to(tl.int64)
+    r = tl.arange(0, HEIGHT)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    acc_g, acc_u = gate_up_accumulate(
+        x_ptr, w_ptr, tl.zeros((HEIGHT,), dtype=tl.int64), r == 0, expert, cols, col_ok, row_offset, up_offset, H,
+        0, stride_xh, stride_we, stride_wn, stride_wh,
+        FUSE_SWIGLU, EVEN_K, PRECISION, HEIGHT, BLOCK_N, BLOCK_K)
+    if FUSE_SWIGLU:
+        out = acc_g * tl.sigmoid(acc_g) * acc_u
+    else:
+        out = acc_g
+    rows = pid_m * HEIGHT + r
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on,
+             out.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
 
 
 @triton.jit
@@ -354,14 +402,37 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
     return out
 
 
+def selects_here(cfg: dict, x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
+    """The gate/up config runs the pointer kernel for these tensors, which alone takes a `Selection`."""
+    return not cfg.get("PERSISTENT") and not uses_descriptors(cfg, x, w_gate_up)
+
+
+def _gate_up_select(x, w_gate_up, select: Selection, cfg, fuse_swiglu, row_offset, n, out):
+    a, meta = select.align, select.meta
+    E, F2, H = w_gate_up.shape
+    bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    launch(_gate_up_select_kernel, (meta["TOP_K"] * cdiv(n, bn),),
+        x, w_gate_up, out, select.partial, select.weights, select.ids,
+        a.sorted_ids, a.slot_rows, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts,
+        n, H, E, select.partial.shape[0], a.max_blocks, row_offset, row_offset + F2 // 2,
+        x.stride(1), w_gate_up.stride(0), w_gate_up.stride(1), w_gate_up.stride(2), out.stride(0), out.stride(1),
+        **meta, FUSE_SWIGLU=fuse_swiglu, EVEN_K=(H % bk == 0), PRECISION=dot_precision(x.dtype),
+        BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
+    )
+    return out
+
+
 def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dict, *,
             fuse_swiglu: bool, row_offset: int = 0, rows: int | None = None,
-            out: torch.Tensor | None = None, x_sorted: torch.Tensor | None = None) -> torch.Tensor:
+            out: torch.Tensor | None = None, x_sorted: torch.Tensor | None = None,
+            select: Selection | None = None) -> torch.Tensor:
     """Grouped GEMM over the aligned slots.
 
     fused: returns `silu(x W_gate^T) * (x W_up^T)` as `[max_padded, F]`.
     plain: returns `x W[row_offset:row_offset+rows]^T` as `[max_padded, rows]`.
     With `cfg["DESC"]`, `x_sorted` (from `gather_rows`) is used if given, else gathered here.
+    With `select` (one token, `tritonmoe.route_align.prepare_selection`; only where `selects_here`), this launch also
+    makes the routing choice and fills `select`'s tensors; `align` is `select.align`.
     """
     F = w_gate_up.shape[1] // 2
     H = x.shape[1]
@@ -369,6 +440,10 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
     max_padded = align.sorted_ids.shape[0]
     if out is None:
         out = empty((max_padded, n), x.dtype, x.device)
+    if select is not None:
+        if align is not select.align or not selects_here(cfg, x, w_gate_up):
+            raise ValueError("select: needs the pointer gate/up kernel (no DESC, no PERSISTENT) and its own alignment")
+        return _gate_up_select(x, w_gate_up, select, cfg, fuse_swiglu, row_offset, n, out)
     if uses_descriptors(cfg, x, w_gate_up):
         if x_sorted is None:
             x_sorted = gather_rows(x, align)

@@ -25,6 +25,7 @@ L2 write-back timing of dirty lines; `experiments/traffic/compare.py` explains t
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +57,9 @@ KERNEL_STAGES = {
     "_layout_kernel": "routing",
     "_scatter_kernel": "routing",
     "_gate_up_kernel": "gate_up",
+    # One token whose routing choice the first gate/up GEMM makes (the config's SELECT_IN_GEMM): its reads of the
+    # partial logits and its stores of the routing and alignment tables count under gate_up with the GEMM.
+    "_gate_up_select_kernel": "gate_up",
     # With the config's DESC flag: the tokens gathered into aligned order, then the descriptor GEMMs.
     "_gather_rows_kernel": "gate_up",
     "_gate_up_desc_kernel": "gate_up",
@@ -414,6 +418,33 @@ def gate_up_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool) 
     ))
 
 
+def selects_in_gemm(impl: str, s: LayerShape, b: Blocks, config: dict) -> bool:
+    """`api.selects_in_gemm` on the model's terms (contiguous weights): one token, the first gate/up GEMM the pointer
+    kernel, the slots within the one-program alignment, not the one-kernel decode path, SELECT_IN_GEMM not off."""
+    gu = config["gate_up"]
+    return (s.tokens == 1 and config.get("SELECT_IN_GEMM", True)
+            and not (impl == "tritonmoe_fused" and config.get("expert"))
+            and not gu.get("PERSISTENT") and not wants_descriptors(gu, s.hidden, s.elem_bytes)
+            and s.routed <= align_meta(s.routed, s.experts, b.block_m, b.tail_m)["CHUNK"])
+
+
+def gate_up_select_launch(s: LayerShape, b: Blocks, cfg: dict, partial: int, *, n: int, fused: bool) -> Launch:
+    """`gate_up._gate_up_select_kernel`: `gate_up_launch`'s tiles (one block per choice), every program reading all
+    the partial logits, and program 0 storing the routing and the alignment tables `route_and_align` would."""
+    k = s.routed
+    base = gate_up_launch(s, b, cfg, n=n, fused=fused)
+    programs = k * cdiv(n, cfg["BLOCK_N"])
+    tiles = [a for a in base.accesses if a.buffer in ("x_ptr", "w_ptr", "out_ptr")]
+    return Launch("_gate_up_select_kernel", "gate_up", (
+        *tiles,
+        Access("partial_ptr", False, read=programs * partial, unique_read=partial),
+        _same("weights_ptr", write=k * _F32),
+        _same("ids_ptr", write=k * _I32),
+        *_block_table_accesses(s, b, sorted_ids_write=b.padded_rows * _I32),
+        _same("slot_rows_ptr", write=k * _I32),
+    ))
+
+
 def gather_launch(s: LayerShape, b: Blocks) -> Launch:
     """`gate_up._gather_rows_kernel`: every program reads the used-row count; the used ones copy their
     real slots' token rows of x (padding rows written as zeros) into aligned order."""
@@ -563,9 +594,19 @@ def combine_launch(s: LayerShape, splits: int, partial_bytes: int) -> Launch:
     ))
 
 
-def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict, sms: int = INTERPRETER_PROGRAMS) -> list[Launch]:
-    """The variant-specific part (`tritonmoe.variants`)."""
+def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict, sms: int = INTERPRETER_PROGRAMS,
+                  select_partial: int | None = None) -> list[Launch]:
+    """The variant-specific part (`tritonmoe.variants`); with `select_partial` (the bytes of the router's partial
+    logits) its first GEMM makes the routing choice (`selects_in_gemm`)."""
     gu, F = cfg["gate_up"], s.ffn
+    if select_partial is not None:
+        first = functools.partial(gate_up_select_launch, s, b, gu, select_partial)
+        if impl == "tritonmoe_fused":
+            return [first(n=F, fused=True)]
+        if impl == "tritonmoe_w13":
+            return [first(n=2 * F, fused=False), swiglu_launch(s, b)]
+        if impl == "tritonmoe_unfused":
+            return [first(n=F, fused=False), gate_up_launch(s, b, gu, n=F, fused=False), swiglu_launch(s, b)]
     if wants_descriptors(gu, s.hidden, s.elem_bytes):  # `gate_up.uses_descriptors`; one gather of the tokens, shared by the GEMMs of the variant
         if gu.get("PERSISTENT") and not b.has_tails:  # `gate_up.uses_persistent`
             def gemm(n, fused, row_offset=0):
@@ -612,6 +653,14 @@ def launches(impl: str, shape: LayerShape, expert_counts, config: dict, *, sms: 
 
 def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict,
                      sms: int = INTERPRETER_PROGRAMS) -> list[Launch]:
+    if selects_in_gemm(impl, shape, b, config):  # one token: the routing choice inside the first GEMM
+        partials, partial = _router_partials_launch(shape, SPLIT_H, SPLIT_BLOCK_E)
+        head = [partials, *_act_launches(impl, shape, b, config, sms, select_partial=partial)]
+        if config["down"].get("COMBINE"):
+            return [*head, down_combine_launch(shape, b, config["down"])]
+        splits = down_splits(shape, config["down"])
+        return [*head, down_launch(shape, b, config["down"]),
+                combine_launch(shape, splits, down_partial_bytes(shape, splits))]
     if impl == "tritonmoe_fused" and config.get("expert"):  # the decode path (`api._experts_aligned`)
         return [
             *routing_launches(shape, b, config.get("ROUTE_SPLIT")),
