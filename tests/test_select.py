@@ -113,6 +113,9 @@ def test_selection_is_not_taken_where_the_first_gemm_is_another_kernel(device):
     expert = {**cfg, "expert": {"BLOCK_F": 16, "BLOCK_K": 16, "BLOCK_H": 16}}
     assert not api.selects_in_gemm(x, wgu, 2, "tritonmoe_fused", expert)  # the one-kernel decode path instead
     assert api.selects_in_gemm(x, wgu, 2, "tritonmoe_w13", expert)  # which only the fused variant takes
+    many = make_layer(1, 130, 40, 24, torch.float32, device, seed=2)  # past SELECT_MAX_EXPERTS: off unless asked
+    assert not api.selects_in_gemm(many.x, many.weights[1], 2, "tritonmoe_fused", cfg)
+    assert api.selects_in_gemm(many.x, many.weights[1], 2, "tritonmoe_fused", {**cfg, "SELECT_IN_GEMM": True})
     sel = prepare_selection(x, layer.weights[0], 2, True, 16)
     with pytest.raises(ValueError, match="select"):
         gate_up(x, wgu, sel.align, {**cfg["gate_up"], "PERSISTENT": True}, fuse_swiglu=True, select=sel)

@@ -129,7 +129,7 @@ def test_persistent_variants_drop_tails_and_keep_the_rest():
 
 
 class _M:
-    name, top_k = "m", 8
+    name, top_k, experts = "m", 8, 64
 
 
 def _fake_times(monkeypatch, times):
@@ -176,14 +176,19 @@ def test_persistent_point_needs_one_percent_on_uniform_then_the_smaller_worst_sl
     assert tune.persistent_point(_M, None, 4096, cfg, []) is cfg
 
 
-def test_select_point_writes_the_separate_launch_only_where_one_percent_faster(monkeypatch):
-    cfg = {"BLOCK_M": 16, "gate_up": {}, "down": {}, "SELECT_IN_GEMM": False}
-    for off_ms, separate in ((0.995, False), (0.98, True)):
-        _fake_times(monkeypatch, lambda c: (off_ms,) if c.get("SELECT_IN_GEMM") is False else (1.0,))
-        got = tune.select_point(_M, None, 1, cfg, [])
-        assert got.get("SELECT_IN_GEMM", True) is (not separate) and got["BLOCK_M"] == 16
-        assert separate or "SELECT_IN_GEMM" not in got  # the default is not written down
-    _fake_times(monkeypatch, lambda c: None if c.get("SELECT_IN_GEMM") is False else (1.0,))
+def test_select_point_keeps_the_selection_unless_the_separate_launch_is_one_percent_faster(monkeypatch):
+    """The choice is written into the table only where it differs from the shape's default (on up to 128 experts)."""
+    cfg = {"BLOCK_M": 16, "gate_up": {}, "down": {}}
+
+    class Many(_M):
+        experts = 256
+    for m, default in ((_M, True), (Many, False)):
+        for off_ms, separate in ((0.995, False), (0.98, True)):
+            _fake_times(monkeypatch, lambda c: (off_ms,) if c["SELECT_IN_GEMM"] is False else (1.0,))
+            got = tune.select_point(m, None, 1, cfg, [])
+            assert got.get("SELECT_IN_GEMM", default) is (not separate) and got["BLOCK_M"] == 16
+            assert ("SELECT_IN_GEMM" in got) == (separate == default)  # the default is not written down
+    _fake_times(monkeypatch, lambda c: None if c["SELECT_IN_GEMM"] is False else (1.0,))
     assert tune.select_point(_M, None, 1, cfg, []) is cfg  # a side that did not run decides nothing
     assert tune.select_point(_M, None, 2, cfg, []) is cfg  # one token only
 

@@ -48,6 +48,7 @@ from device_info import atomic_write_text  # noqa: E402
 from problems import load_models, make_tokens, make_weights, zipf_router  # noqa: E402
 from timing import bench  # noqa: E402
 from tritonmoe.config import fit_shared_memory, with_expert_order, with_tails  # noqa: E402
+from tritonmoe.route_align import select_default  # noqa: E402
 
 TUNE_TOKENS = (1, 4, 16, 64, 128, 256, 1024, 2048, 4096, 8192)
 
@@ -392,25 +393,28 @@ def combine_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
 
 
 def select_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 3) -> dict:
-    """At one token: the table's config with the routing choice inside the first gate/up GEMM (`SELECT_IN_GEMM`, the
-    default) or by the separate launch, as whole layers on the uniform draw, medians of `repeat` interleaved timings;
-    the separate launch is written down (`SELECT_IN_GEMM: false`) only where it is at least 1% faster."""
+    """At one token: the table's config with the routing choice inside the first gate/up GEMM (`SELECT_IN_GEMM`) or by
+    the separate launch, as whole layers on the uniform draw, medians of `repeat` interleaved timings; the selection
+    in the GEMM is kept unless the separate launch is at least 1% faster. The choice is written down only where it
+    differs from the package's default for the shape (`route_align.select_default`)."""
     if tokens != 1:
         return cfg
-    on = {k: v for k, v in cfg.items() if k != "SELECT_IN_GEMM"}
-    off = {**on, "SELECT_IN_GEMM": False}
+    on = {**cfg, "SELECT_IN_GEMM": True}
+    off = {**cfg, "SELECT_IN_GEMM": False}
     runs: dict[int, list] = {id(on): [on, []], id(off): [off, []]}
     for c, (ms,), (err,) in layer_times(m, w, tokens, [on, off] * repeat, draws=("uniform",),
-                                         describe=lambda c: f"SELECT_IN_GEMM={c.get('SELECT_IN_GEMM', True)}"):
+                                         describe=lambda c: f"SELECT_IN_GEMM={c['SELECT_IN_GEMM']}"):
         runs[id(c)][1].append(ms)
-        log.append({"model": m.name, "tokens": tokens, "select_in_gemm": c.get("SELECT_IN_GEMM", True),
+        log.append({"model": m.name, "tokens": tokens, "select_in_gemm": c["SELECT_IN_GEMM"],
                     "layer_us": round(ms * 1e3, 3), "rel_err": err})
     if any(len(ts) != repeat for _, ts in runs.values()):
         return cfg
     t_on, t_off = (statistics.median(runs[id(c)][1]) for c in (on, off))
     best = off if t_off <= 0.99 * t_on else on
+    if best["SELECT_IN_GEMM"] == select_default(m.experts):
+        best = {k: v for k, v in best.items() if k != "SELECT_IN_GEMM"}
     print(f"{m.name} T={tokens}: selection in the GEMM {t_on*1e3:.2f} us, separate {t_off*1e3:.2f} us, kept "
-          f"{'separate' if best is off else 'in the GEMM'}", flush=True)
+          f"{'separate' if t_off <= 0.99 * t_on else 'in the GEMM'}", flush=True)
     return best
 
 

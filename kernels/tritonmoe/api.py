@@ -24,7 +24,7 @@ from .config import backend_of, default_config, tail_of
 from .down import combine, down, down_combine
 from .fused_expert import fused_expert
 from .gate_up import selects_here
-from .route_align import one_token_fits, prepare_selection, route_and_align
+from .route_align import one_token_fits, prepare_selection, route_and_align, select_default
 from .variants import VARIANTS
 
 IMPLS = tuple(VARIANTS)
@@ -47,9 +47,11 @@ def resolve_config(x: torch.Tensor, num_routed: int, E: int, H: int, F: int, con
 
 def selects_in_gemm(x: torch.Tensor, w_gate_up: torch.Tensor, top_k: int, impl: str, cfg: dict) -> bool:
     """One token whose routing choice the variant's first gate/up GEMM makes (`route_align.prepare_selection`): the
-    layer config's `SELECT_IN_GEMM` (default on), that GEMM the pointer kernel, the slots within the one-program
-    alignment, and not the one-kernel decode path."""
-    return (x.shape[0] == 1 and cfg.get("SELECT_IN_GEMM", True) and not (impl == "tritonmoe_fused" and cfg.get("expert"))
+    layer config's `SELECT_IN_GEMM` (default: up to `route_align.SELECT_MAX_EXPERTS` experts), that GEMM the pointer
+    kernel, the slots within the one-program alignment, and not the one-kernel decode path."""
+    E = w_gate_up.shape[0]
+    return (x.shape[0] == 1 and cfg.get("SELECT_IN_GEMM", select_default(E))
+            and not (impl == "tritonmoe_fused" and cfg.get("expert"))
             and selects_here(cfg["gate_up"], x, w_gate_up)
             and one_token_fits(top_k, w_gate_up.shape[0], cfg["BLOCK_M"], tail_of(cfg)))
 

@@ -22,9 +22,9 @@ within each expert (`tritonmoe._gemm_common.tile_of`), instead of GROUP_M row bl
 in one launch, a program per token and block of H (`tritonmoe.down.down_combine`; for few tokens). A top-level
 `"ROUTE_SPLIT"` (bool) overrides `tritonmoe.routing.route_split`, the choice of reading the router through partial
 logits over many programs then a selection launch instead of one kernel whose programs each read all of it.
-A top-level `"SELECT_IN_GEMM"` (bool, default true) lets one token's routing choice be made inside the first gate/up
-GEMM where that GEMM is the pointer kernel (`tritonmoe.route_align.prepare_selection`); false keeps the separate
-routing-and-alignment launch.
+A top-level `"SELECT_IN_GEMM"` (bool; by default true up to `route_align.SELECT_MAX_EXPERTS` experts) lets one token's
+routing choice be made inside the first gate/up GEMM where that GEMM is the pointer kernel
+(`tritonmoe.route_align.prepare_selection`); false keeps the separate routing-and-alignment launch.
 """
 from __future__ import annotations
 

@@ -172,6 +172,17 @@ def selection_meta(splits: int, E: int, top_k: int, renormalize: bool, height: i
                 BLOCK_S=split_block(splits, 1, block_e), HEIGHT=height, BLOCK_B=next_power_of_2(max_blocks + 1))
 
 
+# Experts up to which a config without `SELECT_IN_GEMM` makes one token's choice inside the GEMM. Every program then
+# runs the top-k over E columns; at E=256 (deepseek-v3) that cost more than the launch it saves (265 against 255 us a
+# layer), at E <= 128 it saved 2.4-4.2 us (session 15, `tune.py --select-only`, H100).
+SELECT_MAX_EXPERTS = 128
+
+
+def select_default(E: int) -> bool:
+    """`SELECT_IN_GEMM` where a config does not say."""
+    return E <= SELECT_MAX_EXPERTS
+
+
 def one_token_fits(top_k: int, E: int, block_m: int, tail_m: int | None) -> bool:
     """One token's slots fit the one-program alignment (`route_and_align` takes its two-launch path)."""
     return top_k <= align_meta(top_k, E, block_m, tail_m)["CHUNK"]

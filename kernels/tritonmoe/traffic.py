@@ -36,7 +36,7 @@ from .config import default_config, tail_of
 from .descriptors import wants_descriptors
 from .gate_up import GATHER_BLOCK_R, INTERPRETER_PROGRAMS
 from .route_align import MAX_TOKENS as ROUTE_ALIGN_MAX_TOKENS
-from .route_align import SPLIT_BLOCK_E, SPLIT_H
+from .route_align import SPLIT_BLOCK_E, SPLIT_H, select_default
 from .routing import PARTIALS_BLOCK_T, ROUTE_SPLIT_BLOCK_E, ROUTE_SPLIT_H, route_block_t, route_split
 
 STAGES = ("routing", "gate_up", "act", "down", "combine")
@@ -422,7 +422,7 @@ def selects_in_gemm(impl: str, s: LayerShape, b: Blocks, config: dict) -> bool:
     """`api.selects_in_gemm` on the model's terms (contiguous weights): one token, the first gate/up GEMM the pointer
     kernel, the slots within the one-program alignment, not the one-kernel decode path, SELECT_IN_GEMM not off."""
     gu = config["gate_up"]
-    return (s.tokens == 1 and config.get("SELECT_IN_GEMM", True)
+    return (s.tokens == 1 and config.get("SELECT_IN_GEMM", select_default(s.experts))
             and not (impl == "tritonmoe_fused" and config.get("expert"))
             and not gu.get("PERSISTENT") and not wants_descriptors(gu, s.hidden, s.elem_bytes)
             and s.routed <= align_meta(s.routed, s.experts, b.block_m, b.tail_m)["CHUNK"])
