@@ -108,7 +108,7 @@ def _guard_by_hand(cfg, num_routed, E, H, F, tokens):
 
 
 @pytest.mark.parametrize("shape", [(16, 6144, 10752), (60, 2048, 1408), (32, 2880, 2880), (16, 5120, 8192),
-                                   (128, 4096, 1536), (3, 96, 200)])
+                                   (128, 4096, 1536), (3, 96, 200), (192, 7168, 2048)])
 @pytest.mark.parametrize("num_routed", [1, 6, 64, 1000, 16384])
 @pytest.mark.parametrize("top_k", [1, 8])
 def test_an_untuned_shape_borrows_the_nearest_tuned_shape(shape, num_routed, top_k):
@@ -118,6 +118,8 @@ def test_an_untuned_shape_borrows_the_nearest_tuned_shape(shape, num_routed, top
     assert src.startswith(f"borrowed:h100-sxm/E{e}_H{h}_F{f}_bfloat16.json@{bucket}")
     bm, tail = _guard_by_hand(cfg, num_routed, *shape, tokens)
     assert (got["BLOCK_M"], got.get("TAIL_M", got["BLOCK_M"])) == (bm, tail)
+    assert "SELECT_IN_GEMM" not in got  # decided for the table's own expert count, not borrowed
+    cfg = {k: v for k, v in cfg.items() if k != "SELECT_IN_GEMM"}
     if (bm, tail) == (cfg["BLOCK_M"], cfg.get("TAIL_M", cfg["BLOCK_M"])):
         assert got == cfg and src == f"borrowed:h100-sxm/E{e}_H{h}_F{f}_bfloat16.json@{bucket}"
     else:  # the tiles stay the borrowed ones (BLOCK_K and stages only as the larger blocks' shared memory needs)

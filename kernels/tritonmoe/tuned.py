@@ -179,16 +179,21 @@ def skew_guard(cfg: dict, num_routed: int, E: int, H: int, F: int, tokens: int,
     return cfg, ""
 
 
+# Layer-config keys a table decided for its own shape that a borrowing shape leaves to its own default:
+# `SELECT_IN_GEMM` weighs a top-k over the table's E experts in every program against one launch.
+OWN_SHAPE_KEYS = ("SELECT_IN_GEMM",)
+
+
 def borrowed(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int, tokens: int | None = None,
              exclude: tuple[int, int, int] | None = None) -> tuple[dict, str] | None:
-    """What a shape without a table of its own runs: the nearest tuned shape's bucket (`borrow_slug`) through
-    `skew_guard` for a call of `tokens` tokens (None: as many as `num_routed`, the most a top-1 call could have).
+    """What a shape without a table of its own runs: the nearest tuned shape's bucket (`borrow_slug`), less its
+    `OWN_SHAPE_KEYS`, through `skew_guard` for a call of `tokens` tokens (None: as many as `num_routed`, the most a top-1 call could have).
     Returns (config, "<device>/<file>@<bucket>" plus the guard's note) or None."""
     found = borrow_slug(slug, dtype, num_routed, E, H, F, exclude=exclude)
     if found is None:
         return None
-    cfg, note = skew_guard(found[0], num_routed, E, H, F, num_routed if tokens is None else tokens,
-                           dtype.itemsize)
+    own = {k: v for k, v in found[0].items() if k not in OWN_SHAPE_KEYS}
+    cfg, note = skew_guard(own, num_routed, E, H, F, num_routed if tokens is None else tokens, dtype.itemsize)
     return cfg, found[1] + note
 
 
