@@ -653,31 +653,22 @@ def launches(impl: str, shape: LayerShape, expert_counts, config: dict, *, sms: 
 
 def _triton_launches(impl: str, shape: LayerShape, b: Blocks, config: dict,
                      sms: int = INTERPRETER_PROGRAMS) -> list[Launch]:
-    if selects_in_gemm(impl, shape, b, config):  # one token: the routing choice inside the first GEMM
-        partials, partial = _router_partials_launch(shape, SPLIT_H, SPLIT_BLOCK_E)
-        head = [partials, *_act_launches(impl, shape, b, config, sms, select_partial=partial)]
-        if config["down"].get("COMBINE"):
-            return [*head, down_combine_launch(shape, b, config["down"])]
-        splits = down_splits(shape, config["down"])
-        return [*head, down_launch(shape, b, config["down"]),
-                combine_launch(shape, splits, down_partial_bytes(shape, splits))]
     if impl == "tritonmoe_fused" and config.get("expert"):  # the decode path (`api._experts_aligned`)
         return [
             *routing_launches(shape, b, config.get("ROUTE_SPLIT")),
             fused_expert_launch(shape, b, config["expert"]),
             combine_launch(shape, fused_expert_chunks(shape, config["expert"]), _F32),
         ]
+    if selects_in_gemm(impl, shape, b, config):  # one token: the routing choice inside the first GEMM
+        partials, partial = _router_partials_launch(shape, SPLIT_H, SPLIT_BLOCK_E)
+        head = [partials, *_act_launches(impl, shape, b, config, sms, select_partial=partial)]
+    else:
+        head = [*routing_launches(shape, b, config.get("ROUTE_SPLIT")), *_act_launches(impl, shape, b, config, sms)]
     down_cfg = config["down"]
     if down_cfg.get("COMBINE"):  # few tokens: each token's choices summed by the down kernel
-        return [*routing_launches(shape, b, config.get("ROUTE_SPLIT")), *_act_launches(impl, shape, b, config, sms),
-                down_combine_launch(shape, b, down_cfg)]
+        return [*head, down_combine_launch(shape, b, down_cfg)]
     splits = down_splits(shape, down_cfg)
-    return [
-        *routing_launches(shape, b, config.get("ROUTE_SPLIT")),
-        *_act_launches(impl, shape, b, config, sms),
-        down_launch(shape, b, down_cfg),
-        combine_launch(shape, splits, down_partial_bytes(shape, splits)),
-    ]
+    return [*head, down_launch(shape, b, down_cfg), combine_launch(shape, splits, down_partial_bytes(shape, splits))]
 
 
 # --- peers: ideal kernels of their designs --------------------------------------------------------
