@@ -12,7 +12,11 @@ general one-program alignment (one-hot tiles over all experts, prefix sums, bloc
   expert of its block the same way, and program 0 writes the weights, ids and alignment tables the down projection
   reads;
 - `pkg_separate`, `pkg_select`: the package's layer (`tritonmoe.moe`) with the table's config and `SELECT_IN_GEMM` off
-  or on (the package's form of `inside`, after this lab).
+  or on.
+
+`ident` and `inside` now run the package's pieces (`route_align.one_token_choices`, `write_one_token`,
+`gate_up._gate_up_select_kernel`), into which this lab's own kernels moved at 687a53c; runs 3-4 of session 15 timed
+the lab's copies (the same code, its split tile then 2048 elements), run 5 these.
 
 Each variant's alignment tables and y are compared with `base`'s (bit-identical expected). Whole layers as CUDA-graph
 replays with the sweep's timing, variants interleaved, `--repeats` rounds.
@@ -30,146 +34,44 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+import tritonmoe  # noqa: E402
 from problems import lab_main, load_models, make_tokens, make_weights  # noqa: E402
 from timing import bench  # noqa: E402
-from tritonmoe._gemm_common import dot_precision, gate_up_accumulate  # noqa: E402
-from tritonmoe._host import cdiv, next_power_of_2  # noqa: E402
-from tritonmoe.align import alloc_alignment  # noqa: E402
 from tritonmoe.api import resolve_config  # noqa: E402
 from tritonmoe.config import tail_of  # noqa: E402
 from tritonmoe.down import combine, down, down_combine  # noqa: E402
-from tritonmoe.gate_up import uses_descriptors  # noqa: E402
-import tritonmoe  # noqa: E402
-from tritonmoe.route_align import SPLIT_BLOCK_E, SPLIT_H, route_and_align, split_block  # noqa: E402
-from tritonmoe.routing import router_partials, sum_split_logits, topk_softmax  # noqa: E402
+from tritonmoe.gate_up import gate_up, uses_descriptors  # noqa: E402
+from tritonmoe.route_align import (one_token_choices, prepare_selection, route_and_align,  # noqa: E402
+                                   write_one_token)
 from tritonmoe.variants import act_fused  # noqa: E402
-
-
-@triton.jit
-def _one_token_choices(partial_ptr, E, num_splits, TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
-                       BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
-    """The token's top-k weights and ids ([BLOCK_K] each) and each choice's rank among the chosen ids."""
-    rows = tl.arange(0, 1)
-    logits = sum_split_logits(partial_ptr, rows, 1, E, num_splits, 1, BLOCK_E, BLOCK_S)
-    out_w, out_i = topk_softmax(logits, rows, 1, E, TOP_K, RENORMALIZE, 1, BLOCK_E, BLOCK_K)
-    w = tl.sum(out_w, axis=0)
-    ids = tl.sum(out_i, axis=0)
-    kk = tl.arange(0, BLOCK_K)
-    valid = kk < TOP_K
-    smaller = valid[None, :] & (ids[None, :] < ids[:, None])
-    rank = tl.sum(smaller.to(tl.int32), axis=1)
-    return w, ids, rank
-
-
-@triton.jit
-def _write_one_token(w, ids, rank, weights_ptr, ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr,
-                     block_rows_ptr, num_post_ptr, expert_counts_ptr, E, max_blocks,
-                     TOP_K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, HEIGHT: tl.constexpr,
-                     BLOCK_B: tl.constexpr):
-    """The routing outputs and the alignment of one token's TOP_K slots: block rank(k) holds slot k (HEIGHT rows:
-    the slot, then the sentinel TOP_K), the blocks in expert order; as `align.align_one_chunk` lays them out."""
-    kk = tl.arange(0, BLOCK_K)
-    valid = kk < TOP_K
-    tl.store(weights_ptr + kk, w, mask=valid)
-    tl.store(ids_ptr + kk, ids, mask=valid)
-    r = tl.arange(0, HEIGHT)
-    p = rank[:, None] * HEIGHT + r[None, :]
-    tl.store(sorted_ids_ptr + p, tl.where(r[None, :] == 0, kk[:, None], TOP_K), mask=valid[:, None])
-    tl.store(slot_rows_ptr + kk, rank * HEIGHT, mask=valid)
-    b = tl.arange(0, BLOCK_B)
-    owner = tl.sum(tl.where((rank[None, :] == b[:, None]) & valid[None, :], ids[None, :], 0), axis=1)
-    tl.store(expert_ids_ptr + b, tl.where(b < TOP_K, owner, -1), mask=b < max_blocks)
-    tl.store(block_rows_ptr + b, tl.minimum(b, TOP_K) * HEIGHT, mask=b <= max_blocks)
-    tl.store(num_post_ptr, TOP_K * HEIGHT)
-    e = tl.arange(0, BLOCK_E)
-    counts = tl.sum(((ids[None, :] == e[:, None]) & valid[None, :]).to(tl.int32), axis=1)
-    tl.store(expert_counts_ptr + e, counts, mask=e < E)
 
 
 @triton.jit
 def _route_ident_kernel(partial_ptr, weights_ptr, ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr,
                         block_rows_ptr, num_post_ptr, expert_counts_ptr, E, num_splits, max_blocks,
                         TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr,
-                        BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, HEIGHT: tl.constexpr, BLOCK_B: tl.constexpr):
-    w, ids, rank = _one_token_choices(partial_ptr, E, num_splits, TOP_K, RENORMALIZE, BLOCK_E, BLOCK_K, BLOCK_S)
-    _write_one_token(w, ids, rank, weights_ptr, ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr,
-                     block_rows_ptr, num_post_ptr, expert_counts_ptr, E, max_blocks,
-                     TOP_K, BLOCK_E, BLOCK_K, HEIGHT, BLOCK_B)
-
-
-@triton.jit
-def _gate_up_route_kernel(
-    x_ptr, w_ptr, out_ptr, partial_ptr, weights_ptr, ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr,
-    block_rows_ptr, num_post_ptr, expert_counts_ptr, E, num_splits, max_blocks,
-    N, H, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
-    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_S: tl.constexpr, HEIGHT: tl.constexpr, BLOCK_B: tl.constexpr,
-    EVEN_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr,
-):
-    """One token's fused gate/up, each program choosing the experts itself: block pid_m = pid // (N blocks)."""
-    pid = tl.program_id(0)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid // num_pid_n
-    pid_n = pid % num_pid_n
-    w, ids, rank = _one_token_choices(partial_ptr, E, num_splits, TOP_K, RENORMALIZE, BLOCK_E, BLOCK_K, BLOCK_S)
-    if pid == 0:
-        _write_one_token(w, ids, rank, weights_ptr, ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr,
-                         block_rows_ptr, num_post_ptr, expert_counts_ptr, E, max_blocks,
-                         TOP_K, BLOCK_E, BLOCK_K, HEIGHT, BLOCK_B)
-    kk = tl.arange(0, BLOCK_K)
-    expert = tl.sum(tl.where((rank == pid_m) & (kk < TOP_K), ids, 0), axis=0).to(tl.int64)
-    r = tl.arange(0, HEIGHT)
-    token = tl.zeros((HEIGHT,), dtype=tl.int64)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    acc_g, acc_u = gate_up_accumulate(x_ptr, w_ptr, token, r == 0, expert, cols, col_ok, 0, N, H,
-                                      0, stride_xh, stride_we, stride_wn, stride_wh,
-                                      True, EVEN_K, PRECISION, HEIGHT, BLOCK_N, BLOCK_KH)
-    out = acc_g * tl.sigmoid(acc_g) * acc_u
-    rows = pid_m * HEIGHT + r
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on,
-             out.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
-
-
-def _meta(x, wr, top_k, renormalize, al):
-    E = wr.shape[0]
-    splits = cdiv(x.shape[1], SPLIT_H)
-    block_e = max(16, next_power_of_2(E))
-    return dict(TOP_K=top_k, RENORMALIZE=renormalize, BLOCK_E=block_e, BLOCK_K=next_power_of_2(top_k),
-                BLOCK_S=split_block(splits, 1, block_e), HEIGHT=al.tail_m,
-                BLOCK_B=next_power_of_2(al.max_blocks + 1)), splits
+                        BLOCK_KK: tl.constexpr, BLOCK_S: tl.constexpr, HEIGHT: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The second launch of `ident`: the package's one-token selection and alignment writes, in one program."""
+    w, ids, rank = one_token_choices(partial_ptr, E, num_splits, TOP_K, RENORMALIZE, BLOCK_E, BLOCK_KK, BLOCK_S)
+    write_one_token(w, ids, rank, weights_ptr, ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr,
+                    block_rows_ptr, num_post_ptr, expert_counts_ptr, E, max_blocks,
+                    TOP_K, BLOCK_E, BLOCK_KK, HEIGHT, BLOCK_B)
 
 
 def route_ident(x, wr, top_k, renormalize, block_m, tail_m):
-    al = alloc_alignment(top_k, wr.shape[0], block_m, x.device, tail_m)
-    weights = torch.empty((1, top_k), dtype=torch.float32, device=x.device)
-    ids = torch.empty((1, top_k), dtype=torch.int32, device=x.device)
-    partial = router_partials(x, wr, SPLIT_H, SPLIT_BLOCK_E)
-    meta, splits = _meta(x, wr, top_k, renormalize, al)
-    _route_ident_kernel[(1,)](partial, weights, ids, al.sorted_ids, al.slot_rows, al.expert_ids, al.block_rows,
-                              al.num_post_padded, al.expert_counts, wr.shape[0], splits, al.max_blocks, **meta,
-                              num_warps=4)
-    return weights, ids, al
+    sel = prepare_selection(x, wr, top_k, renormalize, block_m, tail_m)
+    al = sel.align
+    _route_ident_kernel[(1,)](sel.partial, sel.weights, sel.ids, al.sorted_ids, al.slot_rows, al.expert_ids,
+                              al.block_rows, al.num_post_padded, al.expert_counts, wr.shape[0], sel.partial.shape[0],
+                              al.max_blocks, **sel.meta, num_warps=4)
+    return sel.weights, sel.ids, al
 
 
 def gate_up_route(x, wr, wgu, top_k, renormalize, cfg):
-    g = cfg["gate_up"]
-    al = alloc_alignment(top_k, wr.shape[0], cfg["BLOCK_M"], x.device, tail_of(cfg))
-    weights = torch.empty((1, top_k), dtype=torch.float32, device=x.device)
-    ids = torch.empty((1, top_k), dtype=torch.int32, device=x.device)
-    partial = router_partials(x, wr, SPLIT_H, SPLIT_BLOCK_E)
-    meta, splits = _meta(x, wr, top_k, renormalize, al)
-    E, F2, H = wgu.shape
-    F = F2 // 2
-    act = torch.empty((al.sorted_ids.shape[0], F), dtype=x.dtype, device=x.device)
-    bn, bk = g["BLOCK_N"], g["BLOCK_K"]
-    _gate_up_route_kernel[(top_k * cdiv(F, bn),)](
-        x, wgu, act, partial, weights, ids, al.sorted_ids, al.slot_rows, al.expert_ids, al.block_rows,
-        al.num_post_padded, al.expert_counts, E, splits, al.max_blocks,
-        F, H, x.stride(1), wgu.stride(0), wgu.stride(1), wgu.stride(2), act.stride(0), act.stride(1),
-        **meta, EVEN_K=(H % bk == 0), PRECISION=dot_precision(x.dtype), BLOCK_N=bn, BLOCK_KH=bk,
-        num_warps=g.get("num_warps", 4), num_stages=g.get("num_stages", 2))
-    return weights, ids, al, act
+    """`inside`: the package's selecting gate/up (`gate_up(..., select=...)`)."""
+    sel = prepare_selection(x, wr, top_k, renormalize, cfg["BLOCK_M"], tail_of(cfg))
+    act = gate_up(x, wgu, sel.align, cfg["gate_up"], fuse_swiglu=True, select=sel)
+    return sel.weights, sel.ids, sel.align, act
 
 
 def layer(x, w, m, cfg, mode):
