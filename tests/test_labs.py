@@ -247,3 +247,33 @@ def test_gluon_lab_matches_reference_on_gpu(T, E, K, ws):
     assert_rel_close(act[:used], act_ref, torch.bfloat16, "gluon gate/up")
     out_ref = torch.einsum("rf,rhf->rh", act[:used].double(), w_down[experts].double())
     assert_rel_close(out[:used], out_ref, torch.bfloat16, "gluon down")
+
+
+# The early down projection of `pdl_lab.py` (NOTES v19): its experts found before `griddepcontrol.wait` (redone from
+# the partial logits at one token, read from the routing tables otherwise) and PRE_K columns of W_down loaded then.
+# The interpreter runs it without the wait (WAIT off; the PDL launch itself is GPU-only).
+@pytest.mark.parametrize("pre_k", [0, 16, 64])
+@pytest.mark.parametrize("T,E,K,H,F", [(1, 8, 2, 40, 24), (1, 64, 8, 64, 48), (2, 12, 3, 600, 40), (3, 6, 6, 33, 17)])
+def test_pdl_lab_down_matches_reference(T, E, K, H, F, pre_k, device):
+    import pdl_lab
+    from tritonmoe.route_align import prepare_selection, route_and_align
+    from tritonmoe.variants import act_fused
+    from helpers import layer_reference
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    layer = make_layer(T, E, H, F, dtype, device, seed=T * 31 + E)
+    x, wr, wgu, wd = layer.x, *layer.weights
+    cfg = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4},
+           "down": {"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4}}
+    if T == 1:
+        sel = prepare_selection(x, wr, K, True, 16)
+        tw, ids, al = sel.weights, sel.ids, sel.align
+        act = act_fused(x, wgu, al, cfg, select=sel)
+    else:
+        sel = None
+        tw, ids, al = route_and_align(x, wr, K, True, 16)
+        act = act_fused(x, wgu, al, cfg)
+    y = pdl_lab.down_early(act, wd, tw, ids, al, cfg["down"], sel, pre_k, pdl=False)
+    assert_rel_close(y, layer_reference(x, wr, wgu, wd, K), dtype, f"pdl lab T={T} PRE_K={pre_k}")
+    y_pkg = tritonmoe.moe(x, wr, wgu, wd, K, config={**cfg, "down": {**cfg["down"], "COMBINE": True}})
+    if pre_k == 0:  # the package's sums in the package's order
+        assert torch.equal(y, y_pkg)
