@@ -277,3 +277,13 @@ def test_pdl_lab_down_matches_reference(T, E, K, H, F, pre_k, device):
     y_pkg = tritonmoe.moe(x, wr, wgu, wd, K, config={**cfg, "down": {**cfg["down"], "COMBINE": True}})
     if pre_k == 0:  # the package's sums in the package's order
         assert torch.equal(y, y_pkg)
+    if T == 1:  # the tables read behind the flag the selecting gate/up raises (program 0 runs first here)
+        flag = torch.full((1,), 5, dtype=torch.int32, device=device)
+        fsel = pdl_lab.flag_selection(x, wr, K, 16, None, flag)
+        assert int(flag) == 0
+        act_f = pdl_lab.gate_up_flag(x, wgu, fsel, cfg["gate_up"], flag, trigger=False)
+        assert int(flag) == 1
+        y_f = pdl_lab.down_early(act_f, wd, fsel.weights, fsel.ids, fsel.align, cfg["down"], None, pre_k, pdl=False,
+                                 flag=flag)
+        assert torch.equal(act_f[: K * 16], act[: K * 16])
+        assert torch.equal(y_f, y)

@@ -39,11 +39,15 @@ import tritonmoe  # noqa: E402
 import tritonmoe.gate_up as gu_mod  # noqa: E402
 from problems import lab_main, load_models, make_tokens, make_weights  # noqa: E402
 from timing import bench  # noqa: E402
+from tritonmoe._gemm_common import dot_precision, gate_up_accumulate  # noqa: E402
 from tritonmoe._host import cdiv, next_power_of_2  # noqa: E402
 from tritonmoe.api import resolve_config  # noqa: E402
 from tritonmoe.config import tail_of  # noqa: E402
 from tritonmoe.gate_up import _gate_up_kernel, _gate_up_select_kernel, uses_descriptors  # noqa: E402
-from tritonmoe.route_align import one_token_choices, prepare_selection, route_and_align  # noqa: E402
+from tritonmoe.align import alloc_alignment  # noqa: E402
+from tritonmoe.route_align import (SPLIT_BLOCK_E, SPLIT_H, Selection, one_token_choices, prepare_selection,  # noqa: E402
+                                   route_and_align, write_one_token)
+from tritonmoe.routing import PARTIALS_BLOCK_T, _router_partials_kernel  # noqa: E402
 from tritonmoe.variants import act_fused  # noqa: E402
 
 
@@ -90,15 +94,105 @@ def _gate_up_trigger_kernel(
 
 
 @triton.jit
+def _partials_reset_kernel(
+    x_ptr, wr_ptr, partial_ptr, flag_ptr, T, H, E,
+    stride_xt, stride_xh, stride_re, stride_rh,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, SPLIT_H: tl.constexpr,
+):
+    """The package's router partial logits; program (0, 0) also clears the call's table flag (`flag` modes)."""
+    if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+        tl.store(flag_ptr, 0)
+    _router_partials_kernel(x_ptr, wr_ptr, partial_ptr, T, H, E, stride_xt, stride_xh, stride_re, stride_rh,
+                            BLOCK_T, BLOCK_H, BLOCK_E, SPLIT_H)
+
+
+@triton.jit
+def _gate_up_select_flag_kernel(
+    x_ptr, w_ptr, out_ptr, partial_ptr, weights_ptr, ids_ptr,
+    sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr, expert_counts_ptr, flag_ptr,
+    N, H, E, num_splits, max_blocks, row_offset, up_offset,
+    stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
+    TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_KK: tl.constexpr,
+    BLOCK_S: tl.constexpr, HEIGHT: tl.constexpr, BLOCK_B: tl.constexpr,
+    FUSE_SWIGLU: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TRIGGER: tl.constexpr,
+):
+    """The package's `_gate_up_select_kernel` (the same tiles), its program 0 raising the call's flag (a release
+    after the tables' stores) so that the down projection may read the tables before the launch has completed."""
+    if TRIGGER:
+        tl.extra.cuda.gdc_launch_dependents()
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid // num_pid_n
+    pid_n = pid % num_pid_n
+    w, ids, rank = one_token_choices(partial_ptr, E, num_splits, TOP_K, RENORMALIZE, BLOCK_E, BLOCK_KK, BLOCK_S)
+    if pid == 0:
+        write_one_token(w, ids, rank, weights_ptr, ids_ptr, sorted_ids_ptr, slot_rows_ptr, expert_ids_ptr,
+                        block_rows_ptr, num_post_ptr, expert_counts_ptr, E, max_blocks,
+                        TOP_K, BLOCK_E, BLOCK_KK, HEIGHT, BLOCK_B)
+        tl.debug_barrier()
+        tl.atomic_xchg(flag_ptr, 1, sem="release", scope="gpu")
+    kk = tl.arange(0, BLOCK_KK)
+    expert = tl.sum(tl.where((rank == pid_m) & (kk < TOP_K), ids, 0), axis=0).to(tl.int64)
+    r = tl.arange(0, HEIGHT)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    acc_g, acc_u = gate_up_accumulate(
+        x_ptr, w_ptr, tl.zeros((HEIGHT,), dtype=tl.int64), r == 0, expert, cols, col_ok, row_offset, up_offset, H,
+        0, stride_xh, stride_we, stride_wn, stride_wh,
+        FUSE_SWIGLU, EVEN_K, PRECISION, HEIGHT, BLOCK_N, BLOCK_K)
+    if FUSE_SWIGLU:
+        out = acc_g * tl.sigmoid(acc_g) * acc_u
+    else:
+        out = acc_g
+    rows = pid_m * HEIGHT + r
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on,
+             out.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
+
+
+def flag_selection(x, wr, top_k, block_m, tail_m, flag):
+    """`prepare_selection` with the partial-logits launch clearing `flag`."""
+    T, H = x.shape
+    E = wr.shape[0]
+    splits = cdiv(H, SPLIT_H)
+    partial = torch.empty((splits, T, E), dtype=torch.float32, device=x.device)
+    _partials_reset_kernel[(cdiv(E, SPLIT_BLOCK_E), splits)](
+        x, wr, partial, flag, T, H, E, x.stride(0), x.stride(1), wr.stride(0), wr.stride(1),
+        BLOCK_T=PARTIALS_BLOCK_T, BLOCK_H=min(128, SPLIT_H), BLOCK_E=SPLIT_BLOCK_E, SPLIT_H=SPLIT_H, num_warps=4)
+    weights = torch.empty((1, top_k), dtype=torch.float32, device=x.device)
+    ids = torch.empty((1, top_k), dtype=torch.int32, device=x.device)
+    return Selection(partial, weights, ids, alloc_alignment(top_k, E, block_m, x.device, tail_m), True)
+
+
+def gate_up_flag(x, wgu, sel, cfg, flag, trigger: bool):
+    """The fused selecting gate/up through `_gate_up_select_flag_kernel` (the package's launch arguments)."""
+    a, meta = sel.align, sel.meta
+    E, F2, H = wgu.shape
+    n = F2 // 2
+    bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    out = torch.empty((a.sorted_ids.shape[0], n), dtype=x.dtype, device=x.device)
+    _gate_up_select_flag_kernel[(meta["TOP_K"] * cdiv(n, bn),)](
+        x, wgu, out, sel.partial, sel.weights, sel.ids,
+        a.sorted_ids, a.slot_rows, a.expert_ids, a.block_rows, a.num_post_padded, a.expert_counts, flag,
+        n, H, E, sel.partial.shape[0], a.max_blocks, 0, n,
+        x.stride(1), wgu.stride(0), wgu.stride(1), wgu.stride(2), out.stride(0), out.stride(1),
+        **meta, FUSE_SWIGLU=True, EVEN_K=(H % bk == 0), PRECISION=dot_precision(x.dtype),
+        BLOCK_N=bn, BLOCK_K=bk, TRIGGER=trigger, num_warps=cfg.get("num_warps", 4),
+        num_stages=cfg.get("num_stages", 2))
+    return out
+
+
+@triton.jit
 def _down_early_kernel(
-    act_ptr, w_ptr, y_ptr, topk_weights_ptr, topk_ids_ptr, slot_rows_ptr, partial_ptr,
+    act_ptr, w_ptr, y_ptr, topk_weights_ptr, topk_ids_ptr, slot_rows_ptr, partial_ptr, flag_ptr,
     H, F, E, num_splits, stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_yt,
     TOP_K: tl.constexpr, BLOCK_KK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SELECT: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr,
-    HEIGHT: tl.constexpr, PRE_K: tl.constexpr, WAIT: tl.constexpr,
+    HEIGHT: tl.constexpr, PRE_K: tl.constexpr, WAIT: tl.constexpr, FLAG: tl.constexpr,
 ):
     """`down._down_combine_kernel` with the experts found and the first PRE_K columns of their W_down slices loaded
-    before `griddepcontrol.wait` (WAIT); act, the routing weights and the slot rows are read after it."""
+    before `griddepcontrol.wait` (WAIT); act, the routing weights and the slot rows are read after it. With FLAG
+    the experts are read from the tables once the flag the selecting gate/up raises is seen (an acquire)."""
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < H
@@ -110,6 +204,11 @@ def _down_early_kernel(
                                                  BLOCK_S)
         expert = sel_ids.to(tl.int64)
     else:
+        if FLAG:
+            seen = tl.atomic_add(flag_ptr, 0, sem="acquire", scope="gpu")
+            while seen == 0:
+                seen = tl.atomic_add(flag_ptr, 0, sem="acquire", scope="gpu")
+            tl.debug_barrier()
         expert = tl.load(topk_ids_ptr + slot, mask=k_ok, other=0).to(tl.int64)
     w_base = w_ptr + expert[:, None, None] * stride_we + cols[None, :, None].to(tl.int64) * stride_wh
     w_mask = k_ok[:, None, None] & col_ok[None, :, None]
@@ -144,8 +243,9 @@ def _down_early_kernel(
     tl.store(y_ptr + t * stride_yt + cols, out.to(y_ptr.dtype.element_ty), mask=col_ok)
 
 
-def down_early(act, w_down, tw, ids, align, cfg, sel, pre_k: int, pdl: bool):
-    """The lab down projection (with the combine): `sel` the one-token Selection (its choice redone) or None."""
+def down_early(act, w_down, tw, ids, align, cfg, sel, pre_k: int, pdl: bool, flag=None):
+    """The lab down projection (with the combine): `sel` the one-token Selection (its choice redone) or None;
+    `flag` (with sel None) the flag the selecting gate/up raises."""
     E, H, F = w_down.shape
     T, K = ids.shape
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -155,12 +255,12 @@ def down_early(act, w_down, tw, ids, align, cfg, sel, pre_k: int, pdl: bool):
     splits = sel.partial.shape[0] if sel is not None else 1
     kw = dict(launch_pdl=True) if pdl else {}
     _down_early_kernel[(T, cdiv(H, bn))](
-        act, w_down, y, tw.reshape(-1), ids.reshape(-1), align.slot_rows, partial,
+        act, w_down, y, tw.reshape(-1), ids.reshape(-1), align.slot_rows, partial, flag if flag is not None else ids,
         H, F, E, splits, act.stride(0), act.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2),
         y.stride(0),
         TOP_K=K, BLOCK_KK=next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, SELECT=sel is not None,
         RENORMALIZE=meta["RENORMALIZE"], BLOCK_E=meta["BLOCK_E"], BLOCK_S=meta["BLOCK_S"], HEIGHT=meta["HEIGHT"],
-        PRE_K=pre_k, WAIT=pdl, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2), **kw)
+        PRE_K=pre_k, WAIT=pdl, FLAG=flag is not None, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2), **kw)
     return y
 
 
@@ -180,26 +280,39 @@ class _trigger:
         gu_mod._gate_up_kernel = _gate_up_kernel
 
 
-def parse_mode(mode: str) -> tuple[bool, bool, int, int | None]:
-    """(pdl, trigger, PRE_K, num_warps or None for the config's) of a lab mode: lab, pdl<P>[w<W>], late<P>[w<W>]."""
+def parse_mode(mode: str) -> tuple[bool, bool, int, int | None, bool]:
+    """(pdl, trigger, PRE_K, num_warps or None for the config's, flag) of a lab mode: lab, pdl<P>[w<W>],
+    late<P>[w<W>], flag<P>[w<W>] (one token: the tables read once the gate/up's flag is up), flaglab (no PDL)."""
     mode, _, warps = mode.partition("w")
     warps = int(warps) if warps else None
     if mode == "lab":
-        return False, False, 0, warps
-    for prefix, trig in (("pdl", True), ("late", False)):
+        return False, False, 0, warps, False
+    if mode == "flaglab":
+        return False, False, 0, warps, True
+    for prefix, trig, flag in (("pdl", True, False), ("late", False, False), ("flag", True, True)):
         if mode.startswith(prefix):
-            return True, trig, int(mode[len(prefix):] or 0), warps
+            return True, trig, int(mode[len(prefix):] or 0), warps, flag
     raise ValueError(mode)
+
+
+_FLAG: dict = {}  # one int32 flag per device: cleared by each call's partial logits, raised by its gate/up
 
 
 def layer(x, w, m, cfg, mode):
     wr, wgu, wd = w.router_weight, w.w_gate_up, w.w_down
     if mode == "pkg":
         return tritonmoe.moe(x, wr, wgu, wd, m.top_k, config=cfg)
-    pdl, trig, pre_k, warps = parse_mode(mode)
+    pdl, trig, pre_k, warps, use_flag = parse_mode(mode)
     dcfg = cfg["down"] if warps is None else {**cfg["down"], "num_warps": warps}
     T = x.shape[0]
     select = T == 1 and cfg.get("SELECT_IN_GEMM", True)
+    if use_flag:
+        if not select:
+            raise ValueError("flag modes: one token with the selection in the GEMM")
+        flag = _FLAG.setdefault(x.device, torch.zeros(1, dtype=torch.int32, device=x.device))
+        sel = flag_selection(x, wr, m.top_k, cfg["BLOCK_M"], tail_of(cfg), flag)
+        act = gate_up_flag(x, wgu, sel, cfg["gate_up"], flag, trig)
+        return down_early(act, wd, sel.weights, sel.ids, sel.align, dcfg, None, pre_k, pdl, flag=flag)
     with _trigger(trig):
         if select:
             sel = prepare_selection(x, wr, m.top_k, True, cfg["BLOCK_M"], tail_of(cfg))
