@@ -277,6 +277,9 @@ def test_pdl_lab_down_matches_reference(T, E, K, H, F, pre_k, device):
     y_pkg = tritonmoe.moe(x, wr, wgu, wd, K, config={**cfg, "down": {**cfg["down"], "COMBINE": True}})
     if pre_k == 0:  # the package's sums in the package's order
         assert torch.equal(y, y_pkg)
+    for stages in (1, 3):
+        y_p = pdl_lab.down_pipe(act, wd, tw, ids, al, cfg["down"], stages)
+        assert_rel_close(y_p, layer_reference(x, wr, wgu, wd, K), dtype, f"pipelined down T={T} stages={stages}")
     if T == 1:  # the tables read behind the flag the selecting gate/up raises (program 0 runs first here)
         flag = torch.full((1,), 5, dtype=torch.int32, device=device)
         fsel = pdl_lab.flag_selection(x, wr, K, 16, None, flag)

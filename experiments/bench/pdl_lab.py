@@ -18,7 +18,10 @@ Variants (whole layers as CUDA-graph replays, interleaved rounds):
 - `lab`: this lab's chain without PDL (the lab down kernel at PRE_K 0: what the package computes, as a check);
 - `pdl<P>`: the gate/up triggering, the down launched with PDL, P = PRE_K columns of W_down loaded before the wait;
 - `late<P>`: the same down launched with PDL, the gate/up not triggering (the down starts when the gate/up ends);
-- a suffix `w<W>` runs the down kernel at W warps instead of the config's (`pdl256w4`).
+- a suffix `w<W>` runs the down kernel at W warps instead of the config's (`pdl256w4`);
+- `pipe<S>[w<W>][n<N>]`: no PDL; the package's routing and gate/up, then the down projection with its loop as
+  `tl.range(num_stages=S)` (`_down_pipe_kernel`: the loads pipelined through shared memory), at W warps and
+  BLOCK_N N if given.
 
 y is compared with `pkg`'s (the lab's sums over a PRE_K tile are ordered differently: close, not bit-identical).
 
@@ -243,6 +246,52 @@ def _down_early_kernel(
     tl.store(y_ptr + t * stride_yt + cols, out.to(y_ptr.dtype.element_ty), mask=col_ok)
 
 
+@triton.jit
+def _down_pipe_kernel(
+    act_ptr, w_ptr, y_ptr, topk_weights_ptr, topk_ids_ptr, slot_rows_ptr,
+    H, F, stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_yt,
+    TOP_K: tl.constexpr, BLOCK_KK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+):
+    """`down._down_combine_kernel` with its loop as `tl.range(num_stages=STAGES)` and no weights held one step ahead
+    in registers: Triton 3.6 then pipelines the loads through shared memory (cp.async, STAGES - 1 tiles in flight),
+    which it does not do for the package's plain `range` loop."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < H
+    ks = tl.arange(0, BLOCK_KK)
+    k_ok = ks < TOP_K
+    slot = t * TOP_K + ks
+    expert = tl.load(topk_ids_ptr + slot, mask=k_ok, other=0).to(tl.int64)
+    row = tl.load(slot_rows_ptr + slot, mask=k_ok, other=0).to(tl.int64)
+    route_w = tl.load(topk_weights_ptr + slot, mask=k_ok, other=0.0)
+    fs = tl.arange(0, BLOCK_K)
+    w_base = w_ptr + expert[:, None, None] * stride_we + cols[None, :, None].to(tl.int64) * stride_wh
+    w_mask = k_ok[:, None, None] & col_ok[None, :, None]
+    acc = tl.zeros((BLOCK_KK, BLOCK_N), dtype=tl.float32)
+    for f0 in tl.range(0, F, BLOCK_K, num_stages=STAGES):
+        f_ok = f0 + fs < F
+        w = tl.load(w_base + (f0 + fs)[None, None, :] * stride_wf, mask=w_mask & f_ok[None, None, :], other=0.0)
+        a = tl.load(act_ptr + row[:, None] * stride_am + (f0 + fs)[None, :] * stride_af,
+                    mask=k_ok[:, None] & f_ok[None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[:, None, :], axis=2)
+    out = tl.sum(acc * route_w[:, None], axis=0)
+    tl.store(y_ptr + t * stride_yt + cols, out.to(y_ptr.dtype.element_ty), mask=col_ok)
+
+
+def down_pipe(act, w_down, tw, ids, align, cfg, stages: int):
+    """The lab's pipelined down projection with the combine (`_down_pipe_kernel`)."""
+    E, H, F = w_down.shape
+    T, K = ids.shape
+    bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    y = torch.empty((T, H), dtype=act.dtype, device=act.device)
+    _down_pipe_kernel[(T, cdiv(H, bn))](
+        act, w_down, y, tw.reshape(-1), ids.reshape(-1), align.slot_rows,
+        H, F, act.stride(0), act.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2), y.stride(0),
+        TOP_K=K, BLOCK_KK=next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, STAGES=stages,
+        num_warps=cfg.get("num_warps", 4), num_stages=stages)
+    return y
+
+
 def down_early(act, w_down, tw, ids, align, cfg, sel, pre_k: int, pdl: bool, flag=None):
     """The lab down projection (with the combine): `sel` the one-token Selection (its choice redone) or None;
     `flag` (with sel None) the flag the selecting gate/up raises."""
@@ -302,6 +351,20 @@ def layer(x, w, m, cfg, mode):
     wr, wgu, wd = w.router_weight, w.w_gate_up, w.w_down
     if mode == "pkg":
         return tritonmoe.moe(x, wr, wgu, wd, m.top_k, config=cfg)
+    if mode.startswith("pipe"):  # pipe<S>[w<W>][n<N>]: the package's routing and gate/up, the pipelined down
+        spec = mode[4:]
+        spec, _, bn = spec.partition("n")
+        st, _, warps = spec.partition("w")
+        dcfg = {**cfg["down"], **({"num_warps": int(warps)} if warps else {}), **({"BLOCK_N": int(bn)} if bn else {})}
+        T = x.shape[0]
+        if T == 1 and cfg.get("SELECT_IN_GEMM", True):
+            sel = prepare_selection(x, wr, m.top_k, True, cfg["BLOCK_M"], tail_of(cfg))
+            tw, ids, al = sel.weights, sel.ids, sel.align
+            act = act_fused(x, wgu, al, cfg, select=sel)
+        else:
+            tw, ids, al = route_and_align(x, wr, m.top_k, True, cfg["BLOCK_M"], tail_of(cfg))
+            act = act_fused(x, wgu, al, cfg)
+        return down_pipe(act, wd, tw, ids, al, dcfg, int(st))
     pdl, trig, pre_k, warps, use_flag = parse_mode(mode)
     dcfg = cfg["down"] if warps is None else {**cfg["down"], "num_warps": warps}
     T = x.shape[0]
