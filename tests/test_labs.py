@@ -1,7 +1,8 @@
 """Lab code that experiments/NOTES.md reports on: the one-launch decode layer (`decode_layer_lab.py`, not in the
 package), the last-arriver combine (`lastcombine_lab.py`), the block-and-tail pair (`pair_lab.py`) and the benchmarks'
 timing function (`timing.py`), what the borrowed-config lab (`borrow_lab.py`) times, and the Gluon GEMMs of
-`gluon_lab.py` (compiled for sm90 without a GPU; checked against float64 on a Hopper GPU).
+`gluon_lab.py` (compiled for sm90 without a GPU; checked against float64 on a Hopper GPU), and the early and pipelined
+decode down projections of `pdl_lab.py`.
 
 The decode layer's barrier launch spins on global counters, which Triton's interpreter (one program after
 another) cannot run; here it runs as three phased launches of the same kernel, and on the GPU the barrier
