@@ -46,7 +46,8 @@ from tritonmoe._gemm_common import dot_precision, gate_up_accumulate  # noqa: E4
 from tritonmoe._host import cdiv, next_power_of_2  # noqa: E402
 from tritonmoe.api import resolve_config  # noqa: E402
 from tritonmoe.config import tail_of  # noqa: E402
-from tritonmoe.gate_up import _gate_up_kernel, _gate_up_select_kernel, uses_descriptors  # noqa: E402
+from tritonmoe.gate_up import (_gate_up_kernel, _gate_up_select_kernel, _store_pointer_tile,  # noqa: E402
+                               uses_descriptors)
 from tritonmoe.align import alloc_alignment  # noqa: E402
 from tritonmoe.route_align import (SPLIT_BLOCK_E, SPLIT_H, Selection, one_token_choices, prepare_selection,  # noqa: E402
                                    route_and_align, write_one_token)
@@ -144,13 +145,7 @@ def _gate_up_select_flag_kernel(
         x_ptr, w_ptr, tl.zeros((HEIGHT,), dtype=tl.int64), r == 0, expert, cols, col_ok, row_offset, up_offset, H,
         0, stride_xh, stride_we, stride_wn, stride_wh,
         FUSE_SWIGLU, EVEN_K, PRECISION, HEIGHT, BLOCK_N, BLOCK_K)
-    if FUSE_SWIGLU:
-        out = acc_g * tl.sigmoid(acc_g) * acc_u
-    else:
-        out = acc_g
-    rows = pid_m * HEIGHT + r
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on,
-             out.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
+    _store_pointer_tile(acc_g, acc_u, out_ptr, pid_m * HEIGHT + r, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
 
 
 def flag_selection(x, wr, top_k, block_m, tail_m, flag):

@@ -65,6 +65,13 @@ def _gate_up_tile(
         x_ptr, w_ptr, token, row_ok, expert, cols, col_ok, row_offset, up_offset, H,
         stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
         FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    _store_pointer_tile(acc_g, acc_u, out_ptr, rows, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
+
+
+@triton.jit
+def _store_pointer_tile(acc_g, acc_u, out_ptr, rows, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU: tl.constexpr):
+    """The pointer kernels' epilogue: `silu(gate) * up` (fused) or the one accumulator (plain), stored to aligned
+    `rows` and `cols` in `out_ptr`'s dtype."""
     if FUSE_SWIGLU:
         out = acc_g * tl.sigmoid(acc_g) * acc_u
     else:
@@ -133,13 +140,7 @@ def _gate_up_select_kernel(
         x_ptr, w_ptr, tl.zeros((HEIGHT,), dtype=tl.int64), r == 0, expert, cols, col_ok, row_offset, up_offset, H,
         0, stride_xh, stride_we, stride_wn, stride_wh,
         FUSE_SWIGLU, EVEN_K, PRECISION, HEIGHT, BLOCK_N, BLOCK_K)
-    if FUSE_SWIGLU:
-        out = acc_g * tl.sigmoid(acc_g) * acc_u
-    else:
-        out = acc_g
-    rows = pid_m * HEIGHT + r
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on,
-             out.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
+    _store_pointer_tile(acc_g, acc_u, out_ptr, pid_m * HEIGHT + r, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
 
 
 @triton.jit
