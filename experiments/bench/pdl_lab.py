@@ -15,7 +15,8 @@ at their top); the down is launched with `launch_pdl`.
 
 Variants (whole layers as CUDA-graph replays, interleaved rounds):
 - `pkg`: the package's layer (`tritonmoe.moe`, the table's config);
-- `lab`: this lab's chain without PDL (the lab down kernel at PRE_K 0: what the package computes, as a check);
+- `lab`: this lab's chain without PDL (the lab down kernel at PRE_K 0: the package's sums; at T=1 it still redoes the
+  selection, the cost that PDL is meant to hide);
 - `pdl<P>`: the gate/up triggering, the down launched with PDL, P = PRE_K columns of W_down loaded before the wait;
 - `late<P>`: the same down launched with PDL, the gate/up not triggering (the down starts when the gate/up ends);
 - a suffix `w<W>` runs the down kernel at W warps instead of the config's (`pdl256w4`);
