@@ -96,7 +96,7 @@ def test_table_traces_to_rows(repo):
     # Fixture: dense = 0.8 of the fused graph time; floor = 0.7 of it.
     assert "\\tv{over_dense.h100-sxm.mixtral-8x7b.512}{0.80}" in text
     assert "\\tv{dense_floor.h100-sxm.mixtral-8x7b.512}{87}" in text  # 0.7 / 0.8 = 0.875, just under in binary
-    assert text.count("\\\\") == 1 + 4  # the header, then one row per model and token count
+    assert text.count("\\\\") == 2 + 4  # two header lines, then one row per model and token count
     assert check_generated(out, repo, Recomputer(".")) == []
     # A ceiling row edited after the table was written is caught.
     edit(0, "median_ms", "9"), edit(0, "p80_ms", "10")

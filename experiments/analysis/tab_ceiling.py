@@ -15,41 +15,47 @@ from pathlib import Path
 
 import pandas as pd
 
-from .latency_rows import MODES, shown_rows
+from .latency_rows import shown_rows
 from .settings import CONFIG, git_repo, load_settings
 from .sources import load_all
-from .trace import Tracer, latex_escape
+from .trace import Tracer
 
 SCRIPT = "experiments/analysis/tab_ceiling.py"
 DENSE = "cublas_bmm"
 
 
-def ceiling_lines(tr: Tracer, layer: pd.DataFrame, dense: pd.DataFrame, settings: dict) -> list[str]:
-    """`layer`: the headline impl's shown latency rows; `dense`: ceiling rows of the config's dtype."""
+def ceiling_lines(tr: Tracer, layer: pd.DataFrame, dense: pd.DataFrame, settings: dict) -> tuple[list[str], list[str]]:
+    """`layer`: the headline impl's shown latency rows; `dense`: ceiling rows of the config's dtype. Returns the devices'
+    header cells and one row per model and token count, each device a group of four columns (floor, the layer's and
+    the dense reference's fractions of it, the layer's speed over the reference; dashes where it lacks the point)."""
     impl = settings["headline_impl"]
+    devices = list(dict.fromkeys(dense["device"]))
+    heads = [tr.document(f"device.{device}", CONFIG, ["devices", device]) for device in devices]
     lines = []
-    for device in dict.fromkeys(dense["device"]):
-        for model in [m for m in settings["models"] if m in set(dense["model"])]:
-            for tokens in sorted(set(dense[(dense["device"] == device) & (dense["model"] == model)]["tokens"])):
+    for model in [m for m in settings["models"] if m in set(dense["model"])]:
+        for tokens in sorted(set(dense[dense["model"] == model]["tokens"])):
+            cells, first = [], None
+            for device in devices:
                 def at(frame):
                     return frame[(frame["device"] == device) & (frame["model"] == model) & (frame["tokens"] == tokens)]
                 own, pair = at(layer), at(dense)
                 if len(own) != 1 or len(pair) != 2:
+                    cells += ["--"] * 4
                     continue
+                first = own if first is None else first
                 both = pd.concat([own, pair], ignore_index=True)
                 key = f"{device}.{model}.{tokens}"
-                lines.append(" & ".join([
-                    tr.document(f"device.{device}", CONFIG, ["devices", device]),
-                    tr.document(f"model.{model}", CONFIG, ["models", settings["models"].index(model)]),
-                    tr.number(f"tokens.{key}", "cell", own, "int", column="tokens"),
+                cells += [
                     tr.number(f"floor.{key}", "cell", own, "sig3", column="floor_ms"),
-                    tr.number(f"layer.{key}", "cell", own, "sig3", column="median_ms"),
                     tr.number(f"layer_floor.{key}", "floor_fraction", own, "pct") + r"\%",
-                    tr.number(f"dense.{key}", "dense_ms", pair, "sig3", dense=DENSE),
                     tr.number(f"dense_floor.{key}", "dense_floor_fraction", both, "pct", dense=DENSE, impl=impl) + r"\%",
                     tr.number(f"over_dense.{key}", "over_dense", both, "ratio", dense=DENSE, impl=impl),
-                ]) + r" \\")
-    return lines
+                ]
+            if first is not None:
+                lines.append(" & ".join([tr.document(f"model.{model}", CONFIG, ["models", settings["models"].index(model)]),
+                                         tr.number(f"tokens.{model}.{tokens}", "cell", first, "int", column="tokens")]
+                                        + cells) + r" \\")
+    return heads, lines
 
 
 def main(argv=None) -> int:
@@ -62,20 +68,22 @@ def main(argv=None) -> int:
     settings = load_settings(args.settings)
     repo = git_repo(settings)
     tr = Tracer(SCRIPT)
-    lines = []
+    heads, lines = [], []
     if args.latency and args.ceiling:
         latency = load_all(args.latency, repo)
         layer = shown_rows(latency, settings)
         layer = layer[layer["impl"] == settings["headline_impl"]]
         dense = load_all(args.ceiling, repo)
         dense = dense[(dense["dtype"] == settings["dtype"]) & (dense["impl"] == DENSE)]
-        lines = ceiling_lines(tr, layer, dense, settings)
+        heads, lines = ceiling_lines(tr, layer, dense, settings)
     if lines:
-        impl = latex_escape(settings["headline_impl"])
+        # `\DeviceGroup` (the paper's preamble) spans a device's four columns: no digit may appear outside `\tv` here.
+        groups = " & ".join(rf"\DeviceGroup{{{h}}}" for h in heads)
+        names = " & ".join([r"floor (ms) & layer / floor & dense / floor & layer / dense"] * len(heads))
         table = "\n".join([
-            r"\begin{tabular}{llrrrrrrr}", r"\toprule",
-            rf"device & model & tokens & floor (ms) & {impl} (ms, {MODES[settings['graph']]}) & of floor & "
-            r"dense GEMMs (ms) & of floor & layer speed / dense \\",
+            r"\begin{tabular}{ll" + "rrrr" * len(heads) + "}", r"\toprule",
+            rf" & & {groups} \\",
+            rf"model & tokens & {names} \\",
             r"\midrule", *lines, r"\bottomrule", r"\end{tabular}"])
     else:
         table = (r"\emph{No dense reference measured: no device folder under results/raw/ holds a ceiling.csv "
