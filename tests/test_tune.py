@@ -157,6 +157,36 @@ def test_combine_point_keeps_the_table_unless_one_percent_faster(monkeypatch):
     assert tune.combine_point(_M, None, 16, cfg, []) is cfg  # 128 slots: past COMBINE_MAX_ROUTED
 
 
+def test_combine_point_compares_medians_of_interleaved_timings(monkeypatch):
+    """One lucky timing of a candidate does not change the table: its median over `repeat` timings must be 1% faster."""
+    cfg = {"BLOCK_M": 16, "gate_up": {}, "down": {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1}}
+    first = next(tune.combine_candidates(8, "cuda"))
+    for runs, kept_combine in (([0.95, 1.05, 1.05], False), ([0.95, 0.98, 1.05], True)):
+        seen = []
+
+        def times(c, runs=runs, seen=seen):
+            if c is cfg:
+                return (1.0,)
+            if c["down"] != first:
+                return (2.0,)
+            seen.append(c)
+            return (runs[len(seen) - 1],)
+        _fake_times(monkeypatch, times)
+        got = tune.combine_point(_M, None, 1, cfg, [], repeat=3)
+        assert len(seen) == 3  # the candidate timed three times, interleaved with the others
+        assert (got["down"] == first) == kept_combine
+    # With one timing the lucky run alone decides (what the tuner did before `repeat` reached this step).
+    seen = []
+    _fake_times(monkeypatch, lambda c: (1.0,) if c is cfg else ((0.95,) if c["down"] == first else (2.0,)))
+    assert tune.combine_point(_M, None, 1, cfg, [], repeat=1)["down"] == first
+
+
+def test_every_token_count_of_the_sweep_is_a_bucket_of_the_tuner():
+    """A count without a bucket of its own would take a neighbour's config, decided at the neighbour's count."""
+    import problems
+    assert tuple(tune.TUNE_TOKENS) == tuple(problems.TOKENS)
+
+
 def test_persistent_point_needs_one_percent_on_uniform_then_the_smaller_worst_slowdown(monkeypatch):
     cfg = {"BLOCK_M": 128, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4,
                                        "DESC": True}, "down": {}, "TAIL_M": 64}
