@@ -181,6 +181,26 @@ def test_combine_point_compares_medians_of_interleaved_timings(monkeypatch):
     assert tune.combine_point(_M, None, 1, cfg, [], repeat=1)["down"] == first
 
 
+def test_median_times_interleaves_and_keeps_only_candidates_that_ran_every_time(monkeypatch):
+    a, b, c = ({"name": n} for n in "abc")
+    calls, seen = [], {"a": 0, "b": 0, "c": 0}
+    timings = {"a": [3.0, 1.0, 2.0], "b": [5.0, 4.0, 6.0], "c": [1.0, None, 1.0]}  # c fails its second run
+
+    def fake(m, w, tokens, variants, draws=("uniform", "zipf"), describe=str):
+        calls.extend(v["name"] for v in variants)
+        out = []
+        for v in variants:
+            t = timings[v["name"]][seen[v["name"]]]
+            seen[v["name"]] += 1
+            if t is not None:
+                out.append((v, [t, 10 * t][:len(draws)], [1e-3] * len(draws)))
+        return out
+    monkeypatch.setattr(tune, "layer_times", fake)
+    got = tune.median_times(_M, None, 4, [a, b, c], 3)
+    assert calls == list("abcabcabc")  # all candidates, then all again
+    assert [(r[0]["name"], r[1], r[2]) for r in got] == [("a", 2.0, 20.0), ("b", 5.0, 50.0)]
+
+
 def test_every_token_count_of_the_sweep_is_a_bucket_of_the_tuner():
     """A count without a bucket of its own would take a neighbour's config, decided at the neighbour's count."""
     import problems

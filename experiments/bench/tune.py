@@ -303,6 +303,20 @@ def layer_times(m, w, tokens: int, variants: list[dict], draws=("uniform", "zipf
     return results
 
 
+def median_times(m, w, tokens: int, cands: list[dict], repeat: int, draws=("uniform", "zipf"),
+                 describe=lambda c: str(c), on_time=None) -> list[tuple]:
+    """`layer_times` of every candidate `repeat` times, interleaved (all of them, then all again, so that drift
+    between timings falls on every candidate alike): (config, median ms per draw...) for those that ran and were
+    right every time, in the order of `cands`. `on_time(config, ms per draw, rel_err per draw)` sees each timing."""
+    runs: dict[int, list] = {}
+    for c, times, errs in layer_times(m, w, tokens, list(cands) * repeat, draws=draws, describe=describe):
+        runs.setdefault(id(c), [c, []])[1].append(times)
+        if on_time is not None:
+            on_time(c, times, errs)
+    return [(c, *(statistics.median(t[i] for t in ts) for i in range(len(draws))))
+            for c, ts in runs.values() if len(ts) == repeat]
+
+
 def robust_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
     """Times `cfg`, its tail variants and their narrower gate/up tiles (`skew_variants`) as whole layers
     (`layer_times`) on the uniform and the zipf draw; returns the `pick_robust` choice."""
@@ -382,13 +396,10 @@ def combine_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 3) -> d
         return cfg
     backend = "hip" if torch.version.hip else "cuda"
     cands = [cfg] + [{**cfg, "down": c} for c in combine_candidates(m.top_k, backend) if c != cfg["down"]]
-    runs: dict[int, list] = {}
-    for c, (ms,), (err,) in layer_times(m, w, tokens, cands * repeat, draws=("uniform",),
-                                         describe=lambda c: str(c["down"])):
-        runs.setdefault(id(c), [c, []])[1].append(ms)
-        log.append({"model": m.name, "tokens": tokens, "down": json.dumps(c["down"]), "layer_us": ms * 1e3,
-                    "rel_err": err})
-    results = [(c, statistics.median(ts)) for c, ts in runs.values() if len(ts) == repeat]
+    results = median_times(m, w, tokens, cands, repeat, draws=("uniform",), describe=lambda c: str(c["down"]),
+                           on_time=lambda c, t, e: log.append({"model": m.name, "tokens": tokens,
+                                                               "down": json.dumps(c["down"]),
+                                                               "layer_us": t[0] * 1e3, "rel_err": e[0]}))
     if not results or results[0][0] is not cfg:
         return cfg
     base_ms = results[0][1]
@@ -409,15 +420,14 @@ def select_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 3) -> di
         return cfg
     on = {**cfg, "SELECT_IN_GEMM": True}
     off = {**cfg, "SELECT_IN_GEMM": False}
-    runs: dict[int, list] = {id(on): [on, []], id(off): [off, []]}
-    for c, (ms,), (err,) in layer_times(m, w, tokens, [on, off] * repeat, draws=("uniform",),
-                                         describe=lambda c: f"SELECT_IN_GEMM={c['SELECT_IN_GEMM']}"):
-        runs[id(c)][1].append(ms)
-        log.append({"model": m.name, "tokens": tokens, "select_in_gemm": c["SELECT_IN_GEMM"],
-                    "layer_us": round(ms * 1e3, 3), "rel_err": err})
-    if any(len(ts) != repeat for _, ts in runs.values()):
+    results = median_times(m, w, tokens, [on, off], repeat, draws=("uniform",),
+                           describe=lambda c: f"SELECT_IN_GEMM={c['SELECT_IN_GEMM']}",
+                           on_time=lambda c, t, e: log.append({"model": m.name, "tokens": tokens,
+                                                               "select_in_gemm": c["SELECT_IN_GEMM"],
+                                                               "layer_us": round(t[0] * 1e3, 3), "rel_err": e[0]}))
+    if len(results) != 2:
         return cfg
-    t_on, t_off = (statistics.median(runs[id(c)][1]) for c in (on, off))
+    (_, t_on), (_, t_off) = results
     best = off if t_off <= 0.99 * t_on else on
     if best["SELECT_IN_GEMM"] == select_default(m.experts):
         best = {k: v for k, v in best.items() if k != "SELECT_IN_GEMM"}
@@ -444,17 +454,18 @@ def persistent_variants(cfg: dict) -> list[dict]:
     return out
 
 
-def persistent_point(m, w, tokens: int, cfg: dict, log: list) -> dict:
+def persistent_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 3) -> dict:
     """The table's config, or a `persistent_variants` one where it is at least 1% faster as a whole layer on the
-    uniform draw and its worse slowdown over the uniform and zipf draws is the smallest (as `pick_robust`)."""
+    uniform draw and its worse slowdown over the uniform and zipf draws is the smallest (as `pick_robust`); medians
+    of `repeat` interleaved timings."""
     variants = persistent_variants(cfg)
     if not variants:
         return cfg
-    results = []
-    for c, times, _ in layer_times(m, w, tokens, [cfg] + variants, describe=lambda c: str(c["gate_up"])):
-        results.append((c, *times))
-        log.append({"model": m.name, "tokens": tokens, "gate_up": json.dumps(c["gate_up"]), "TAIL_M": c.get("TAIL_M", ""),
-                    "uniform_us": round(times[0] * 1e3, 2), "zipf_us": round(times[1] * 1e3, 2)})
+    results = median_times(m, w, tokens, [cfg] + variants, repeat, describe=lambda c: str(c["gate_up"]),
+                           on_time=lambda c, t, e: log.append({
+                               "model": m.name, "tokens": tokens, "gate_up": json.dumps(c["gate_up"]),
+                               "TAIL_M": c.get("TAIL_M", ""), "uniform_us": round(t[0] * 1e3, 2),
+                               "zipf_us": round(t[1] * 1e3, 2)}))
     if not results or results[0][0] is not cfg:
         return cfg
     _, u0, z0 = results[0]
@@ -473,7 +484,7 @@ def order_variants(cfg: dict) -> list[dict]:
     return [with_expert_order(cfg, g) for g in (("gate_up", "down"), ("gate_up",), ("down",))]
 
 
-def order_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 1) -> dict:
+def order_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 3) -> dict:
     """The table's config, or an `order_variants` one: the robust pick (`pick_robust`) over the config and its
     variants as whole layers on the uniform and zipf draws (medians of `repeat` interleaved timings), taken only
     where it is at least 1% faster than the table's config on the uniform draw."""
@@ -483,13 +494,11 @@ def order_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 1) -> dic
 
     def which(c):
         return "+".join(g for g in ("gate_up", "down") if c[g].get("EXPERT_ORDER")) or "grouped"
-    runs: dict[int, list] = {}
-    for c, times, _ in layer_times(m, w, tokens, ([cfg] + variants) * repeat, describe=which):
-        runs.setdefault(id(c), [c, []])[1].append(times)
-        log.append({"model": m.name, "tokens": tokens, "expert_order": which(c),
-                    "uniform_us": round(times[0] * 1e3, 2), "zipf_us": round(times[1] * 1e3, 2)})
-    results = [(c, statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
-               for c, ts in runs.values() if len(ts) == repeat]
+    results = median_times(m, w, tokens, [cfg] + variants, repeat, describe=which,
+                           on_time=lambda c, t, e: log.append({"model": m.name, "tokens": tokens,
+                                                               "expert_order": which(c),
+                                                               "uniform_us": round(t[0] * 1e3, 2),
+                                                               "zipf_us": round(t[1] * 1e3, 2)}))
     if not results or results[0][0] is not cfg:
         return cfg
     _, u0, z0 = results[0]
@@ -530,8 +539,9 @@ def main(argv=None) -> int:
                     help="only the tile order (`EXPERT_ORDER` per GEMM), on the configs already in the tables "
                          "(--tokens filters)")
     ap.add_argument("--repeat", type=int, default=3,
-                    help="the order step (--order-only, and the last step of a full tune) and the down+combine choice "
-                         "(--combine-only): interleaved timings of each variant, their medians compared")
+                    help="the steps that compare whole layers against a 1%% threshold (--order-only, --combine-only, "
+                         "--persistent-only, and the order step of a full tune): interleaved timings of each variant, "
+                         "their medians compared")
     ap.add_argument("--seed-from", metavar="SLUG",
                     help="start from this device's tables (configs/SLUG/) instead of a full search: the robust pick "
                          "over each bucket's config and its tail and skew variants, timed here")
@@ -578,7 +588,7 @@ def main(argv=None) -> int:
                 elif args.persistent_only:
                     if tokens not in args.tokens:
                         continue
-                    table[key] = persistent_point(m, w, tokens, table[key], log)
+                    table[key] = persistent_point(m, w, tokens, table[key], log, args.repeat)
                 else:
                     table[key] = combine_point(m, w, tokens, table[key], log, args.repeat)
                 atomic_write_text(path, json.dumps(dict(sorted(table.items(), key=lambda kv: int(kv[0]))), indent=1) + "\n")
