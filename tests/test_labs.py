@@ -177,41 +177,63 @@ def test_borrow_lab_variants():
 
 # The Gluon lab (`gluon_lab.py`, NOTES v15): Hopper-only kernels (wgmma, TMA, mbarriers, `gl.warp_specialize`), which
 # Triton's interpreter cannot run. Without a GPU they are compiled for sm90; on a Hopper GPU checked against float64.
+# Compiled in a subprocess without TRITON_INTERPRET. Triton 3.6's interpreter patches `triton.language.core`'s builtins
+# for a `@triton.jit` helper's call (`InterpretedFunction.__call__` -> `_patch_lang`) without restoring them (seen
+# between tests: after `test_align`'s kernels they stay patched), and in CI (session 17) an xdist worker that had run
+# interpreted kernels failed the in-process compile in `gl.cdiv` ("'block_argument' object has no attribute 'dtype'",
+# the interpreter's semantics on a compiler value); alone, or after other tests, it passed. A fresh process does not
+# depend on which tests its worker ran before.
+_GLUON_COMPILE = r"""
+import json, re, sys
+sys.path.insert(0, sys.argv[3])
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+import triton
+import gluon_lab
+
+ws, swiglu = sys.argv[1] == "1", sys.argv[2] == "1"
+defaults = (gluon_lab.gluon_gate_up if swiglu else gluon_lab.gluon_down).__kwdefaults__
+bn, nb = defaults["block_n"], defaults["num_buf"]
+
+def desc(block):
+    return f"tensordesc<bf16{block},{gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)!r}>"
+sig = {"a_desc": desc([128, 64]), "w_desc": desc([bn, 64]), "out_desc": desc([128, bn]),
+       "expert_ids_ptr": "*i32", "num_post_ptr": "*i32", "N": "i32", "K": "i32", "w_rows": "i32",
+       "second_row": "i32", "NUM_PROGRAMS": "constexpr", "SWIGLU": "constexpr", "NUM_BUF": "constexpr",
+       "GROUP_M": "constexpr", "num_warps": "constexpr"}
+consts = {"NUM_PROGRAMS": 132, "SWIGLU": swiglu, "NUM_BUF": nb, "GROUP_M": 8, "num_warps": 8}
+kernel = gluon_lab._grouped_gemm_kernel
+if ws:
+    kernel = gluon_lab._grouped_gemm_ws_kernel
+    sig = {**sig, "LOADER_REGS": "constexpr"}
+    sig["num_warps"] = sig.pop("num_warps")  # the kernel's parameter order
+    consts["LOADER_REGS"] = 40
+compiled = triton.compile(GluonASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": 8})
+ptx = compiled.asm["ptx"]
+print(json.dumps({"bn": bn, "shapes": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
+                  "tma": "cp.async.bulk.tensor" in ptx, "shared": compiled.metadata.shared,
+                  "setmaxnreg": "setmaxnreg" in ptx}))
+"""
+
+
 @pytest.mark.parametrize("ws", [False, True], ids=["pipelined", "warp_specialised"])
 @pytest.mark.parametrize("swiglu", [True, False], ids=["gate_up", "down"])
 def test_gluon_lab_kernels_compile_for_sm90(ws, swiglu):
     """Each launcher's default tile (`gluon_gate_up`, `gluon_down`), compiled as it launches."""
-    import re
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
-    import triton
-    import gluon_lab
-
-    defaults = (gluon_lab.gluon_gate_up if swiglu else gluon_lab.gluon_down).__kwdefaults__
-    bn, nb = defaults["block_n"], defaults["num_buf"]
-
-    def desc(block):
-        return f"tensordesc<bf16{block},{gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)!r}>"
-    sig = {"a_desc": desc([128, 64]), "w_desc": desc([bn, 64]), "out_desc": desc([128, bn]),
-           "expert_ids_ptr": "*i32", "num_post_ptr": "*i32", "N": "i32", "K": "i32", "w_rows": "i32",
-           "second_row": "i32", "NUM_PROGRAMS": "constexpr", "SWIGLU": "constexpr", "NUM_BUF": "constexpr",
-           "GROUP_M": "constexpr", "num_warps": "constexpr"}
-    consts = {"NUM_PROGRAMS": 132, "SWIGLU": swiglu, "NUM_BUF": nb, "GROUP_M": 8, "num_warps": 8}
-    kernel = gluon_lab._grouped_gemm_kernel
-    if ws:
-        kernel = gluon_lab._grouped_gemm_ws_kernel
-        sig = {**sig, "LOADER_REGS": "constexpr"}
-        sig["num_warps"] = sig.pop("num_warps")  # the kernel's parameter order
-        consts["LOADER_REGS"] = 40
-    compiled = triton.compile(GluonASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": 8})
-    ptx = compiled.asm["ptx"]
-    shapes = set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))
-    assert shapes == {f"m64n{bn}k16"}
-    assert "cp.async.bulk.tensor" in ptx  # TMA loads
-    assert compiled.metadata.shared <= 232448  # fits an H100's shared memory
-    assert ("setmaxnreg" in ptx) == ws
+    import os
+    import subprocess
+    bench = Path(__file__).resolve().parents[1] / "experiments" / "bench"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _GLUON_COMPILE, str(int(ws)), str(int(swiglu)), str(bench)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["shapes"] == [f"m64n{got['bn']}k16"]
+    assert got["tma"]  # TMA loads
+    assert got["shared"] <= 232448  # fits an H100's shared memory
+    assert got["setmaxnreg"] == ws
 
 
 @pytest.mark.gpu
