@@ -8,6 +8,7 @@ bf16 is tested only on the GPU (tests/test_gpu.py): Triton's interpreter multipl
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -116,3 +117,12 @@ def strided_view(t: torch.Tensor, layout: str) -> torch.Tensor:
         raise ValueError(f"layout: expected 'contiguous', 'wide' or 'every_other', got {layout!r}")
     assert view.shape[0] <= 1 or not view.is_contiguous()
     return view
+
+
+def compiling_env(*paths) -> dict:
+    """The environment for a compile in a subprocess: TRITON_INTERPRET unset (under it `@triton.jit` makes
+    interpreted functions, and an interpreted run leaves `triton.language` patched in its process) and `paths`
+    first on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), env.get("PYTHONPATH", "")])
+    return env

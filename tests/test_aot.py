@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from helpers import compiling_env
 
 ROOT = Path(__file__).resolve().parents[1]
 AOT = ROOT / "experiments" / "aot"
@@ -34,14 +35,8 @@ def _load(name: str):
     return module
 
 
-def _compiling_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(AOT), env.get("PYTHONPATH", "")])
-    return env
-
-
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, *args], env=_compiling_env(), cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, *args], env=compiling_env(AOT), cwd=ROOT, capture_output=True,
                           text=True, timeout=600, **kw)
     assert done.returncode == 0, f"{' '.join(args)[:200]} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done

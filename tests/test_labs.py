@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench"))
+BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench"
+sys.path.insert(0, str(BENCH))
 
 from decode_layer_lab import MAX_TOKENS, decode_layer  # noqa: E402
-from helpers import assert_rel_close, make_layer  # noqa: E402
+from helpers import assert_rel_close, compiling_env, make_layer  # noqa: E402
 import tritonmoe  # noqa: E402
 from tritonmoe.reference import reference_moe, reference_routing  # noqa: E402
 
@@ -185,7 +186,6 @@ def test_borrow_lab_variants():
 # depend on which tests its worker ran before.
 _GLUON_COMPILE = r"""
 import json, re, sys
-sys.path.insert(0, sys.argv[3])
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -222,12 +222,9 @@ print(json.dumps({"bn": bn, "shapes": sorted(set(re.findall(r"wgmma\.mma_async\.
 @pytest.mark.parametrize("swiglu", [True, False], ids=["gate_up", "down"])
 def test_gluon_lab_kernels_compile_for_sm90(ws, swiglu):
     """Each launcher's default tile (`gluon_gate_up`, `gluon_down`), compiled as it launches."""
-    import os
     import subprocess
-    bench = Path(__file__).resolve().parents[1] / "experiments" / "bench"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _GLUON_COMPILE, str(int(ws)), str(int(swiglu)), str(bench)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", _GLUON_COMPILE, str(int(ws)), str(int(swiglu))],
+                          env=compiling_env(BENCH), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["shapes"] == [f"m64n{got['bn']}k16"]
