@@ -303,3 +303,40 @@ def test_merge_rows_keeps_text_and_replaces_by_key(tmp_path):
     assert merge_rows(path, pd.DataFrame(columns=back.columns), ["model", "tokens", "config"]).values.tolist() == \
         back.values.tolist()
     assert merge_rows(tmp_path / "none.csv", new, ["model"]) is new
+
+
+def test_incumbent_is_the_bucket_a_call_resolves_to():
+    """A count without a bucket of its own runs with the nearest bucket's config (`tuned.nearest_bucket`, the smaller
+    of two equally near on a log scale): that is what a new bucket's search has to beat."""
+    table = {"2": {"name": "two"}, "8": {"name": "eight"}, "64": {"name": "sixty-four"}}
+    assert tune.incumbent(table, 8)["name"] == "eight"
+    assert tune.incumbent(table, 4)["name"] == "two"  # 2 and 8 equally near: the smaller
+    assert tune.incumbent(table, 5)["name"] == "eight"
+    assert tune.incumbent(table, 32)["name"] == "sixty-four"
+    assert tune.incumbent(table, 1)["name"] == "two"
+    assert tune.incumbent({}, 8) is None
+    from tritonmoe.tuned import nearest_bucket
+    assert nearest_bucket([2, 8, 64], 16) == 8 and nearest_bucket([2, 8, 64], 23) == 64
+
+
+def test_incumbent_point_keeps_the_new_config_only_when_robustly_one_percent_faster(monkeypatch):
+    old = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 64}, "down": {}}
+    new = {"BLOCK_M": 32, "gate_up": {"BLOCK_N": 128}, "down": {}}
+    cases = [
+        ((1.0, 1.0), (0.98, 0.99), new),   # faster on both draws
+        ((1.0, 1.0), (0.995, 0.9), old),   # not 1% faster on uniform
+        ((1.0, 1.0), (0.98, 1.10), old),   # 2% on uniform for 10% on zipf: the robust pick keeps the incumbent
+        ((1.0, 1.0), None, old),           # the new config did not run
+        (None, (1.0, 1.0), new),           # the incumbent did not run (a shape it no longer fits)
+    ]
+    for t_old, t_new, want in cases:
+        _fake_times(monkeypatch, lambda c: t_new if c is new else t_old)
+        assert tune.incumbent_point(_M, None, 8, new, old, []) is want, (t_old, t_new)
+    seen = []
+    _fake_times(monkeypatch, lambda c: seen.append(c) or (1.0, 1.0))
+    assert tune.incumbent_point(_M, None, 8, new, None, []) is new and not seen  # empty table: nothing to compare
+    assert tune.incumbent_point(_M, None, 8, new, dict(new), []) is new and not seen  # the same config
+    log = []
+    _fake_times(monkeypatch, lambda c: (0.5, 0.5) if c is new else (1.0, 1.0))
+    tune.incumbent_point(_M, None, 8, new, old, log, repeat=3)
+    assert sorted(r["candidate"] for r in log) == ["incumbent"] * 3 + ["new"] * 3

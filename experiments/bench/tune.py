@@ -7,7 +7,9 @@ replays), then the BLOCK_M with the lowest sum wins; the winner is checked again
 reference. Then tail-block variants of the winner (`TAIL_M`, see `tritonmoe.align`) are timed as whole
 layers on the uniform draw and on the skewed (zipf) one; among those within 5% of the fastest on the uniform
 draw, the one with the smaller worst slowdown over the two draws is kept (`pick_robust`). Last, the same robust
-pick decides the tiles' order per GEMM (`EXPERT_ORDER`, `order_point`). One command tunes a new card:
+pick decides the tiles' order per GEMM (`EXPERT_ORDER`, `order_point`), and the result replaces the config the
+count ran with before (its bucket's, or the nearest bucket's where it had none) only where it is the robust pick of
+the two and 1% faster on the uniform draw (`incumbent_point`). One command tunes a new card:
 
     python experiments/bench/tune.py --models mixtral-8x7b qwen3-30b-a3b
 
@@ -43,7 +45,7 @@ from tritonmoe.align import align_tokens  # noqa: E402
 from tritonmoe.down import combine, down, down_combine  # noqa: E402
 from tritonmoe.fused_expert import fused_expert  # noqa: E402
 from tritonmoe.gate_up import gate_up  # noqa: E402
-from tritonmoe.tuned import CONFIG_DIR, config_path, device_slug  # noqa: E402
+from tritonmoe.tuned import CONFIG_DIR, config_path, device_slug, nearest_bucket  # noqa: E402
 from device_info import atomic_write_text  # noqa: E402
 from problems import TOKENS, load_models, make_tokens, make_weights, zipf_router  # noqa: E402
 from timing import bench  # noqa: E402
@@ -510,6 +512,43 @@ def order_point(m, w, tokens: int, cfg: dict, log: list, repeat: int = 3) -> dic
     return best[0]
 
 
+def incumbent(table: dict, num_routed: int) -> dict | None:
+    """The config that `num_routed` slots run with now: the table's own bucket, else the nearest one's
+    (`tuned.nearest_bucket`, as a layer call resolves it); None for an empty table."""
+    if not table:
+        return None
+    return table[str(nearest_bucket([int(k) for k in table], num_routed))]
+
+
+def incumbent_point(m, w, tokens: int, cfg: dict, old: dict | None, log: list, repeat: int = 3) -> dict:
+    """A full search's config for a bucket against the config the count ran with before it (`incumbent`: the bucket's
+    own, or a neighbour's that was decided at another count), as whole layers on the uniform and zipf draws, medians
+    of `repeat` interleaved timings. The new config is kept where the robust pick (`pick_robust`) takes it and it is
+    at least 1% faster on the uniform draw; otherwise the incumbent is written into the bucket (so the count has a
+    bucket of its own either way, decided at that count)."""
+    if old is None or old == cfg:
+        return cfg
+
+    def which(c):
+        return "new" if c is cfg else "incumbent"
+    results = median_times(m, w, tokens, [old, cfg], repeat, describe=which,
+                           on_time=lambda c, t, e: log.append({"model": m.name, "tokens": tokens,
+                                                               "candidate": which(c), "config": json.dumps(c),
+                                                               "uniform_us": round(t[0] * 1e3, 2),
+                                                               "zipf_us": round(t[1] * 1e3, 2)}))
+    by = {which(r[0]): r for r in results}
+    if "new" not in by:
+        return old
+    if "incumbent" not in by:
+        return cfg
+    (_, u_old, z_old), (_, u_new, z_new) = by["incumbent"], by["new"]
+    best = pick_robust([by["incumbent"], by["new"]])[0]
+    keep = cfg if best is cfg and u_new <= 0.99 * u_old else old
+    print(f"{m.name} T={tokens}: incumbent {u_old*1e3:.1f}/{z_old*1e3:.1f} us (uniform/zipf), new "
+          f"{u_new*1e3:.1f}/{z_new*1e3:.1f} us, kept the {which(keep)}", flush=True)
+    return keep
+
+
 def table_tokens(table: dict, top_k: int, tokens: list[int] | None = None) -> list[int]:
     """The token counts of a table's buckets (slots // top_k), ascending; only those in `tokens` where given."""
     out = sorted(int(b) // top_k for b in table)
@@ -596,6 +635,7 @@ def main(argv=None) -> int:
                     args.log.parent.mkdir(parents=True, exist_ok=True)
                     pd.DataFrame(log).to_csv(args.log, index=False)
                 continue
+            old = incumbent(table, tokens * m.top_k)
             if args.seed_from:
                 cfg = seed[str(tokens * m.top_k)]
             elif args.tails_only:
@@ -607,6 +647,8 @@ def main(argv=None) -> int:
             if not args.tails_only:  # the tile order on the kept config (as --order-only does on a table's)
                 cfg = order_point(m, w, tokens, cfg, log, args.repeat)
                 cfg = select_point(m, w, tokens, cfg, log)  # one token: the routing choice's launch
+                if not args.seed_from:  # the search's pick against what the count ran with before
+                    cfg = incumbent_point(m, w, tokens, cfg, old, log, args.repeat)
             print(f"{name} T={tokens}: keeps BLOCK_M={cfg['BLOCK_M']} TAIL_M={cfg.get('TAIL_M', '-')}", flush=True)
             table[str(tokens * m.top_k)] = cfg
             atomic_write_text(path, json.dumps(dict(sorted(table.items(), key=lambda kv: int(kv[0]))), indent=1) + "\n")

@@ -78,8 +78,13 @@ def table_entry(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, 
     if found is None:
         return None
     path, table = found
-    bucket = min(table, key=lambda b: (abs(math.log2(b) - math.log2(max(1, num_routed))), b))
-    return table[bucket], f"table:{slug}/{path.name}"
+    return table[nearest_bucket(table, num_routed)], f"table:{slug}/{path.name}"
+
+
+def nearest_bucket(buckets, num_routed: int) -> int:
+    """The bucket (a number of routed slots) whose config a call with `num_routed` slots takes: the nearest on a log
+    scale, the smaller of two equally near."""
+    return min(buckets, key=lambda b: (abs(math.log2(b) - math.log2(max(1, num_routed))), b))
 
 
 def lookup_slug(slug: str, dtype: torch.dtype, num_routed: int, E: int, H: int, F: int) -> dict | None:
