@@ -2,7 +2,7 @@
 package), the last-arriver combine (`lastcombine_lab.py`), the block-and-tail pair (`pair_lab.py`) and the benchmarks'
 timing function (`timing.py`), what the borrowed-config lab (`borrow_lab.py`) times, and the Gluon GEMMs of
 `gluon_lab.py` (compiled for sm90 without a GPU; checked against float64 on a Hopper GPU), and the early and pipelined
-decode down projections of `pdl_lab.py`.
+decode down projections of `pdl_lab.py`, and the interleaved impl timings of `impl_ab_lab.py`.
 
 The decode layer's barrier launch spins on global counters, which Triton's interpreter (one program after
 another) cannot run; here it runs as three phased launches of the same kernel, and on the GPU the barrier
@@ -174,6 +174,18 @@ def test_borrow_lab_variants():
     assert "PERSISTENT" not in named["no_persistent"]["gate_up"] and named["no_persistent"]["gate_up"]["DESC"]
     assert named["no_persistent/T64"]["TAIL_M"] == 64 and named["no_persistent/T32"]["TAIL_M"] == 32
     assert len({json.dumps(c, sort_keys=True) for c in named.values()}) == len(named)
+
+
+# The interleaved impl lab (`impl_ab_lab.py`, NOTES v19): the order rotates by round; the summary compares rounds.
+def test_impl_ab_lab_rotates_and_summarizes():
+    from impl_ab_lab import rotated, summarize
+    impls = ["a", "b", "c"]
+    assert [rotated(impls, k) for k in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+    rows = [{"model": "m", "tokens": 8, "routing": "uniform", "impl": i, "round": k, "median_ms": t}
+            for k, (ta, tb) in enumerate([(1.0, 1.1), (1.0, 0.9), (1.2, 1.3)]) for i, t in (("a", ta), ("b", tb))]
+    (line,) = summarize(rows, ["a", "b"])
+    # medians 1.0 and 1.1; b slower than a in rounds 0 and 2
+    assert "a 1.0000 ms" in line and "b 1.1000 ms" in line and "1.1000x of a, slower in 2/3 rounds" in line
 
 
 # The Gluon lab (`gluon_lab.py`, NOTES v15): Hopper-only kernels (wgmma, TMA, mbarriers, `gl.warp_specialize`), which
