@@ -176,7 +176,7 @@ def test_borrow_lab_variants():
     assert len({json.dumps(c, sort_keys=True) for c in named.values()}) == len(named)
 
 
-# The interleaved impl lab (`impl_ab_lab.py`, NOTES v19): the order rotates by round; the summary compares rounds.
+# The interleaved impl lab (`impl_ab_lab.py`, NOTES v20): the order rotates by round; the summary compares rounds.
 def test_impl_ab_lab_rotates_and_summarizes():
     from impl_ab_lab import rotated, summarize
     impls = ["a", "b", "c"]

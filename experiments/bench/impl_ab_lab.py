@@ -1,4 +1,4 @@
-"""Lab (perf notes v19): implementations of the layer timed side by side in interleaved rounds, to settle a tie.
+"""Lab (perf notes v20): implementations of the layer timed side by side in interleaved rounds, to settle a tie.
 
 The sweep (`latency.py`) times each impl once per point, one after the other; where two impls differ by less than the
 run-to-run drift (deepseek-v3 T=128: fused 7.329 ms against w13 7.322, both at 0.99 of the floor) one timing each does
