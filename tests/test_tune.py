@@ -1,4 +1,5 @@
 """The tuner's pure parts (its GPU loop runs on the GPU machine only): candidate sets and the BLOCK_M rule."""
+import json
 import sys
 from pathlib import Path
 
@@ -351,3 +352,26 @@ def test_incumbent_point_keeps_the_new_config_when_as_fast_on_uniform_and_one_pe
     _fake_times(monkeypatch, lambda c: (0.5, 0.5) if c is new else (1.0, 1.0))
     tune.incumbent_point(_M, None, 8, new, old, log, repeat=3)
     assert sorted(r["candidate"] for r in log) == ["incumbent"] * 3 + ["new"] * 3
+
+
+def test_changed_points_lists_the_sweep_points_whose_resolved_config_changed(tmp_path, capsys):
+    """A new bucket changes the points it is nearest to, and only where its config differs from the one they took."""
+    import changed_points
+    import problems
+    m = problems.load_models()["mixtral-8x7b"]  # top_k 2: a bucket is 2 * tokens
+    name = f"E{m.experts}_H{m.hidden}_F{m.ffn}_bfloat16.json"
+    one, many = {"BLOCK_M": 16}, {"BLOCK_M": 64}
+    for folder, table in (("before", {"2": one, "1024": many}),
+                          ("after", {"2": one, "64": one, "256": {"BLOCK_M": 32}, "1024": many})):
+        (tmp_path / folder / "h100-sxm").mkdir(parents=True)
+        (tmp_path / folder / "h100-sxm" / name).write_text(json.dumps(table))
+    got = changed_points.changed_points(tmp_path / "before", tmp_path / "after", "h100-sxm")
+    # Slots T*2 on a log scale. Before: buckets 2 and 1024, T <= 16 took BLOCK_M 16 and T >= 32 took 64. After:
+    # T <= 4 bucket 2, T = 8..64 bucket 64 (T=64's 128 slots equally near 64 and 256: the smaller), T = 128..256
+    # bucket 256 (BLOCK_M 32), T >= 512 bucket 1024. Changed: T = 32 and 64 (64 -> 16), 128 and 256 (64 -> 32).
+    assert got == [f"mixtral-8x7b:{t}" for t in (32, 64, 128, 256)]
+    assert not any(p.startswith("qwen3") for p in got)  # no table for that shape in either folder
+    assert changed_points.main([str(tmp_path / "before"), str(tmp_path / "before"), "h100-sxm"]) == 0
+    assert capsys.readouterr().out == ""
+    with pytest.raises(SystemExit):
+        changed_points.main([str(tmp_path / "before"), str(tmp_path / "nowhere"), "h100-sxm"])
