@@ -1,7 +1,7 @@
 """The sweep points whose tuned config differs between two config folders: what to re-measure after a retune.
 
 Each point (model of `config/models.yaml`, token count of the sweep) is resolved in both folders as a layer call
-resolves it (`tritonmoe.tuned.nearest_bucket` over the device's table for the model's shape), and printed as
+resolves it (`tune.incumbent`: `tritonmoe.tuned.nearest_bucket` over the device's table for the model's shape), and printed as
 `model:tokens` where the two configs differ (a table present in one folder only counts as a difference). Typical use on the GPU
 machine, before and after `tune.py`:
 
@@ -19,18 +19,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
+
 from problems import TOKENS, load_models  # noqa: E402
-from tritonmoe.tuned import nearest_bucket  # noqa: E402
+from tritonmoe.tuned import CONFIG_DIR, config_path  # noqa: E402
+from tune import incumbent  # noqa: E402
 
 
 def resolved(folder: Path, slug: str, m, tokens: int) -> dict | None:
-    path = folder / slug / f"E{m.experts}_H{m.hidden}_F{m.ffn}_bfloat16.json"
-    if not path.exists():
-        return None
-    table = json.loads(path.read_text())
-    if not table:
-        return None
-    return table[str(nearest_bucket([int(k) for k in table], tokens * m.top_k))]
+    """The config a call of `tokens` tokens takes from the bf16 table of `m`'s shape in `folder` (`tune.incumbent`),
+    or None without a table."""
+    path = folder / config_path(slug, m.experts, m.hidden, m.ffn, torch.bfloat16).relative_to(CONFIG_DIR)
+    return incumbent(json.loads(path.read_text()), tokens * m.top_k) if path.exists() else None
 
 
 def changed_points(before: Path, after: Path, slug: str, tokens=TOKENS) -> list[str]:

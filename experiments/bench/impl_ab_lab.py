@@ -3,8 +3,8 @@
 The sweep (`latency.py`) times each impl once per point, one after the other; where two impls differ by less than the
 run-to-run drift (deepseek-v3 T=128: fused 7.329 ms against w13 7.322, both at 0.99 of the floor) one timing each does
 not say which is faster. Here every round captures each impl's whole layer (routing included, as in the sweep) in a
-CUDA graph, poisons its output, checks it against the float64 reference and times its replays with the sweep's
-`time_fn`; the impls' order rotates from round to round, so drift over the run falls on each alike. One row per
+CUDA graph, poisons its output, checks it against the float64 reference and times its replays (the sweep's own
+`latency.measure`); the impls' order rotates from round to round, so drift over the run falls on each alike. One row per
 (case, routing, impl, round); the summary gives each impl's median over rounds and, for each impl against the first,
 the rounds it was faster in.
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
-from latency import capture, rel_err, time_fn  # noqa: E402
+from latency import measure  # noqa: E402
 from problems import ROUTINGS, lab_main, load_models, make_tokens, make_weights  # noqa: E402
 from providers import PROVIDERS  # noqa: E402
 
@@ -80,28 +80,23 @@ def main(argv=None) -> int:
             _, ids = tritonmoe.route(x, w.router_weight, m.top_k)
             ref = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k, topk_ids=ids)
             built = {i: PROVIDERS[i].build(m, w) for i in args.impls}
+            # A provider with its own expert choice is checked against the reference on that choice (as the sweep).
+            refs = {i: ref if not hasattr(fn, "expert_ids") else
+                    tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k,
+                                            topk_ids=fn.expert_ids(x)) for i, fn in built.items()}
             for k in range(args.repeat):
                 for impl in rotated(args.impls, k):
-                    fn = built[impl]
-                    ref_i = ref
-                    if hasattr(fn, "expert_ids"):
-                        ref_i = tritonmoe.reference_moe(x, w.router_weight, w.w_gate_up, w.w_down, m.top_k,
-                                                        topk_ids=fn.expert_ids(x))
-                    g, y = capture(fn, x)
-                    y.fill_(float("nan"))
-                    g.replay()
-                    torch.cuda.synchronize()
-                    err = rel_err(y, ref_i)
+                    # The sweep's graph measurement: capture, poison the output, replay, rel_err, time the replays.
+                    r = measure(PROVIDERS[impl], built[impl], x, refs[impl], True, args)
+                    med, p20, p80, err = r["median_ms"], r["p20_ms"], r["p80_ms"], r["rel_err"]
                     if not err <= 1e-2:
                         raise RuntimeError(f"{impl} {name} T={tokens} {routing}: rel_err {err:.3g}")
-                    med, p20, p80 = time_fn(g.replay, args.warmup_ms, args.rep_ms)
-                    del g, y
                     rows.append({"device": torch.cuda.get_device_name(), "model": name, "tokens": tokens,
                                  "routing": routing, "impl": impl, "round": k, "median_ms": med, "p20_ms": p20,
                                  "p80_ms": p80, "rel_err": err})
                     print(f"{name} T={tokens} {routing} round {k} {impl}: {med:.4f} ms (p20 {p20:.4f}, p80 {p80:.4f}) "
                           f"rel_err {err:.2e}", flush=True)
-            del built, w, x, ref
+            del built, refs, w, x, ref
             torch.cuda.empty_cache()
         for line in summarize([r for r in rows if r["model"] == name and r["tokens"] == tokens], args.impls):
             print(line, flush=True)

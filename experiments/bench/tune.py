@@ -653,7 +653,6 @@ def main(argv=None) -> int:
                     args.log.parent.mkdir(parents=True, exist_ok=True)
                     pd.DataFrame(log).to_csv(args.log, index=False)
                 continue
-            old = incumbent(table, tokens * m.top_k)
             if args.seed_from:
                 cfg = seed[str(tokens * m.top_k)]
             elif args.tails_only:
@@ -666,7 +665,8 @@ def main(argv=None) -> int:
                 cfg = order_point(m, w, tokens, cfg, log, args.repeat)
                 cfg = select_point(m, w, tokens, cfg, log)  # one token: the routing choice's launch
                 if not args.seed_from:  # the search's pick against what the count ran with before
-                    cfg = incumbent_point(m, w, tokens, cfg, old, log, args.repeat)
+                    cfg = incumbent_point(m, w, tokens, cfg, incumbent(table, tokens * m.top_k), log,
+                                          args.repeat)
             print(f"{name} T={tokens}: keeps BLOCK_M={cfg['BLOCK_M']} TAIL_M={cfg.get('TAIL_M', '-')}", flush=True)
             table[str(tokens * m.top_k)] = cfg
             atomic_write_text(path, json.dumps(dict(sorted(table.items(), key=lambda kv: int(kv[0]))), indent=1) + "\n")
