@@ -52,10 +52,33 @@ def driver_version() -> str | None:
         return None
 
 
+# The card itself and the state its clocks are in: two runs at the same commit on two cards of one model differ by a
+# few percent (session 20), which the name alone cannot tell apart.
+GPU_QUERY = ("uuid", "pci.bus_id", "vbios_version", "power.limit", "clocks.max.sm", "clocks.max.mem", "clocks.sm",
+             "temperature.gpu", "clocks_throttle_reasons.active")
+
+
+def gpu_state() -> dict | None:
+    """`GPU_QUERY` of the current CUDA device from nvidia-smi, or None where there is none (ROCm, no nvidia-smi)."""
+    try:
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        # nvidia-smi numbers cards without CUDA_VISIBLE_DEVICES: name this one by its PCI address.
+        bus = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        out = subprocess.run(["nvidia-smi", f"--id={bus}", f"--query-gpu={','.join(GPU_QUERY)}",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            return None
+        values = [v.strip() for v in out.stdout.strip().splitlines()[0].split(",")]
+        return dict(zip(GPU_QUERY, values)) if len(values) == len(GPU_QUERY) else None
+    except Exception:
+        return None
+
+
 def provenance(git_sha: str, git_dirty: bool, copy_gbps: float, bf16_tflops: float) -> dict:
     return {
         "device_name": torch.cuda.get_device_name(),
         "driver": driver_version(),
+        "gpu": gpu_state(),
         "cuda": torch.version.cuda,
         "rocm": torch.version.hip,
         "python": platform.python_version(),
