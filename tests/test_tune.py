@@ -375,3 +375,33 @@ def test_changed_points_lists_the_sweep_points_whose_resolved_config_changed(tmp
     assert capsys.readouterr().out == ""
     with pytest.raises(SystemExit):
         changed_points.main([str(tmp_path / "before"), str(tmp_path / "nowhere"), "h100-sxm"])
+
+
+def test_gpu_state_names_the_card_by_its_pci_address(monkeypatch):
+    """The provenance's `gpu` entry: nvidia-smi asked about the current CUDA device by its PCI address (its own
+    numbering ignores CUDA_VISIBLE_DEVICES), one value per `GPU_QUERY` field; None where nvidia-smi fails or answers
+    with another number of fields."""
+    from types import SimpleNamespace
+
+    import device_info
+
+    calls = []
+    answer = SimpleNamespace(returncode=0, stdout="")
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        return answer
+
+    monkeypatch.setattr(device_info.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(device_info.torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(pci_domain_id=0, pci_bus_id=0x1b, pci_device_id=0))
+    monkeypatch.setattr(device_info.subprocess, "run", run)
+    values = [f"v{i}" for i in range(len(device_info.GPU_QUERY))]
+    answer.stdout = ", ".join(values) + "\n"
+    assert device_info.gpu_state() == dict(zip(device_info.GPU_QUERY, values))
+    assert calls[-1][1] == "--id=00000000:1b:00.0"
+    assert calls[-1][2] == "--query-gpu=" + ",".join(device_info.GPU_QUERY)
+    answer.stdout = "v0, v1\n"
+    assert device_info.gpu_state() is None
+    answer.returncode = 6
+    assert device_info.gpu_state() is None
