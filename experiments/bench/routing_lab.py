@@ -28,7 +28,8 @@ from tritonmoe.routing import (_routing_kernel, _select_partials_kernel, router_
                                 routing_meta, select_meta)
 
 # (BLOCK_T, warps) of the one-kernel routing; ("split", SPLIT_H, BLOCK_E) of the split one.
-VARIANTS = [(16, 4), (32, 4), ("split", 256, 16), ("split", 512, 16), ("split", 512, 32), ("split", 1024, 16),
+# Session 20: 64- and 128-token blocks (a wgmma-sized M, the router read T/64 times instead of T/16).
+VARIANTS = [(16, 4), (32, 4), (64, 4), (64, 8), (128, 8), ("split", 256, 16), ("split", 512, 16), ("split", 512, 32), ("split", 1024, 16),
             ("split", 1024, 32)]
 
 
