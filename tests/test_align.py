@@ -243,3 +243,18 @@ def test_layout_plan_goes_parallel_where_one_program_walks_far():
     assert not plan(2048, 8, 128)["parallel"]            # mixtral T=1024: two chunks, 25 blocks
     assert plan(32768, 128, 128, 64)["parallel"]         # qwen3-30b-a3b T=4096
     assert plan(65536, 256, 128, 64)["parallel"]         # deepseek-v3 T=8192
+
+
+@pytest.mark.parametrize("cap", [256, 64])
+@pytest.mark.parametrize("N,E,block_m,tail_m", [(1000, 8, 64, None), (1024, 8, 64, 16), (513, 8, 16, None),
+                                                 (300, 16, 32, 16)])
+def test_max_chunk_cap(cap, N, E, block_m, tail_m, device, monkeypatch):
+    """`align.MAX_CHUNK` (what `experiments/bench/align_lab.py` varies): a smaller cap sends N slots that one program
+    would align through the chunked path, chunks of at most `cap` slots, with the same tables."""
+    monkeypatch.setattr(tritonmoe.align, "MAX_CHUNK", cap)
+    tritonmoe.align.align_meta.cache_clear()
+    try:
+        assert tritonmoe.align.align_meta(N, E, block_m, tail_m)["CHUNK"] == min(cap, 1024)
+        check_alignment(uniform_ids(N, E, seed=N + cap).to(device), E, block_m, tail_m)
+    finally:
+        tritonmoe.align.align_meta.cache_clear()

@@ -2,7 +2,8 @@
 package), the last-arriver combine (`lastcombine_lab.py`), the block-and-tail pair (`pair_lab.py`) and the benchmarks'
 timing function (`timing.py`), what the borrowed-config lab (`borrow_lab.py`) times, and the Gluon GEMMs of
 `gluon_lab.py` (compiled for sm90 without a GPU; checked against float64 on a Hopper GPU), and the early and pipelined
-decode down projections of `pdl_lab.py`, and the interleaved impl timings of `impl_ab_lab.py`.
+decode down projections of `pdl_lab.py`, the interleaved impl timings of `impl_ab_lab.py`, and the alignment chunk
+cap of `align_lab.py`.
 
 The decode layer's barrier launch spins on global counters, which Triton's interpreter (one program after
 another) cannot run; here it runs as three phased launches of the same kernel, and on the GPU the barrier
@@ -187,6 +188,28 @@ def test_impl_ab_lab_rotates_and_summarizes():
     # medians 1.0 and 1.1; b slower than a in rounds 0 and 2
     assert "a 1.0000 ms" in line and "b 1.1000 ms" in line and "1.1000x of a, slower in 2/3 rounds" in line
 
+
+
+# The alignment chunk lab (`align_lab.py`, NOTES v21): its cap switch reaches the alignment (memo and plans cleared,
+# the previous cap restored by the caller) and the tables it compares are the ones a layer reads.
+def test_align_lab_cap_switch(device):
+    import align_lab
+    from tritonmoe import align
+    before = align.MAX_CHUNK
+    ids = torch.randint(0, 8, (600,), generator=torch.Generator().manual_seed(5), dtype=torch.int32).to(device)
+    got = {}
+    try:
+        for cap in (1024, 128):
+            align_lab.set_cap(cap)
+            assert align.MAX_CHUNK == cap and align.align_meta(600, 8, 64, 16)["CHUNK"] == min(cap, 1024)
+            got[cap] = align_lab.tables(align.align_tokens(ids, 8, 64, 16))
+    finally:
+        align_lab.set_cap(before)
+    assert align.align_meta(600, 8, 64, 16)["CHUNK"] == 1024
+    assert set(got[128]) == {"sorted_ids", *align_lab.TABLES}
+    assert got[128]["sorted_ids"].numel() == int(got[128]["num_post_padded"].item())
+    for k in got[1024]:
+        assert torch.equal(got[1024][k], got[128][k]), k
 
 # The Gluon lab (`gluon_lab.py`, NOTES v15): Hopper-only kernels (wgmma, TMA, mbarriers, `gl.warp_specialize`), which
 # Triton's interpreter cannot run. Without a GPU they are compiled for sm90; on a Hopper GPU checked against float64.

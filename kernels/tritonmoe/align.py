@@ -46,6 +46,11 @@ from ._launch import empty, launch
 
 # Elements of the [CHUNK, BLOCK_E] one-hot tiles the kernels hold in registers.
 _TILE_ELEMS = 16384
+# Slots of one chunk at most: N <= CHUNK slots are aligned by one program (`_align_small_kernel`), more by chunks.
+# Mixtral's 8 experts reach it at T=512 (a [1024, 16] tile; its one program took 24 us of a 1.18 ms layer, session
+# 20's breakdown); `experiments/bench/align_lab.py` times other caps. Plans (`_launch`) and `align_meta` assume it
+# fixed: a lab that changes it clears both.
+MAX_CHUNK = 1024
 # Elements of the [BLOCK_B, BLOCK_E] tiles of `write_block_range`, which keeps several of them live (the expert of
 # each block and its start, count, full blocks and first block): larger tiles spilled (session 5, run 4).
 _BLOCK_TILE_ELEMS = 2048
@@ -319,7 +324,7 @@ def align_meta(N: int, num_experts: int, block_m: int, tail_m: int | None = None
     tail = check_tail(block_m, tail_m)
     block_e = max(16, next_power_of_2(num_experts))
     # No larger than N needs: a 1024-row one-hot tile for 8 slots only costs registers.
-    chunk = max(16, min(1024, _TILE_ELEMS // block_e, next_power_of_2(max(1, N))))
+    chunk = max(16, min(MAX_CHUNK, _TILE_ELEMS // block_e, next_power_of_2(max(1, N))))
     nb = max_blocks(N, num_experts, block_m, tail) + 1  # the blocks and the end of the last one
     block_b = max(16, min(256, _BLOCK_TILE_ELEMS // max(block_e, block_m), next_power_of_2(nb)))
     return dict(BLOCK_M=block_m, TAIL_M=tail, BLOCK_E=block_e, CHUNK=chunk, BLOCK_B=block_b)
