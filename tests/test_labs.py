@@ -189,7 +189,6 @@ def test_impl_ab_lab_rotates_and_summarizes():
     assert "a 1.0000 ms" in line and "b 1.1000 ms" in line and "1.1000x of a, slower in 2/3 rounds" in line
 
 
-
 # The alignment chunk lab (`align_lab.py`, NOTES v21): its cap switch reaches the alignment (memo and plans cleared,
 # the previous cap restored by the caller) and the tables it compares are the ones a layer reads.
 def test_align_lab_cap_switch(device):
@@ -210,6 +209,7 @@ def test_align_lab_cap_switch(device):
     assert got[128]["sorted_ids"].numel() == int(got[128]["num_post_padded"].item())
     for k in got[1024]:
         assert torch.equal(got[1024][k], got[128][k]), k
+
 
 # The Gluon lab (`gluon_lab.py`, NOTES v15): Hopper-only kernels (wgmma, TMA, mbarriers, `gl.warp_specialize`), which
 # Triton's interpreter cannot run. Without a GPU they are compiled for sm90; on a Hopper GPU checked against float64.
@@ -345,3 +345,21 @@ def test_pdl_lab_down_matches_reference(T, E, K, H, F, pre_k, device):
                                  flag=flag)
         assert torch.equal(act_f[: K * 16], act[: K * 16])
         assert torch.equal(y_f, y)
+
+
+def test_lab_weights_keeps_one_model_at_a_time(monkeypatch):
+    """`problems.lab_weights`: a model's weights are made once for all its cases, and a new model's replace them."""
+    from types import SimpleNamespace
+
+    import problems
+    made = []
+    monkeypatch.setattr(problems, "make_weights", lambda m, *a: made.append((m.name, *a)) or object())
+    monkeypatch.setattr(problems.torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(problems, "_LAB_WEIGHTS", {})
+    a, b = SimpleNamespace(name="a"), SimpleNamespace(name="b")
+    wa = problems.lab_weights(a)
+    assert problems.lab_weights(a) is wa
+    wb = problems.lab_weights(b)
+    assert wb is not wa and list(problems._LAB_WEIGHTS) == ["b"]
+    assert problems.lab_weights(a) is not wa
+    assert made == [(n, torch.bfloat16, "cuda", "uniform") for n in "aba"]

@@ -25,9 +25,8 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from tritonmoe import _launch, align  # noqa: E402
-from problems import lab_main, load_models, make_tokens, make_weights  # noqa: E402
+from problems import lab_main, lab_weights, load_models, make_tokens  # noqa: E402
 
-_WEIGHTS: dict = {}
 TABLES = ("expert_ids", "block_rows", "num_post_padded", "expert_counts", "slot_rows")
 
 
@@ -48,11 +47,7 @@ def tables(a: align.Alignment) -> dict[str, torch.Tensor]:
 def run_case(name: str, T: int, rows: list[dict], args) -> None:
     from tune import graph_time
     m = load_models()[name]
-    if name not in _WEIGHTS:  # one model's weights at a time
-        _WEIGHTS.clear()
-        torch.cuda.empty_cache()
-        _WEIGHTS[name] = make_weights(m, torch.bfloat16, "cuda", "uniform")
-    w = _WEIGHTS[name]
+    w = lab_weights(m)
     x = make_tokens(m, T, w, "uniform", torch.bfloat16, "cuda", seed=T)
     cfg = tritonmoe.api.resolve_config(x, T * m.top_k, m.experts, m.hidden, m.ffn, None)
     _, ids = tritonmoe.route(x, w.router_weight, m.top_k)

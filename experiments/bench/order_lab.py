@@ -24,9 +24,8 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from tritonmoe.config import with_expert_order  # noqa: E402
-from problems import lab_main, load_models, make_tokens, make_weights  # noqa: E402
+from problems import lab_main, lab_weights, load_models, make_tokens  # noqa: E402
 
-_WEIGHTS: dict = {}
 
 
 def ordered(cfg: dict, group_m: int | None = None) -> dict:
@@ -37,11 +36,7 @@ def ordered(cfg: dict, group_m: int | None = None) -> dict:
 def run_case(name: str, T: int, rows: list[dict], args) -> None:
     from tune import layer_times
     m = load_models()[name]
-    if name not in _WEIGHTS:  # one model's weights at a time
-        _WEIGHTS.clear()
-        torch.cuda.empty_cache()
-        _WEIGHTS[name] = make_weights(m, torch.bfloat16, "cuda", "uniform")
-    w = _WEIGHTS[name]
+    w = lab_weights(m)
     x = make_tokens(m, T, w, "uniform", torch.bfloat16, "cuda", seed=1000 + T)
     cfg = tritonmoe.api.resolve_config(x, T * m.top_k, m.experts, m.hidden, m.ffn, None)
     named = {"tuned": cfg, "expert_order": ordered(cfg), "expert_order_g32": ordered(cfg, 32)}

@@ -105,6 +105,20 @@ def make_weights(m: Model, dtype: torch.dtype, device, routing: str, seed: int =
     return Weights(wr.to(dtype), wgu, wd, u)
 
 
+_LAB_WEIGHTS: dict[str, Weights] = {}
+
+
+def lab_weights(m: Model) -> Weights:
+    """The labs' weights of `m` (bf16, on the GPU, uniform routing), made once for all of its cases: a lab's cases
+    come model by model, and only one model's weights are kept at a time (the previous model's are dropped and the
+    allocator's cache emptied before the next are made)."""
+    if m.name not in _LAB_WEIGHTS:
+        _LAB_WEIGHTS.clear()
+        torch.cuda.empty_cache()
+        _LAB_WEIGHTS[m.name] = make_weights(m, torch.bfloat16, "cuda", "uniform")
+    return _LAB_WEIGHTS[m.name]
+
+
 def zipf_router(wr: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The zipf draw's router: row e of `wr` plus a multiple of `u` proportional to log((e+1)^-1.2)."""
     E = wr.shape[0]

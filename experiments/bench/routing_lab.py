@@ -22,15 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from problems import add_cases_argument, load_models, make_tokens, make_weights, write_lab_csv  # noqa: E402
+from problems import add_cases_argument, lab_weights, load_models, make_tokens, write_lab_csv  # noqa: E402
 from tune import graph_time  # noqa: E402
 from tritonmoe.routing import (_routing_kernel, _select_partials_kernel, router_partials,  # noqa: E402
                                 routing_meta, select_meta)
 
 # (BLOCK_T, warps) of the one-kernel routing; ("split", SPLIT_H, BLOCK_E) of the split one.
 # Session 20: 64- and 128-token blocks (a wgmma-sized M, the router read T/64 times instead of T/16).
-VARIANTS = [(16, 4), (32, 4), (64, 4), (64, 8), (128, 8), ("split", 256, 16), ("split", 512, 16), ("split", 512, 32), ("split", 1024, 16),
-            ("split", 1024, 32)]
+VARIANTS = [(16, 4), (32, 4), (64, 4), (64, 8), (128, 8), ("split", 256, 16), ("split", 512, 16), ("split", 512, 32),
+            ("split", 1024, 16), ("split", 1024, 32)]
 
 
 def launch(x, wr, top_k, block_t, warps, weights, ids):
@@ -55,14 +55,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     models = load_models()
     rows = []
-    cache: dict = {}
     for name, T in args.cases:
         m = models[name]
-        if name not in cache:  # one model's weights at a time, made once for all its token counts
-            cache.clear()
-            torch.cuda.empty_cache()
-            cache[name] = make_weights(m, torch.bfloat16, "cuda", "uniform")
-        w = cache[name]
+        w = lab_weights(m)
         x = make_tokens(m, T, w, "uniform", torch.bfloat16, "cuda", seed=T)
         out = {}
         for v in VARIANTS:
