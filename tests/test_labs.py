@@ -189,6 +189,18 @@ def test_impl_ab_lab_rotates_and_summarizes():
     assert "a 1.0000 ms" in line and "b 1.1000 ms" in line and "1.1000x of a, slower in 2/3 rounds" in line
 
 
+# The alignment chunk lab's summary: medians per cap over the rounds, the layer against the first cap round by round.
+def test_align_lab_summarizes():
+    from align_lab import summarize
+    rows = [{"model": "m", "tokens": 512, "cap": c, "round": k, "align_us": a, "layer_us": t}
+            for k, (t1024, t256) in enumerate([(1000.0, 990.0), (1010.0, 1012.0), (1004.0, 980.0)])
+            for c, a, t in ((1024, 24.0 + k, t1024), (256, 8.0, t256))]
+    (line,) = summarize(rows, [1024, 256])
+    # layer medians 1004 and 990; cap 256 faster in rounds 0 and 2; alignment medians 25 and 8 us
+    assert "cap 1024 align 25.00 us, layer 1004.0 us" in line and "cap 256 align 8.00 us, layer 990.0 us" in line
+    assert f"({990 / 1004:.4f}x of cap 1024, faster in 2/3 rounds)" in line
+
+
 # The alignment chunk lab (`align_lab.py`, NOTES v21): its cap switch reaches the alignment (memo and plans cleared,
 # the previous cap restored by the caller) and the tables it compares are the ones a layer reads.
 def test_align_lab_cap_switch(device):

@@ -16,6 +16,7 @@ compared with the first cap's entry for entry) and the whole fused layer, each a
 """
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -42,6 +43,30 @@ def tables(a: align.Alignment) -> dict[str, torch.Tensor]:
     the other tables whole."""
     used = int(a.num_post_padded.item())
     return {"sorted_ids": a.sorted_ids[:used].clone(), **{k: getattr(a, k).clone() for k in TABLES}}
+
+
+def summarize(rows: list[dict], caps) -> list[str]:
+    """Per (model, tokens): each cap's median alignment and layer time over its rounds and, against the first cap, the
+    layer's ratio of medians and the rounds in which it was faster (round by round, same round's timings)."""
+    out = []
+    for key in sorted({(r["model"], r["tokens"]) for r in rows}):
+        mine = [r for r in rows if (r["model"], r["tokens"]) == key]
+        layer = {c: {r["round"]: r["layer_us"] for r in mine if r["cap"] == c} for c in caps}
+        align_us = {c: [r["align_us"] for r in mine if r["cap"] == c] for c in caps}
+        base = caps[0]
+        line = [f"{key[0]} T={key[1]}:"]
+        for c in caps:
+            if not layer[c]:
+                continue
+            med = statistics.median(layer[c].values())
+            line.append(f"cap {c} align {statistics.median(align_us[c]):.2f} us, layer {med:.1f} us")
+            if c != base and layer[base]:
+                both = sorted(set(layer[c]) & set(layer[base]))
+                faster = sum(layer[c][k] < layer[base][k] for k in both)
+                line.append(f"({med / statistics.median(layer[base].values()):.4f}x of cap {base}, faster in "
+                            f"{faster}/{len(both)} rounds)")
+        out.append(" ".join(line))
+    return out
 
 
 def run_case(name: str, T: int, rows: list[dict], args) -> None:
@@ -79,6 +104,8 @@ def run_case(name: str, T: int, rows: list[dict], args) -> None:
                       f"{layer_us:9.1f} us, tables {'equal' if same else 'DIFFER'}, rel_err {err:.2e}", flush=True)
     finally:
         set_cap(before)
+    for line in summarize([r for r in rows if r["model"] == name and r["tokens"] == T], args.caps):
+        print(line, flush=True)
 
 
 def main(argv=None) -> int:
