@@ -189,6 +189,17 @@ def test_impl_ab_lab_rotates_and_summarizes():
     assert "a 1.0000 ms" in line and "b 1.1000 ms" in line and "1.1000x of a, slower in 2/3 rounds" in line
 
 
+# The labs' interleaved-round comparison (`problems.against_first`, used by both summaries): medians, the ratio to the
+# first variant, and the common rounds slower and faster (a tie is neither); no comparison without the first's rounds.
+def test_against_first():
+    from problems import against_first
+    by = {"a": {0: 1.0, 1: 2.0, 2: 3.0}, "b": {0: 1.5, 1: 2.0, 3: 9.0}, "c": {}}
+    got = against_first(by, ["a", "b", "c"])
+    assert got == {"a": {"median": 2.0},
+                   "b": {"median": 2.0, "ratio": 1.0, "rounds": 2, "slower": 1, "faster": 0}}
+    assert against_first({"a": {}, "b": {0: 1.0}}, ["a", "b"]) == {"b": {"median": 1.0}}
+
+
 # The alignment chunk lab's summary: medians per cap over the rounds, the layer against the first cap round by round.
 def test_align_lab_summarizes():
     from align_lab import summarize

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from tritonmoe import _launch, align  # noqa: E402
-from problems import lab_main, lab_weights, load_models, make_tokens  # noqa: E402
+from problems import against_first, lab_main, lab_weights, load_models, make_tokens  # noqa: E402
 
 TABLES = ("expert_ids", "block_rows", "num_post_padded", "expert_counts", "slot_rows")
 
@@ -52,19 +52,12 @@ def summarize(rows: list[dict], caps) -> list[str]:
     for key in sorted({(r["model"], r["tokens"]) for r in rows}):
         mine = [r for r in rows if (r["model"], r["tokens"]) == key]
         layer = {c: {r["round"]: r["layer_us"] for r in mine if r["cap"] == c} for c in caps}
-        align_us = {c: [r["align_us"] for r in mine if r["cap"] == c] for c in caps}
-        base = caps[0]
         line = [f"{key[0]} T={key[1]}:"]
-        for c in caps:
-            if not layer[c]:
-                continue
-            med = statistics.median(layer[c].values())
-            line.append(f"cap {c} align {statistics.median(align_us[c]):.2f} us, layer {med:.1f} us")
-            if c != base and layer[base]:
-                both = sorted(set(layer[c]) & set(layer[base]))
-                faster = sum(layer[c][k] < layer[base][k] for k in both)
-                line.append(f"({med / statistics.median(layer[base].values()):.4f}x of cap {base}, faster in "
-                            f"{faster}/{len(both)} rounds)")
+        for c, st in against_first(layer, caps).items():
+            align_us = statistics.median(r["align_us"] for r in mine if r["cap"] == c)
+            line.append(f"cap {c} align {align_us:.2f} us, layer {st['median']:.1f} us")
+            if "ratio" in st:
+                line.append(f"({st['ratio']:.4f}x of cap {caps[0]}, faster in {st['faster']}/{st['rounds']} rounds)")
         out.append(" ".join(line))
     return out
 

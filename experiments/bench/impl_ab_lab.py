@@ -12,7 +12,6 @@ the rounds it was faster in.
 """
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from latency import measure  # noqa: E402
-from problems import ROUTINGS, lab_main, load_models, make_tokens, make_weights  # noqa: E402
+from problems import ROUTINGS, against_first, lab_main, load_models, make_tokens, make_weights  # noqa: E402
 from providers import PROVIDERS  # noqa: E402
 
 DEFAULT_IMPLS = ("tritonmoe_fused", "tritonmoe_w13", "tritonmoe_unfused")
@@ -43,18 +42,11 @@ def summarize(rows: list[dict], impls) -> list[str]:
     for key in keys:
         mine = [r for r in rows if (r["model"], r["tokens"], r["routing"]) == key]
         by = {i: {r["round"]: r["median_ms"] for r in mine if r["impl"] == i} for i in impls}
-        base = impls[0]
         line = [f"{key[0]} T={key[1]} {key[2]}:"]
-        for i in impls:
-            if not by[i]:
-                continue
-            med = statistics.median(by[i].values())
-            line.append(f"{i} {med:.4f} ms")
-            if i != base and by[base]:
-                both = sorted(set(by[i]) & set(by[base]))
-                slower = sum(by[i][k] > by[base][k] for k in both)
-                line.append(f"({med / statistics.median(by[base].values()):.4f}x of {base}, slower in {slower}/"
-                            f"{len(both)} rounds)")
+        for i, st in against_first(by, impls).items():
+            line.append(f"{i} {st['median']:.4f} ms")
+            if "ratio" in st:
+                line.append(f"({st['ratio']:.4f}x of {impls[0]}, slower in {st['slower']}/{st['rounds']} rounds)")
         out.append(" ".join(line))
     return out
 

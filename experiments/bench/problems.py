@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,25 @@ def lab_main(argv, doc: str, prog: str, default_case: str, run_case, add_argumen
         torch.cuda.empty_cache()
         write_lab_csv(rows, args.out)
     return 0
+
+
+def against_first(by: dict, variants) -> dict:
+    """Interleaved lab rounds: `by[v]` maps round -> time for each variant `v` of `variants`. For each variant with
+    rounds: its median and, against the first variant (if that has rounds), the ratio of medians and, over the rounds
+    both ran, how many were slower and how many faster than the first's timing of the same round."""
+    base = variants[0]
+    out = {}
+    for v in variants:
+        if not by[v]:
+            continue
+        med = statistics.median(by[v].values())
+        out[v] = {"median": med}
+        if v != base and by[base]:
+            both = set(by[v]) & set(by[base])
+            out[v].update(ratio=med / statistics.median(by[base].values()), rounds=len(both),
+                          slower=sum(by[v][k] > by[base][k] for k in both),
+                          faster=sum(by[v][k] < by[base][k] for k in both))
+    return out
 
 
 def write_lab_csv(rows: list[dict], out: Path) -> None:
