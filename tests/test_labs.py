@@ -2,8 +2,8 @@
 package), the last-arriver combine (`lastcombine_lab.py`), the block-and-tail pair (`pair_lab.py`) and the benchmarks'
 timing function (`timing.py`), what the borrowed-config lab (`borrow_lab.py`) times, and the Gluon GEMMs of
 `gluon_lab.py` (compiled for sm90 without a GPU; checked against float64 on a Hopper GPU), and the early and pipelined
-decode down projections of `pdl_lab.py`, the interleaved impl timings of `impl_ab_lab.py`, and the alignment chunk
-cap of `align_lab.py`.
+decode down projections of `pdl_lab.py`, the interleaved impl timings of `impl_ab_lab.py`, the alignment chunk
+cap of `align_lab.py`, and the even routing and block model of `rows_lab.py`.
 
 The decode layer's barrier launch spins on global counters, which Triton's interpreter (one program after
 another) cannot run; here it runs as three phased launches of the same kernel, and on the GPU the barrier
@@ -386,3 +386,57 @@ def test_lab_weights_keeps_one_model_at_a_time(monkeypatch):
     assert wb is not wa and list(problems._LAB_WEIGHTS) == ["b"]
     assert problems.lab_weights(a) is not wa
     assert made == [(n, torch.bfloat16, "cuda", "uniform") for n in "aba"]
+
+
+# The rows lab (`rows_lab.py`, NOTES v23): its even routing, the blocks and L2 rows it models, its summary.
+def test_rows_lab_even_ids():
+    from rows_lab import even_ids
+    for T, E, K in ((1024, 8, 2), (37, 8, 2), (64, 64, 8), (5, 3, 3), (3, 1, 1)):
+        ids = even_ids(T, E, K)
+        assert ids.shape == (T, K) and ids.dtype == torch.int32
+        assert all(len(set(row)) == K for row in ids.tolist())  # distinct choices per token
+        counts = torch.bincount(ids.flatten().long(), minlength=E)
+        assert counts.sum() == T * K and counts.max() - counts.min() <= 1
+        if T * K % E == 0:
+            assert (counts == T * K // E).all()
+    with pytest.raises(ValueError, match="K"):
+        even_ids(4, 2, 3)
+
+
+def test_rows_lab_block_stats():
+    from rows_lab import block_stats
+    # 245 rows: two 128-row blocks (a 117-row rest needs two 64-row tails, as many rows as a full block);
+    # 270: two blocks and one tail; 330: a 74-row rest, two tails, so three full blocks. Two column tiles of 256 rows.
+    got = block_stats([245, 270, 330], 128, 64, 256, 512)
+    assert got == {"blocks": 8, "tail_blocks": 1, "padded_rows": 256 + 320 + 384,
+                   "l2_rows": 2 * (2 * 384) + 2 * (2 * 384 + 320) + 2 * (3 * 384)}
+    # without tails every block is full height; an expert without rows costs nothing
+    assert block_stats([0, 129], 128, None, 256, 512) == {"blocks": 2, "tail_blocks": 0, "padded_rows": 256,
+                                                          "l2_rows": 2 * 2 * 384}
+
+
+def test_rows_lab_even_routing_through_the_layer(device):
+    """The lab's even ids go through the package's expert computation: equal counts in the alignment, the output
+    within the dtype's tolerance of the float64 reference of the same routing."""
+    from rows_lab import even_ids
+    T, E, K, H, F = 24, 4, 2, 32, 48
+    layer = make_layer(T, E, H, F, torch.float32, device, seed=23)
+    ids = even_ids(T, E, K, device)
+    w = torch.rand(T, K, generator=torch.Generator().manual_seed(2)).to(device)
+    w = w / w.sum(1, keepdim=True)
+    a = tritonmoe.align_tokens(ids, E, 16)
+    assert a.expert_counts.tolist() == [T * K // E] * E
+    y = tritonmoe.fused_experts(layer.x, w, ids, layer.w_gate_up, layer.w_down)
+    ref = tritonmoe.reference_experts(layer.x, w, ids, layer.w_gate_up, layer.w_down)
+    assert_rel_close(y, ref, torch.float32, "even routing")
+
+
+def test_rows_lab_summarizes():
+    from rows_lab import summarize
+    rows = [{"model": "m", "tokens": 1024, "variant": v, "round": k, "us": t, "l2_rows": l2}
+            for k, ts in enumerate([(1400.0, 1200.0, 1100.0), (1410.0, 1420.0, 1110.0), (1390.0, 1190.0, 1090.0)])
+            for v, t, l2 in zip(("drawn", "even", "dense"), ts, (119, 100, 0))]
+    (line,) = summarize(rows)
+    assert "drawn 1400.0 us" in line and "even 1200.0 us" in line and "dense 1100.0 us" in line
+    assert f"({1200 / 1400:.4f}x of drawn, faster in 2/3 rounds)" in line
+    assert "modelled L2 rows drawn/even 1.190" in line
