@@ -21,17 +21,10 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from latency import measure  # noqa: E402
-from problems import ROUTINGS, against_first, lab_main, load_models, make_tokens, make_weights  # noqa: E402
+from problems import ROUTINGS, against_first, lab_main, load_models, make_tokens, make_weights, rotated  # noqa: E402
 from providers import PROVIDERS  # noqa: E402
 
 DEFAULT_IMPLS = ("tritonmoe_fused", "tritonmoe_w13", "tritonmoe_unfused")
-
-
-def rotated(items, k: int) -> list:
-    """`items` starting at position k (mod len): round k's order."""
-    items = list(items)
-    k %= len(items)
-    return items[k:] + items[:k]
 
 
 def summarize(rows: list[dict], impls) -> list[str]:

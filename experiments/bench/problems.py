@@ -71,6 +71,13 @@ def lab_main(argv, doc: str, prog: str, default_case: str, run_case, add_argumen
     return 0
 
 
+def rotated(items, k: int) -> list:
+    """`items` starting at position k (mod len): round k's order in a lab's interleaved rounds."""
+    items = list(items)
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
 def against_first(by: dict, variants) -> dict:
     """Interleaved lab rounds: `by[v]` maps round -> time for each variant `v` of `variants`. For each variant with
     rounds: its median and, against the first variant (if that has rounds), the ratio of medians and, over the rounds

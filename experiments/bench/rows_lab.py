@@ -34,7 +34,7 @@ import tritonmoe  # noqa: E402
 from tritonmoe.align import expert_blocks  # noqa: E402
 from tritonmoe.config import tail_of  # noqa: E402
 from tritonmoe.reference import reference_experts  # noqa: E402
-from problems import against_first, lab_main, lab_weights, load_models, make_tokens  # noqa: E402
+from problems import against_first, lab_main, lab_weights, load_models, make_tokens, rotated  # noqa: E402
 
 VARIANTS = ("drawn", "even", "dense")
 
@@ -87,6 +87,7 @@ def summarize(rows: list[dict], variants=VARIANTS) -> list[str]:
 
 def run_case(name: str, T: int, rows: list[dict], args) -> None:
     from ceiling import products
+    from latency import rel_err
     from tune import graph_time
     m = load_models()[name]
     w = lab_weights(m)
@@ -107,7 +108,7 @@ def run_case(name: str, T: int, rows: list[dict], args) -> None:
             y.copy_(tritonmoe.fused_experts(x, tw, ids, w.w_gate_up, w.w_down, config=cfg, check_ids=False))
         call()
         torch.cuda.synchronize()
-        err = float((y.double() - ref).norm() / ref.norm())
+        err = rel_err(y, ref)
         if not err <= 1e-2:
             print(f"{name} T={T} {v}: rel_err {err:.2e} above 1e-2 (or NaN): its timings are not a result", flush=True)
         calls[v] = call
@@ -119,7 +120,7 @@ def run_case(name: str, T: int, rows: list[dict], args) -> None:
     meta["dense"] = {"rel_err": float("nan"), "min_rows": dense[0][1], "max_rows": dense[0][1]}
     variants = [v for v in VARIANTS if v in calls]
     for r in range(args.repeat):
-        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+        for v in rotated(variants, r):
             us = graph_time(calls[v]) * 1e3
             rows.append({"device": torch.cuda.get_device_name(), "model": name, "tokens": T, "variant": v,
                          "round": r, "us": round(us, 1), "BLOCK_M": cfg["BLOCK_M"], "TAIL_M": tail_of(cfg) or "",
