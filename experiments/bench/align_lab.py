@@ -2,10 +2,11 @@
 
 Up to CHUNK slots the alignment is one program (`_align_small_kernel`: a [CHUNK, BLOCK_E] one-hot tile, its
 cumulative sum down the slots, the block layout); past it, chunks of CHUNK slots are counted, laid out and scattered
-by three or four launches of many programs. CHUNK is at most `MAX_CHUNK` (1024) slots and `_TILE_ELEMS` / BLOCK_E,
-so only the few-expert models reach 1024: on Mixtral (8 experts) at T=512 the one program took 24 us of a 1.18 ms
-layer (session 20, `breakdown.py`), and at T=1024 the two 1024-slot chunks' scatter 7.4 us. A smaller cap moves
-Mixtral's T=256-512 to the chunked path and splits every chunk's tile.
+by three or four launches of many programs. CHUNK is at most `MAX_CHUNK` slots and `_TILE_ELEMS` / BLOCK_E, so
+only the few-expert models reach the cap. At a cap of 1024 (the package's until session 21) Mixtral (8 experts) at
+T=512 ran one program that took 24 us of a 1.18 ms layer (session 20, `breakdown.py`), and at T=1024 the two
+1024-slot chunks' scatter 7.4 us; a smaller cap moves Mixtral's T=256-512 to the chunked path and splits every
+chunk's tile. The package's cap is 256 since this lab's run (NOTES v22).
 
 For each case and each cap: the alignment alone (`align_tokens` on the layer's own BLOCK_M/TAIL_M, its tables
 compared with the first cap's entry for entry) and the whole fused layer, each as CUDA-graph replays

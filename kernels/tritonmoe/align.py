@@ -47,10 +47,11 @@ from ._launch import empty, launch
 # Elements of the [CHUNK, BLOCK_E] one-hot tiles the kernels hold in registers.
 _TILE_ELEMS = 16384
 # Slots of one chunk at most: N <= CHUNK slots are aligned by one program (`_align_small_kernel`), more by chunks.
-# Mixtral's 8 experts reach it at T=512 (a [1024, 16] tile; its one program took 24 us of a 1.18 ms layer, session
-# 20's breakdown); `experiments/bench/align_lab.py` times other caps. Plans (`_launch`) and `align_meta` assume it
-# fixed: a lab that changes it clears both.
-MAX_CHUNK = 1024
+# 256 since session 21 (`experiments/bench/align_lab.py`, NOTES v22): at 1024, Mixtral's 8 experts reached one
+# program at T=512 (a [1024, 16] tile, 24 us of a 1.18 ms layer, session 20's breakdown), where four chunks of 256
+# take a few launches of many programs. With 64 or more experts _TILE_ELEMS / BLOCK_E caps CHUNK at 256 or less.
+# Plans (`_launch`) and `align_meta` assume it fixed: a lab that changes it clears both.
+MAX_CHUNK = 256
 # Elements of the [BLOCK_B, BLOCK_E] tiles of `write_block_range`, which keeps several of them live (the expert of
 # each block and its start, count, full blocks and first block): larger tiles spilled (session 5, run 4).
 _BLOCK_TILE_ELEMS = 2048
