@@ -440,3 +440,52 @@ def test_rows_lab_summarizes():
     assert "drawn 1400.0 us" in line and "even 1200.0 us" in line and "dense 1100.0 us" in line
     assert f"({1200 / 1400:.4f}x of drawn, faster in 2/3 rounds)" in line
     assert "modelled L2 rows drawn/even 1.190" in line
+
+
+def test_rows_lab_expert_offsets():
+    from rows_lab import expert_offsets
+    assert expert_offsets([3, 0, 5, 1]) == [3, 3, 8, 9]
+    with pytest.raises(ValueError, match="counts"):
+        expert_offsets([2, -1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_lab_vendor_products_agree(dtype):
+    """The grouped and the per-expert references compute the same products on the same operands, an expert without
+    rows included (grouped_mm and mm are torch's own: they run on the CPU too)."""
+    from rows_lab import vendor_products
+    E, H, Fd, counts = 4, 32, 16, [3, 0, 7, 2]
+    g = torch.Generator().manual_seed(1)
+    w13 = torch.randn((E, 2 * Fd, H), generator=g).to(dtype)
+    w2 = torch.randn((E, H, Fd), generator=g).to(dtype)
+    grouped = vendor_products(counts, w13, w2, torch.Generator().manual_seed(7), per_expert=False)()
+    per = vendor_products(counts, w13, w2, torch.Generator().manual_seed(7), per_expert=True)()
+    assert len(grouped) == 1 and len(per) == 3  # the empty expert has no products
+    (h, out), tol = grouped[0], (1e-4 if dtype == torch.float32 else 2e-2)
+    assert h.shape == (12, 2 * Fd) and out.shape == (12, H)
+    torch.testing.assert_close(h.float(), torch.cat([p[0] for p in per]).float(), rtol=tol, atol=tol * 8)
+    torch.testing.assert_close(out.float(), torch.cat([p[1] for p in per]).float(), rtol=tol, atol=tol * 8)
+    # and they are the products asked for: expert 2's rows (3..10) through expert 2's weights, in float64
+    a = torch.randn((12, H), generator=torch.Generator().manual_seed(7)).to(dtype)
+    torch.testing.assert_close(h[3:10].double(), a[3:10].double() @ w13[2].double().T, rtol=tol, atol=tol * 8)
+
+
+def test_rows_lab_vendor_products_refuse():
+    from rows_lab import vendor_products
+    w13, w2 = torch.randn(2, 8, 4), torch.randn(2, 4, 4)
+    with pytest.raises(ValueError, match="counts"):
+        vendor_products([1, 2, 3], w13, w2, torch.Generator(), per_expert=False)
+    with pytest.raises(RuntimeError, match="all zeros"):
+        vendor_products([1, 2], torch.zeros(2, 8, 4), w2, torch.Generator(), per_expert=True)
+
+
+def test_rows_lab_summarizes_the_vendors():
+    from rows_lab import summarize
+    times = {"drawn": 1400.0, "even": 1200.0, "dense": 1100.0, "gmm_drawn": 1500.0, "gmm_even": 1250.0,
+             "mm_drawn": 1320.0}
+    rows = [{"model": "m", "tokens": 1024, "variant": v, "round": k, "us": t + k, "l2_rows": 1}
+            for k in range(3) for v, t in times.items()]
+    (line,) = summarize(rows)
+    assert f"| ours drawn/even {1401 / 1201:.3f}" in line
+    assert f"| grouped_mm drawn/even {1501 / 1251:.3f}" in line
+    assert f"| cuBLAS drawn/even {1321 / 1101:.3f}" in line

@@ -12,7 +12,11 @@ the same tokens with two routings:
   divides T*K (the rows the dense reference has);
 
 both at the table's config for the point, and beside them cuBLAS `bmm` on the even rows (`ceiling.products`, gate|up
-then down, nothing else). Each variant is a CUDA-graph replay (`tune.graph_time`), its output poisoned before its
+then down, nothing else). Whether the draw's rows cost the vendor's GEMMs as much (NOTES v24) is asked of two more
+references, the two products alone again on random operands of the right rows: `gmm_drawn` and `gmm_even`,
+`torch._grouped_mm` (the `torch_grouped_mm` peer's GEMMs) with the drawn and the even rows per expert, and `mm_drawn`,
+one cuBLAS `mm` per expert and product on the drawn rows (models of at most `MM_EXPERTS` experts: the launches of a
+graph of 2E GEMMs would weigh on more). Each variant is a CUDA-graph replay (`tune.graph_time`), its output poisoned before its
 first call and checked against the float64 reference of the same routing; the variants rotate over `--repeat` rounds.
 Each row also gives the blocks the alignment makes and `l2_rows`, the rows of x and weight tiles the gate/up GEMM
 moves from the L2 (`l2_rows`: for each block, its height plus the gate|up tile's rows, for each of the 2F/(2*BLOCK_N)
@@ -36,7 +40,51 @@ from tritonmoe.config import tail_of  # noqa: E402
 from tritonmoe.reference import reference_experts  # noqa: E402
 from problems import against_first, lab_main, lab_weights, load_models, make_tokens, rotated  # noqa: E402
 
-VARIANTS = ("drawn", "even", "dense")
+VARIANTS = ("drawn", "even", "dense", "gmm_drawn", "gmm_even", "mm_drawn")
+MM_EXPERTS = 16
+
+
+def expert_offsets(counts) -> list[int]:
+    """The end of each expert's rows in rows sorted by expert (what grouped_mm's `offs` holds)."""
+    out, total = [], 0
+    for c in counts:
+        if c < 0:
+            raise ValueError(f"counts: expected non-negative rows per expert, got {list(counts)}")
+        total += int(c)
+        out.append(total)
+    return out
+
+
+def vendor_products(counts, w_gate_up: torch.Tensor, w_down: torch.Tensor, gen: torch.Generator, per_expert: bool):
+    """A callable running the layer's two expert products, on random bf16 operands with `counts[e]` rows for expert e:
+    gate|up ([rows, H] x [H, 2F]) then down ([rows, F] x [F, H]), nothing else. `per_expert`: one `torch.mm` per expert
+    with rows and product (cuBLAS); else one `torch._grouped_mm` per product over all experts. Each product is checked
+    once to be finite and not all zeros."""
+    E, two_f, H = w_gate_up.shape
+    if len(counts) != E:
+        raise ValueError(f"counts: expected {E} entries (one per expert), got {len(counts)}")
+    offs = expert_offsets(counts)
+    n, dev = offs[-1], w_gate_up.device
+    a = torch.randn((n, H), generator=gen, device=dev).to(w_gate_up.dtype)
+    act = torch.randn((n, two_f // 2), generator=gen, device=dev).to(w_gate_up.dtype)
+    wgu, wd = w_gate_up.transpose(1, 2), w_down.transpose(1, 2)
+    if per_expert:
+        starts = [0] + offs[:-1]
+        parts = [(a[s:e], act[s:e], wgu[k], wd[k]) for k, (s, e) in enumerate(zip(starts, offs)) if e > s]
+
+        def fn():
+            return [(torch.mm(xa, g), torch.mm(xb, d)) for xa, xb, g, d in parts]
+    else:
+        gm = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
+        o = torch.tensor(offs, dtype=torch.int32, device=dev)
+
+        def fn():
+            return [(gm(a, wgu, offs=o), gm(act, wd, offs=o))]
+    for pair in fn():
+        for y in pair:
+            if not bool(torch.isfinite(y).all()) or float(y.abs().max()) == 0:
+                raise RuntimeError("vendor_products: a product is not finite or is all zeros")
+    return fn
 
 
 def even_ids(T: int, E: int, K: int, device=None) -> torch.Tensor:
@@ -67,7 +115,8 @@ def block_stats(counts, block_m: int, tail_m: int | None, gate_up_n: int, two_f:
 
 def summarize(rows: list[dict], variants=VARIANTS) -> list[str]:
     """Per (model, tokens): each variant's median over its rounds and, against `drawn`, the ratio of medians and the
-    rounds in which it was faster; with the modelled L2 ratio (drawn/even `l2_rows`)."""
+    rounds in which it was faster; with the modelled L2 ratio (drawn/even `l2_rows`) and, for ours and for each
+    vendor reference that ran, the ratio of medians drawn/even (cuBLAS: `mm_drawn` over `dense`, the `bmm` on even rows)."""
     out = []
     for key in sorted({(r["model"], r["tokens"]) for r in rows}):
         mine = [r for r in rows if (r["model"], r["tokens"]) == key]
@@ -81,6 +130,11 @@ def summarize(rows: list[dict], variants=VARIANTS) -> list[str]:
               if any(r["variant"] == v for r in mine)}
         if len(l2) == 2:
             line.append(f"modelled L2 rows drawn/even {l2['drawn'] / l2['even']:.3f}")
+        med = {v: statistics.median(by[v].values()) for v in by if by[v]}
+        for name, (num, den) in {"ours": ("drawn", "even"), "grouped_mm": ("gmm_drawn", "gmm_even"),
+                                 "cuBLAS": ("mm_drawn", "dense")}.items():
+            if num in med and den in med:
+                line.append(f"| {name} drawn/even {med[num] / med[den]:.3f}")
         out.append(" ".join(line))
     return out
 
@@ -118,6 +172,17 @@ def run_case(name: str, T: int, rows: list[dict], args) -> None:
     dense = products(m, T, w.w_gate_up, w.w_down, gen)
     calls["dense"] = lambda: [fn() for _, _, fn in dense]
     meta["dense"] = {"rel_err": float("nan"), "min_rows": dense[0][1], "max_rows": dense[0][1]}
+    for v, ids, per_expert in (("gmm_drawn", drawn, False), ("gmm_even", routings["even"], False),
+                               ("mm_drawn", drawn, True)):
+        if per_expert and E > MM_EXPERTS:
+            continue
+        counts = torch.bincount(ids.flatten().long(), minlength=E).tolist()
+        try:
+            calls[v] = vendor_products(counts, w.w_gate_up, w.w_down, gen, per_expert)
+        except Exception as e:  # a reference that cannot run says why and the lab goes on
+            print(f"{name} T={T} {v}: {type(e).__name__}: {e}", flush=True)
+            continue
+        meta[v] = {"rel_err": float("nan"), "min_rows": min(counts), "max_rows": max(counts)}
     variants = [v for v in VARIANTS if v in calls]
     for r in range(args.repeat):
         for v in rotated(variants, r):
