@@ -489,3 +489,12 @@ def test_rows_lab_summarizes_the_vendors():
     assert f"| ours drawn/even {1401 / 1201:.3f}" in line
     assert f"| grouped_mm drawn/even {1501 / 1251:.3f}" in line
     assert f"| cuBLAS drawn/even {1321 / 1101:.3f}" in line
+
+
+def test_cublas_rows_lab_reads_tiles():
+    from cublas_rows_lab import tile_of
+    name = ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_cluster2x1x1_warpgroupsize2x1x1_"
+            "execute_segment_k_off_kernel__5x_cublas")
+    assert tile_of(name) == {"tile": "128x256x64", "cluster": "2x1x1"}
+    assert tile_of("nvjet_hsh_256x128_64x4_2x1_v_bz_coopA_NNT") == {"tile": "256x128x64", "cluster": "2x1x1"}
+    assert tile_of("void at::native::elementwise_kernel<128, 4>") == {"tile": "", "cluster": ""}
