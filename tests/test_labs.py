@@ -497,4 +497,13 @@ def test_cublas_rows_lab_reads_tiles():
             "execute_segment_k_off_kernel__5x_cublas")
     assert tile_of(name) == {"tile": "128x256x64", "cluster": "2x1x1"}
     assert tile_of("nvjet_hsh_256x128_64x4_2x1_v_bz_coopA_NNT") == {"tile": "256x128x64", "cluster": "2x1x1"}
+    assert tile_of("nvjet_sm90_tst_256x144_64x4_1x2_h_bz_coopA_NNT") == {"tile": "256x144x64", "cluster": "1x2x1"}
     assert tile_of("void at::native::elementwise_kernel<128, 4>") == {"tile": "", "cluster": ""}
+
+
+def test_cublas_rows_lab_main_kernel():
+    from cublas_rows_lab import main_kernel
+    reduce = "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float, __nv_bfloat16, false>"
+    gemm = "nvjet_sm90_tst_64x120_64x9_2x1_v_bz_NNT"
+    assert main_kernel([gemm, reduce]) == gemm and main_kernel([reduce, gemm]) == gemm
+    assert main_kernel([reduce]) == reduce and main_kernel([]) == ""

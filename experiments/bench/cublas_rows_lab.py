@@ -24,13 +24,15 @@ from problems import load_models, write_lab_csv  # noqa: E402
 _TILE = re.compile(r"tilesize(\d+)x(\d+)x(\d+)")
 _CLUSTER = re.compile(r"cluster(\d+)x(\d+)x(\d+)")
 # cuBLAS's nvjet kernels: nvjet_<types>_<tile M>x<tile N>_<tile K>x<stages>_<cluster M>x<cluster N>_...
-_NVJET = re.compile(r"nvjet_[a-z]+_(\d+)x(\d+)_(\d+)x(\d+)_(\d+)x(\d+)_")
+_NVJET = re.compile(r"nvjet_(?:[a-z0-9]+_)*?(\d+)x(\d+)_(\d+)x(\d+)_(\d+)x(\d+)_")
 
 
 def tile_of(name: str) -> dict:
     """The tile (M x N x K) and cluster (M x N x K CTAs) a cuBLAS/CUTLASS kernel's name states, as strings like
     '128x256x64' ('' where the name does not say); nvjet kernels name them as
-    nvjet_<types>_<M>x<N>_<K>x<stages>_<cluster M>x<cluster N>_..., read that way."""
+    nvjet_<arch>_<types>_<M>x<N>_<K>x<stages>_<cluster M>x<cluster N>_..., read that way (cuBLAS's M and N are
+    those of the column-major product it computes: for torch.mm(a, w) on row-major tensors, M runs along w's
+    columns and N along a's rows)."""
     j = _NVJET.search(name)
     if j:
         return {"tile": f"{j[1]}x{j[2]}x{j[3]}", "cluster": f"{j[5]}x{j[6]}x1"}
@@ -48,6 +50,15 @@ def kernels_of(fn) -> list[str]:
         torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     return [e.name for e in sorted(events, key=lambda e: e.time_range.start)]
+
+
+def main_kernel(names: list[str]) -> str:
+    """The GEMM among a call's kernels: the first whose name says nvjet or gemm and is not a split-K reduction,
+    else the longest name ('' for none)."""
+    for n in names:
+        if ("nvjet" in n or "gemm" in n.lower()) and "reduce" not in n.lower():
+            return n
+    return max(names, key=len) if names else ""
 
 
 def main(argv=None) -> int:
@@ -80,9 +91,10 @@ def main(argv=None) -> int:
                 raise RuntimeError(f"{args.model} rows={r} {product}: the product is not finite or is all zeros")
             us = graph_time(fn) * 1e3
             names = kernels_of(fn)
-            main_k = max(names, key=len) if names else ""
+            main_k = main_kernel(names)
             rows.append({"device": torch.cuda.get_device_name(), "model": args.model, "product": product, "rows": r,
-                         "us": round(us, 2), "kernels": len(names), **tile_of(main_k), "kernel": main_k[:300]})
+                         "us": round(us, 2), "kernels": len(names), **tile_of(main_k), "kernel": main_k[:300],
+                         "others": ";".join(n[:80] for n in names if n != main_k)})
             print(f"{args.model} rows={r:5d} {product:7s} {us:8.1f} us  {tile_of(main_k)}  {main_k[:140]}", flush=True)
         write_lab_csv(rows, args.out)
     return 0
