@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -121,3 +122,49 @@ def test_merge_replaces_same_key(tmp_path):
     # The file's rows come back as written (text), the new row as measured; the rerun at 512 replaced the old one.
     assert len(merged) == 2 and sorted(float(v) for v in merged["median_ms"]) == [1.0, 2.0]
     assert [int(t) for t in merged["tokens"]] == [512, 1024]
+
+
+def test_drawn_products_per_expert():
+    """The drawn-rows reference: one product per expert with rows, of that expert's rows and weights; bad counts are
+    refused by name (runs on the CPU: torch.mm)."""
+    import ceiling
+    E, H, Fd, counts = 3, 16, 8, [4, 0, 5]
+    g = torch.Generator().manual_seed(0)
+    w13, w2 = torch.randn((E, 2 * Fd, H), generator=g), torch.randn((E, H, Fd), generator=g)
+    (s1, r1, gate_up), (s2, r2, down) = ceiling.drawn_products(counts, w13, w2, torch.Generator().manual_seed(1))
+    assert (s1, r1, s2, r2) == ("gate_up", 5, "down", 5)
+    ys, zs = gate_up(), down()
+    assert [tuple(y.shape) for y in ys] == [(4, 2 * Fd), (5, 2 * Fd)]
+    assert [tuple(z.shape) for z in zs] == [(4, H), (5, H)]
+    # expert 2's operand is the second drawn after expert 0's: rebuild both from the same seed and check the product
+    g1 = torch.Generator().manual_seed(1)
+    a0, a2 = torch.randn((4, H), generator=g1), torch.randn((5, H), generator=g1)
+    torch.testing.assert_close(ys[1], (a2.double() @ w13[2].double().T).float())  # float32 tolerances
+    for bad in ([1, 2], [1, -1, 2], [0, 0, 0]):
+        with pytest.raises(ValueError, match="counts"):
+            ceiling.drawn_products(bad, w13, w2, torch.Generator())
+
+
+def test_table_drawn_column(repo):
+    """Drawn-rows rows at one point fill that point's drawn column (traced to them); other points get a dash."""
+    (repo / "experiments/analysis").mkdir(parents=True)
+    (repo / tab_ceiling.SCRIPT).write_text("")
+    (repo / "config").mkdir()
+    (repo / "config/config.yaml").write_text((ROOT / "config/config.yaml").read_text())
+    frame = pd.read_csv(CEILING, dtype=str, keep_default_na=False)
+    point = frame[(frame["model"] == "mixtral-8x7b") & (frame["tokens"] == "512")]
+    assert len(point) == 2
+    drawn = point.assign(impl=tab_ceiling.DRAWN, rows_per_expert="140",
+                         median_ms=[f"{1.25 * float(v):.6g}" for v in point["median_ms"]],
+                         p20_ms=[f"{1.2 * float(v):.6g}" for v in point["median_ms"]],
+                         p80_ms=[f"{1.3 * float(v):.6g}" for v in point["median_ms"]])
+    pd.concat([frame, drawn]).to_csv(CEILING, index=False)
+    out = repo / "generated" / "ceiling.tex"
+    assert tab_ceiling.main(["--latency", str(LATENCY), "--ceiling", str(CEILING),
+                             "--settings", str(repo / "config/config.yaml"), "--out", str(out)]) == 0
+    text = out.read_text()
+    # floor = 0.7 of the fused time, dense = 0.8 of it, drawn = 1.25 x dense: 0.7 / 1.0 = 70%
+    assert "\\tv{drawn_floor.h100-sxm.mixtral-8x7b.512}{70}" in text
+    assert "drawn_floor.h100-sxm.mixtral-8x7b.4096" not in text and "--" in text
+    assert "\\tv{over_dense.h100-sxm.mixtral-8x7b.512}{0.80}" in text  # the dense reference's columns unchanged
+    assert check_generated(out, repo, Recomputer(".")) == []

@@ -1,7 +1,9 @@
 """Table: how far the floor is from the expert GEMMs themselves. Per measured device, model and token count of
 its `ceiling.csv`: the floor, the headline impl's whole layer (the config's launch mode) and its fraction of
 the floor, the dense reference (the vendor's batched GEMMs on the layer's two products with even rows per
-expert, `experiments/bench/ceiling.py`) and its fraction of the floor, and the layer's speed relative to it.
+expert, `experiments/bench/ceiling.py`) and its fraction of the floor, the drawn-rows reference's fraction of the
+floor (cuBLAS, one GEMM per expert on the rows the sweep's draw gives it; measured for models with few experts,
+a dash elsewhere), and the layer's speed relative to the dense reference.
 Defines `\\CeilingTable` (a sentence when no device has a ceiling.csv).
 
     python -m experiments.analysis.tab_ceiling --latency results/raw/*/latency.csv \\
@@ -22,13 +24,17 @@ from .trace import Tracer
 
 SCRIPT = "experiments/analysis/tab_ceiling.py"
 DENSE = "cublas_bmm"
+DRAWN = "cublas_mm_drawn"
 
 
 def ceiling_lines(tr: Tracer, layer: pd.DataFrame, dense: pd.DataFrame, settings: dict) -> tuple[list[str], list[str]]:
-    """`layer`: the headline impl's shown latency rows; `dense`: ceiling rows of the config's dtype. Returns the devices'
-    header cells and one row per model and token count, each device a group of four columns (floor, the layer's and
-    the dense reference's fractions of it, the layer's speed over the reference; dashes where it lacks the point)."""
+    """`layer`: the headline impl's shown latency rows; `dense`: ceiling rows of the config's dtype (both references).
+    Returns the devices' header cells and one row per model and token count of the dense reference, each device a
+    group of five columns (floor, the layer's, the dense reference's and the drawn-rows reference's fractions of it,
+    the layer's speed over the dense reference; dashes where it lacks the point)."""
     impl = settings["headline_impl"]
+    drawn = dense[dense["impl"] == DRAWN]
+    dense = dense[dense["impl"] == DENSE]
     devices = list(dict.fromkeys(dense["device"]))
     heads = [tr.document(f"device.{device}", CONFIG, ["devices", device]) for device in devices]
     lines = []
@@ -38,9 +44,9 @@ def ceiling_lines(tr: Tracer, layer: pd.DataFrame, dense: pd.DataFrame, settings
             for device in devices:
                 def at(frame):
                     return frame[(frame["device"] == device) & (frame["model"] == model) & (frame["tokens"] == tokens)]
-                own, pair = at(layer), at(dense)
+                own, pair, mine = at(layer), at(dense), at(drawn)
                 if len(own) != 1 or len(pair) != 2:
-                    cells += ["--"] * 4
+                    cells += ["--"] * 5
                     continue
                 first = own if first is None else first
                 both = pd.concat([own, pair], ignore_index=True)
@@ -49,6 +55,8 @@ def ceiling_lines(tr: Tracer, layer: pd.DataFrame, dense: pd.DataFrame, settings
                     tr.number(f"floor.{key}", "cell", own, "sig3", column="floor_ms"),
                     tr.number(f"layer_floor.{key}", "floor_fraction", own, "pct") + r"\%",
                     tr.number(f"dense_floor.{key}", "dense_floor_fraction", both, "pct", dense=DENSE, impl=impl) + r"\%",
+                    (tr.number(f"drawn_floor.{key}", "dense_floor_fraction", pd.concat([own, mine], ignore_index=True),
+                               "pct", dense=DRAWN, impl=impl) + r"\%") if len(mine) == 2 else "--",
                     tr.number(f"over_dense.{key}", "over_dense", both, "ratio", dense=DENSE, impl=impl),
                 ]
             if first is not None:
@@ -74,14 +82,14 @@ def main(argv=None) -> int:
         layer = shown_rows(latency, settings)
         layer = layer[layer["impl"] == settings["headline_impl"]]
         dense = load_all(args.ceiling, repo)
-        dense = dense[(dense["dtype"] == settings["dtype"]) & (dense["impl"] == DENSE)]
+        dense = dense[(dense["dtype"] == settings["dtype"]) & dense["impl"].isin([DENSE, DRAWN])]
         heads, lines = ceiling_lines(tr, layer, dense, settings)
     if lines:
-        # `\DeviceGroup` (the paper's preamble) spans a device's four columns: no digit may appear outside `\tv` here.
+        # `\DeviceGroup` (the paper's preamble) spans a device's five columns: no digit may appear outside `\tv` here.
         groups = " & ".join(rf"\DeviceGroup{{{h}}}" for h in heads)
-        names = " & ".join([r"floor (ms) & layer / floor & dense / floor & layer / dense"] * len(heads))
+        names = " & ".join([r"floor (ms) & layer / floor & dense / floor & drawn / floor & layer / dense"] * len(heads))
         table = "\n".join([
-            r"\begin{tabular}{ll" + "rrrr" * len(heads) + "}", r"\toprule",
+            r"\begin{tabular}{ll" + "rrrrr" * len(heads) + "}", r"\toprule",
             rf" & & {groups} \\",
             rf"model & tokens & {names} \\",
             r"\midrule", *lines, r"\bottomrule", r"\end{tabular}"])
