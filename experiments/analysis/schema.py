@@ -49,7 +49,9 @@ TRAFFIC_OPTIONAL: dict[str, str] = {c: "bytes" for c in (
     "unique_write_bytes", "padding_bytes", "fewest_bytes")}
 
 # ceiling.csv (experiments/bench/ceiling.py, an extension of the contract): the dense reference, the vendor's
-# batched GEMMs on the layer's two products with even rows per expert; one row per product (stage gate_up or down).
+# batched GEMMs on the layer's two products with even rows per expert (impl cublas_bmm), and one cuBLAS GEMM per
+# expert on the rows of the sweep's draw (impl cublas_mm_drawn, rows_per_expert the largest expert's); one row per
+# product (stage gate_up or down) and impl.
 CEILING_COLUMNS: dict[str, str] = {
     "device": "name",
     "model": "name",
