@@ -450,33 +450,42 @@ def test_rows_lab_expert_offsets():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rows_lab_vendor_products_agree(dtype):
-    """The grouped and the per-expert references compute the same products on the same operands, an expert without
-    rows included (grouped_mm and mm are torch's own: they run on the CPU too)."""
-    from rows_lab import vendor_products
+def test_rows_lab_grouped_products(dtype):
+    """The grouped reference computes each expert's products on its rows, an expert without rows included, against
+    float64 on the same operands (grouped_mm is torch's own: it runs on the CPU too). The per-expert cuBLAS reference,
+    `ceiling.drawn_products`, is tested in test_ceiling.py."""
+    from rows_lab import grouped_products
     E, H, Fd, counts = 4, 32, 16, [3, 0, 7, 2]
     g = torch.Generator().manual_seed(1)
     w13 = torch.randn((E, 2 * Fd, H), generator=g).to(dtype)
     w2 = torch.randn((E, H, Fd), generator=g).to(dtype)
-    grouped = vendor_products(counts, w13, w2, torch.Generator().manual_seed(7), per_expert=False)()
-    per = vendor_products(counts, w13, w2, torch.Generator().manual_seed(7), per_expert=True)()
-    assert len(grouped) == 1 and len(per) == 3  # the empty expert has no products
-    (h, out), tol = grouped[0], (1e-4 if dtype == torch.float32 else 2e-2)
+    h, out = grouped_products(counts, w13, w2, torch.Generator().manual_seed(7))()
     assert h.shape == (12, 2 * Fd) and out.shape == (12, H)
-    torch.testing.assert_close(h.float(), torch.cat([p[0] for p in per]).float(), rtol=tol, atol=tol * 8)
-    torch.testing.assert_close(out.float(), torch.cat([p[1] for p in per]).float(), rtol=tol, atol=tol * 8)
-    # and they are the products asked for: expert 2's rows (3..10) through expert 2's weights, in float64
-    a = torch.randn((12, H), generator=torch.Generator().manual_seed(7)).to(dtype)
-    torch.testing.assert_close(h[3:10].double(), a[3:10].double() @ w13[2].double().T, rtol=tol, atol=tol * 8)
+    g7 = torch.Generator().manual_seed(7)  # the operands, drawn again from the same seed
+    a, act = torch.randn((12, H), generator=g7).to(dtype), torch.randn((12, Fd), generator=g7).to(dtype)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for k, (s, e) in enumerate([(0, 3), (3, 3), (3, 10), (10, 12)]):
+        torch.testing.assert_close(h[s:e].double(), a[s:e].double() @ w13[k].double().T, rtol=tol, atol=tol * 8)
+        torch.testing.assert_close(out[s:e].double(), act[s:e].double() @ w2[k].double().T, rtol=tol, atol=tol * 8)
 
 
-def test_rows_lab_vendor_products_refuse():
-    from rows_lab import vendor_products
+def test_rows_lab_references_refuse():
+    """Bad counts are refused by name; a reference whose products are all zeros (or not finite) is refused before it
+    is timed, the grouped one and the per-expert one alike."""
+    import ceiling
+    from rows_lab import checked, grouped_products
     w13, w2 = torch.randn(2, 8, 4), torch.randn(2, 4, 4)
     with pytest.raises(ValueError, match="counts"):
-        vendor_products([1, 2, 3], w13, w2, torch.Generator(), per_expert=False)
+        grouped_products([1, 2, 3], w13, w2, torch.Generator())
     with pytest.raises(RuntimeError, match="all zeros"):
-        vendor_products([1, 2], torch.zeros(2, 8, 4), w2, torch.Generator(), per_expert=True)
+        checked(grouped_products([1, 2], torch.zeros(2, 8, 4), w2, torch.Generator()), "grouped")
+    mm = ceiling.drawn_products([1, 2], torch.zeros(2, 8, 4), w2, torch.Generator())
+    with pytest.raises(RuntimeError, match="all zeros"):
+        checked(lambda: [fn() for _, _, fn in mm], "per expert")
+    nan = torch.full((2, 4, 4), float("nan"))
+    with pytest.raises(RuntimeError, match="not finite"):
+        checked(grouped_products([1, 2], w13, nan, torch.Generator()), "grouped")
+    assert checked(grouped_products([1, 2], w13, w2, torch.Generator()), "grouped")()[0].shape == (3, 8)
 
 
 def test_rows_lab_summarizes_the_vendors():

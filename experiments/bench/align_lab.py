@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from tritonmoe import _launch, align  # noqa: E402
-from problems import against_first, lab_main, lab_weights, load_models, make_tokens  # noqa: E402
+from problems import against_first, lab_main, lab_weights, load_models, make_tokens, rounds_by  # noqa: E402
 
 TABLES = ("expert_ids", "block_rows", "num_post_padded", "expert_counts", "slot_rows")
 
@@ -50,9 +50,7 @@ def summarize(rows: list[dict], caps) -> list[str]:
     """Per (model, tokens): each cap's median alignment and layer time over its rounds and, against the first cap, the
     layer's ratio of medians and the rounds in which it was faster (round by round, same round's timings)."""
     out = []
-    for key in sorted({(r["model"], r["tokens"]) for r in rows}):
-        mine = [r for r in rows if (r["model"], r["tokens"]) == key]
-        layer = {c: {r["round"]: r["layer_us"] for r in mine if r["cap"] == c} for c in caps}
+    for key, mine, layer in rounds_by(rows, ("model", "tokens"), "cap", caps, "layer_us"):
         line = [f"{key[0]} T={key[1]}:"]
         for c, st in against_first(layer, caps).items():
             align_us = statistics.median(r["align_us"] for r in mine if r["cap"] == c)

@@ -55,6 +55,14 @@ def products(m, tokens: int, w_gate_up: torch.Tensor, w_down: torch.Tensor, gen:
     return [("gate_up", rows, lambda: torch.bmm(a, wgu)), ("down", rows, lambda: torch.bmm(act, wd))]
 
 
+def usable(products) -> bool:
+    """True when every product (a tensor, or a list or tuple of tensors and of pairs of them) is finite and not all
+    zeros: what a timed reference must give before its timing counts."""
+    if isinstance(products, (list, tuple)):
+        return all(usable(p) for p in products)
+    return bool(torch.isfinite(products).all()) and float(products.abs().max()) > 0
+
+
 def drawn_counts(m, tokens: int, w) -> list[int]:
     """Rows per expert of the sweep's uniform draw at `tokens` (its tokens, seed = tokens, through `tritonmoe.route`)."""
     import tritonmoe
@@ -95,9 +103,7 @@ def measure(models: list, tokens: list[int], git_sha: str, impls=IMPLS) -> list[
                 todo += [("cublas_mm_drawn", *p) for p in drawn_products(drawn_counts(m, t, w), w.w_gate_up,
                                                                           w.w_down, gen)]
             for impl, stage, rows, fn in todo:
-                y = fn()
-                if not all(bool(torch.isfinite(p).all()) and float(p.abs().max()) > 0
-                           for p in (y if isinstance(y, list) else [y])):
+                if not usable(fn()):
                     raise RuntimeError(f"{m.name} T={t} {stage}: the product is not finite or is all zeros")
                 med, p20, p80 = bench(fn)
                 out.append({"device": slug, "model": m.name, "dtype": "bf16", "tokens": t, "stage": stage,

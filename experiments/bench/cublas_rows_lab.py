@@ -62,6 +62,7 @@ def main_kernel(names: list[str]) -> str:
 
 
 def main(argv=None) -> int:
+    from ceiling import usable
     from tune import graph_time
     models = load_models()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,16 +87,16 @@ def main(argv=None) -> int:
 
             def fn(a=a, w=w):
                 return torch.mm(a, w)
-            y = fn()
-            if not bool(torch.isfinite(y).all()) or float(y.abs().max()) == 0:
+            if not usable(fn()):
                 raise RuntimeError(f"{args.model} rows={r} {product}: the product is not finite or is all zeros")
             us = graph_time(fn) * 1e3
             names = kernels_of(fn)
             main_k = main_kernel(names)
+            shape = tile_of(main_k)
             rows.append({"device": torch.cuda.get_device_name(), "model": args.model, "product": product, "rows": r,
-                         "us": round(us, 2), "kernels": len(names), **tile_of(main_k), "kernel": main_k[:300],
+                         "us": round(us, 2), "kernels": len(names), **shape, "kernel": main_k[:300],
                          "others": ";".join(n[:80] for n in names if n != main_k)})
-            print(f"{args.model} rows={r:5d} {product:7s} {us:8.1f} us  {tile_of(main_k)}  {main_k[:140]}", flush=True)
+            print(f"{args.model} rows={r:5d} {product:7s} {us:8.1f} us  {shape}  {main_k[:140]}", flush=True)
         write_lab_csv(rows, args.out)
     return 0
 

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 import tritonmoe  # noqa: E402
 from latency import measure  # noqa: E402
-from problems import ROUTINGS, against_first, lab_main, load_models, make_tokens, make_weights, rotated  # noqa: E402
+from problems import (ROUTINGS, against_first, lab_main, load_models, make_tokens, make_weights,  # noqa: E402
+                      rotated, rounds_by)
 from providers import PROVIDERS  # noqa: E402
 
 DEFAULT_IMPLS = ("tritonmoe_fused", "tritonmoe_w13", "tritonmoe_unfused")
@@ -31,10 +32,7 @@ def summarize(rows: list[dict], impls) -> list[str]:
     """Per (model, tokens, routing): each impl's median over its rounds, and against the first impl the ratio of
     medians and the rounds in which it was slower (round by round, same round's timings)."""
     out = []
-    keys = sorted({(r["model"], r["tokens"], r["routing"]) for r in rows})
-    for key in keys:
-        mine = [r for r in rows if (r["model"], r["tokens"], r["routing"]) == key]
-        by = {i: {r["round"]: r["median_ms"] for r in mine if r["impl"] == i} for i in impls}
+    for key, _, by in rounds_by(rows, ("model", "tokens", "routing"), "impl", impls, "median_ms"):
         line = [f"{key[0]} T={key[1]} {key[2]}:"]
         for i, st in against_first(by, impls).items():
             line.append(f"{i} {st['median']:.4f} ms")

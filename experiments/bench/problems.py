@@ -78,6 +78,15 @@ def rotated(items, k: int) -> list:
     return items[k:] + items[:k]
 
 
+def rounds_by(rows: list[dict], keys, field: str, variants, value: str):
+    """A lab's rows grouped for its summary: for each distinct tuple of the `keys` columns (sorted), the tuple, that
+    group's rows and, for each of `variants`, the map round -> `value` of its rows whose `field` is that variant (the
+    `by` that `against_first` takes)."""
+    for key in sorted({tuple(r[k] for k in keys) for r in rows}):
+        mine = [r for r in rows if tuple(r[k] for k in keys) == key]
+        yield key, mine, {v: {r["round"]: r[value] for r in mine if r[field] == v} for v in variants}
+
+
 def against_first(by: dict, variants) -> dict:
     """Interleaved lab rounds: `by[v]` maps round -> time for each variant `v` of `variants`. For each variant with
     rounds: its median and, against the first variant (if that has rounds), the ratio of medians and, over the rounds

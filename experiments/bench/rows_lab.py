@@ -15,9 +15,10 @@ both at the table's config for the point, and beside them cuBLAS `bmm` on the ev
 then down, nothing else). Whether the draw's rows cost the vendor's GEMMs as much (NOTES v24) is asked of two more
 references, the two products alone again on random operands of the right rows: `gmm_drawn` and `gmm_even`,
 `torch._grouped_mm` (the `torch_grouped_mm` peer's GEMMs) with the drawn and the even rows per expert, and `mm_drawn`,
-one cuBLAS `mm` per expert and product on the drawn rows (models of at most `MM_EXPERTS` experts: the launches of a
-graph of 2E GEMMs would weigh on more). Each variant is a CUDA-graph replay (`tune.graph_time`), its output poisoned before its
-first call and checked against the float64 reference of the same routing; the variants rotate over `--repeat` rounds.
+one cuBLAS `mm` per expert and product on the drawn rows (`ceiling.drawn_products`; models of at most `MM_EXPERTS`
+experts: the launches of a graph of 2E GEMMs would weigh on more). Each variant is a CUDA-graph replay
+(`tune.graph_time`); our outputs are poisoned before their first call and checked against the float64 reference of the
+same routing, the references' products checked finite and not all zeros; the variants rotate over `--repeat` rounds.
 Each row also gives the blocks the alignment makes and `l2_rows`, the rows of x and weight tiles the gate/up GEMM
 moves from the L2 (`l2_rows`: for each block, its height plus the gate|up tile's rows, for each of the 2F/(2*BLOCK_N)
 column tiles); the ratio drawn/even of `l2_rows` is what an L2-bound GEMM would pay for the draw.
@@ -38,7 +39,7 @@ import tritonmoe  # noqa: E402
 from tritonmoe.align import expert_blocks  # noqa: E402
 from tritonmoe.config import tail_of  # noqa: E402
 from tritonmoe.reference import reference_experts  # noqa: E402
-from problems import against_first, lab_main, lab_weights, load_models, make_tokens, rotated  # noqa: E402
+from problems import against_first, lab_main, lab_weights, load_models, make_tokens, rotated, rounds_by  # noqa: E402
 
 VARIANTS = ("drawn", "even", "dense", "gmm_drawn", "gmm_even", "mm_drawn")
 MM_EXPERTS = 16
@@ -55,11 +56,11 @@ def expert_offsets(counts) -> list[int]:
     return out
 
 
-def vendor_products(counts, w_gate_up: torch.Tensor, w_down: torch.Tensor, gen: torch.Generator, per_expert: bool):
-    """A callable running the layer's two expert products, on random bf16 operands with `counts[e]` rows for expert e:
-    gate|up ([rows, H] x [H, 2F]) then down ([rows, F] x [F, H]), nothing else. `per_expert`: one `torch.mm` per expert
-    with rows and product (cuBLAS); else one `torch._grouped_mm` per product over all experts. Each product is checked
-    once to be finite and not all zeros."""
+def grouped_products(counts, w_gate_up: torch.Tensor, w_down: torch.Tensor, gen: torch.Generator):
+    """A callable running the layer's two expert products through `torch._grouped_mm` (one call per product over all
+    experts), on random operands with `counts[e]` rows for expert e: gate|up ([rows, H] x [H, 2F]) then down
+    ([rows, F] x [F, H]), nothing else; it returns the pair of products. (The per-expert cuBLAS reference on the same
+    rows is `ceiling.drawn_products`.)"""
     E, two_f, H = w_gate_up.shape
     if len(counts) != E:
         raise ValueError(f"counts: expected {E} entries (one per expert), got {len(counts)}")
@@ -68,22 +69,16 @@ def vendor_products(counts, w_gate_up: torch.Tensor, w_down: torch.Tensor, gen: 
     a = torch.randn((n, H), generator=gen, device=dev).to(w_gate_up.dtype)
     act = torch.randn((n, two_f // 2), generator=gen, device=dev).to(w_gate_up.dtype)
     wgu, wd = w_gate_up.transpose(1, 2), w_down.transpose(1, 2)
-    if per_expert:
-        starts = [0] + offs[:-1]
-        parts = [(a[s:e], act[s:e], wgu[k], wd[k]) for k, (s, e) in enumerate(zip(starts, offs)) if e > s]
+    gm = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
+    o = torch.tensor(offs, dtype=torch.int32, device=dev)
+    return lambda: (gm(a, wgu, offs=o), gm(act, wd, offs=o))
 
-        def fn():
-            return [(torch.mm(xa, g), torch.mm(xb, d)) for xa, xb, g, d in parts]
-    else:
-        gm = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
-        o = torch.tensor(offs, dtype=torch.int32, device=dev)
 
-        def fn():
-            return [(gm(a, wgu, offs=o), gm(act, wd, offs=o))]
-    for pair in fn():
-        for y in pair:
-            if not bool(torch.isfinite(y).all()) or float(y.abs().max()) == 0:
-                raise RuntimeError("vendor_products: a product is not finite or is all zeros")
+def checked(fn, what: str):
+    """`fn`, after one call whose products are finite and not all zeros (`ceiling.usable`); else RuntimeError."""
+    from ceiling import usable
+    if not usable(fn()):
+        raise RuntimeError(f"{what}: a product is not finite or is all zeros")
     return fn
 
 
@@ -118,11 +113,10 @@ def summarize(rows: list[dict], variants=VARIANTS) -> list[str]:
     rounds in which it was faster; with the modelled L2 ratio (drawn/even `l2_rows`) and, for ours and for each
     vendor reference that ran, the ratio of medians drawn/even (cuBLAS: `mm_drawn` over `dense`, the `bmm` on even rows)."""
     out = []
-    for key in sorted({(r["model"], r["tokens"]) for r in rows}):
-        mine = [r for r in rows if (r["model"], r["tokens"]) == key]
-        by = {v: {r["round"]: r["us"] for r in mine if r["variant"] == v} for v in variants}
+    for key, mine, by in rounds_by(rows, ("model", "tokens"), "variant", variants, "us"):
         line = [f"{key[0]} T={key[1]}:"]
-        for v, st in against_first(by, variants).items():
+        stats = against_first(by, variants)
+        for v, st in stats.items():
             line.append(f"{v} {st['median']:.1f} us")
             if "ratio" in st:
                 line.append(f"({st['ratio']:.4f}x of {variants[0]}, faster in {st['faster']}/{st['rounds']} rounds)")
@@ -130,7 +124,7 @@ def summarize(rows: list[dict], variants=VARIANTS) -> list[str]:
               if any(r["variant"] == v for r in mine)}
         if len(l2) == 2:
             line.append(f"modelled L2 rows drawn/even {l2['drawn'] / l2['even']:.3f}")
-        med = {v: statistics.median(by[v].values()) for v in by if by[v]}
+        med = {v: st["median"] for v, st in stats.items()}
         for name, (num, den) in {"ours": ("drawn", "even"), "grouped_mm": ("gmm_drawn", "gmm_even"),
                                  "cuBLAS": ("mm_drawn", "dense")}.items():
             if num in med and den in med:
@@ -140,7 +134,7 @@ def summarize(rows: list[dict], variants=VARIANTS) -> list[str]:
 
 
 def run_case(name: str, T: int, rows: list[dict], args) -> None:
-    from ceiling import products
+    from ceiling import drawn_products, products
     from latency import rel_err
     from tune import graph_time
     m = load_models()[name]
@@ -152,11 +146,11 @@ def run_case(name: str, T: int, rows: list[dict], args) -> None:
     routings = {"drawn": drawn, "even": even_ids(T, E, K, x.device)}
     # The one-kernel decode path (an "expert" entry) has no gate/up column tiles: its blocks count the whole 2F.
     gate_up_n = 2 * m.ffn if cfg.get("expert") else 2 * cfg["gate_up"]["BLOCK_N"]
+    counts = {v: torch.bincount(ids.flatten().long(), minlength=E).tolist() for v, ids in routings.items()}
     calls, meta = {}, {}
     for v, ids in routings.items():
         ref = reference_experts(x, tw, ids, w.w_gate_up, w.w_down)
         y = torch.full_like(x, float("nan"))
-        counts = torch.bincount(ids.flatten().long(), minlength=E).tolist()
 
         def call(ids=ids, y=y):
             y.copy_(tritonmoe.fused_experts(x, tw, ids, w.w_gate_up, w.w_down, config=cfg, check_ids=False))
@@ -166,23 +160,27 @@ def run_case(name: str, T: int, rows: list[dict], args) -> None:
         if not err <= 1e-2:
             print(f"{name} T={T} {v}: rel_err {err:.2e} above 1e-2 (or NaN): its timings are not a result", flush=True)
         calls[v] = call
-        meta[v] = {"rel_err": err, "min_rows": min(counts), "max_rows": max(counts),
-                   **block_stats(counts, cfg["BLOCK_M"], tail_of(cfg), gate_up_n, 2 * m.ffn)}
+        meta[v] = {"rel_err": err, "min_rows": min(counts[v]), "max_rows": max(counts[v]),
+                   **block_stats(counts[v], cfg["BLOCK_M"], tail_of(cfg), gate_up_n, 2 * m.ffn)}
     gen = torch.Generator(device="cuda").manual_seed(T)
     dense = products(m, T, w.w_gate_up, w.w_down, gen)
     calls["dense"] = lambda: [fn() for _, _, fn in dense]
     meta["dense"] = {"rel_err": float("nan"), "min_rows": dense[0][1], "max_rows": dense[0][1]}
-    for v, ids, per_expert in (("gmm_drawn", drawn, False), ("gmm_even", routings["even"], False),
-                               ("mm_drawn", drawn, True)):
+    for v, routing, per_expert in (("gmm_drawn", "drawn", False), ("gmm_even", "even", False),
+                                   ("mm_drawn", "drawn", True)):
         if per_expert and E > MM_EXPERTS:
             continue
-        counts = torch.bincount(ids.flatten().long(), minlength=E).tolist()
+        rows_of = counts[routing]
         try:
-            calls[v] = vendor_products(counts, w.w_gate_up, w.w_down, gen, per_expert)
+            if per_expert:
+                mm = drawn_products(rows_of, w.w_gate_up, w.w_down, gen)
+                calls[v] = checked(lambda mm=mm: [fn() for _, _, fn in mm], f"{name} T={T} {v}")
+            else:
+                calls[v] = checked(grouped_products(rows_of, w.w_gate_up, w.w_down, gen), f"{name} T={T} {v}")
         except Exception as e:  # a reference that cannot run says why and the lab goes on
             print(f"{name} T={T} {v}: {type(e).__name__}: {e}", flush=True)
             continue
-        meta[v] = {"rel_err": float("nan"), "min_rows": min(counts), "max_rows": max(counts)}
+        meta[v] = {"rel_err": float("nan"), "min_rows": min(rows_of), "max_rows": max(rows_of)}
     variants = [v for v in VARIANTS if v in calls]
     for r in range(args.repeat):
         for v in rotated(variants, r):
