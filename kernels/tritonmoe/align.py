@@ -352,6 +352,12 @@ def block_heights(count: int, block_m: int, tail_m: int | None = None) -> list[i
     return [block_m] * full + [tail] * tails
 
 
+def last_box_rows(align: "Alignment") -> int:
+    """Rows of the descriptor box for an alignment's other block height: a tail block's TAIL_M rows, or an extended
+    block's TAIL_M - BLOCK_M extra rows (its first BLOCK_M come through the full blocks' box)."""
+    return align.tail_m - align.block_m if align.has_ext else align.tail_m
+
+
 def max_blocks(num_routed: int, num_experts: int, block_m: int, tail_m: int | None = None) -> int:
     """Upper bound on the used blocks: floor(N / BM) + min(E, N) without tails. With tails an expert has at
     most floor(c / BM) full blocks and BM/TAIL - 1 tails, and never more blocks than ceil(c / TAIL). Extended last
