@@ -102,9 +102,10 @@ def _gpu_config(num_routed: int, E: int, H: int, F: int, backend: str) -> dict:
 SMEM_BUDGET = 200 * 1024
 
 
-def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET) -> dict:
+def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET, stages_first: bool = False) -> dict:
     """Halves BLOCK_K, then drops pipeline stages, until each GEMM's staged tiles (and the persistent gate/up's output
-    tile) fit `budget` bytes (the defaults are sized for 2-byte inputs; fp32 needs twice the room)."""
+    tile) fit `budget` bytes (the defaults are sized for 2-byte inputs; fp32 needs twice the room). `stages_first`:
+    drops stages down to two before halving BLOCK_K (for a tile that grew taller, whose K step the tuner chose)."""
     bm = cfg["BLOCK_M"]
     ext = cfg.get("TAIL_M", bm) > bm  # extended last blocks: their tile stages TAIL_M token rows, stores by pointers
     rows = cfg["TAIL_M"] if ext else bm
@@ -119,6 +120,8 @@ def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET) -> 
             # The persistent gate/up also stages its output tile for the descriptor store.
             store = bm * bn * elem_bytes if c.get("PERSISTENT") and not ext else 0
             return c.get("num_stages", 2) * c["BLOCK_K"] * (rows + b_tiles * bn) * elem_bytes + store
+        while stages_first and need(c) > budget and c.get("num_stages", 2) > 2:
+            c["num_stages"] = c.get("num_stages", 2) - 1
         while need(c) > budget and c["BLOCK_K"] > 32:
             c["BLOCK_K"] //= 2
         while need(c) > budget and c.get("num_stages", 2) > 1:
@@ -139,8 +142,8 @@ def with_tails(cfg: dict, tail_m: int, block_m: int | None = None, elem_bytes: i
 
 def with_ext(cfg: dict, ext_m: int, elem_bytes: int = 2) -> dict:
     """`cfg` with extended last blocks of BLOCK_M + `ext_m` rows (`TAIL_M`, see `tritonmoe.align`), its tiles refit to
-    shared memory for the taller token tile (`fit_shared_memory`)."""
-    return fit_shared_memory({**cfg, "TAIL_M": cfg["BLOCK_M"] + ext_m}, elem_bytes)
+    shared memory for the taller token tile (`fit_shared_memory`, fewer stages before a shorter K step)."""
+    return fit_shared_memory({**cfg, "TAIL_M": cfg["BLOCK_M"] + ext_m}, elem_bytes, stages_first=True)
 
 
 def with_expert_order(cfg: dict, gemms: tuple[str, ...] = ("gate_up", "down"), group_m: int | None = None) -> dict:
