@@ -21,15 +21,24 @@ def align_reference(topk_ids: torch.Tensor, num_experts: int, block_m: int, tail
     for e in range(num_experts):
         slots = torch.nonzero(ids == e).flatten().tolist()  # ascending: the stable order
         full, rest = divmod(len(slots), block_m)
-        tails = -(-rest // tail)
-        if tails * tail == block_m:
-            full, tails = full + 1, 0
+        if tail > block_m:  # extended last blocks: a rest of at most tail - block_m rows joins the last full block
+            if rest == 0:
+                heights = [block_m] * full
+            elif full >= 1 and rest <= tail - block_m:
+                heights = [block_m] * (full - 1) + [tail]
+            else:
+                heights = [block_m] * (full + 1)
+        else:
+            tails = -(-rest // tail)
+            if tails * tail == block_m:
+                full, tails = full + 1, 0
+            heights = [block_m] * full + [tail] * tails
         row = len(sorted_ids)
-        for height in [block_m] * full + [tail] * tails:
+        for height in heights:
             block_rows.append(row)
             expert_ids.append(e)
             row += height
-        padded = full * block_m + tails * tail
+        padded = sum(heights)
         sorted_ids += slots + [N] * (padded - len(slots))
         counts.append(len(slots))
     max_blocks = tritonmoe.align.max_blocks(N, num_experts, block_m, tail_m)
@@ -197,7 +206,47 @@ def test_tails_geometry(device):
     assert int(a.num_post_padded) == 256 and a.block_rows[:3].tolist() == [0, 128, 256]
 
 
-@pytest.mark.parametrize("tail_m", [8, 24, 256])
+# Extended last blocks: (BLOCK_M, TAIL_M) with TAIL_M - BLOCK_M rows folded into an expert's last full block.
+EXTS = [(32, 48), (64, 96), (128, 192), (128, 144)]
+
+
+@pytest.mark.parametrize("block_m,tail_m", EXTS)
+@pytest.mark.parametrize("N,E", [(1, 1), (5, 3), (100, 2), (1025, 8), (2048, 8), (1000, 64), (32768, 128),
+                                 (5000, 256)])
+def test_extended_uniform(N, E, block_m, tail_m, device):
+    """Both paths (one program, chunked) with extended last blocks, at ~256 slots per expert (2048 on 8, 32768 on
+    128) among others."""
+    check_alignment(uniform_ids(N, E, seed=N + E + tail_m).to(device), E, block_m, tail_m)
+
+
+@pytest.mark.parametrize("block_m,tail_m", EXTS)
+def test_extended_zipf_and_one_expert(block_m, tail_m, device):
+    check_alignment(zipf_ids(3000, 64, seed=8).to(device), 64, block_m, tail_m)
+    check_alignment(torch.full((2000,), 5, dtype=torch.int32, device=device), 8, block_m, tail_m)
+
+
+def test_extended_geometry(device):
+    """269 slots, 128-row blocks extended by 64: a 128-row and a 192-row block (320 rows), not three blocks (384);
+    321 slots (65 past 256): three full blocks; 100 slots (no full block to extend): one padded block; 256: two."""
+    for n, rows, starts in ((269, 320, [0, 128, 320]), (321, 384, [0, 128, 256, 384]), (100, 128, [0, 128, 128]),
+                            (256, 256, [0, 128, 256])):
+        a = tritonmoe.align_tokens(torch.zeros(n, dtype=torch.int32, device=device), 2, 128, 192)
+        assert int(a.num_post_padded) == rows and a.block_rows[:len(starts)].tolist() == starts, n
+        assert a.has_ext and not a.has_tails and not a.uniform
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "one-program"])
+@pytest.mark.parametrize("case", [("uniform", 32768, 128, 128, 192), ("uniform", 2049, 8, 128, 192),
+                                  ("zipf", 3000, 64, 64, 96), ("exact", 2048, 16, 64, 80)],
+                         ids=lambda c: "{}-N{}-E{}-bm{}-tail{}".format(*c))
+def test_extended_chunked_layout_both_ways(case, parallel, device, monkeypatch):
+    kind, N, E, block_m, tail_m = case
+    monkeypatch.setattr(tritonmoe.align, "PARALLEL_LAYOUT_STEPS", -1 if parallel else 1 << 30)
+    assert tritonmoe.align.layout_plan(N, E, block_m, tail_m)["parallel"] == parallel
+    check_alignment(_layout_ids(kind, N, E).to(device), E, block_m, tail_m)
+
+
+@pytest.mark.parametrize("tail_m", [8, 24, 256, 136, 200])
 def test_bad_tail_is_refused(tail_m, device):
     with pytest.raises(ValueError, match="TAIL_M"):
         tritonmoe.align_tokens(torch.zeros(4, dtype=torch.int32, device=device), 2, 128, tail_m)

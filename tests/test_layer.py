@@ -145,6 +145,31 @@ def test_tail_blocks(impl, desc, device):
     assert_rel_close(y, layer_reference(layer.x, *layer.weights, K), torch.float32, impl)
 
 
+@pytest.mark.parametrize("kernels", ["pointers", "desc", "persistent"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_extended_blocks(impl, dtype, kernels, device):
+    """Extended last blocks (BLOCK_M 32, TAIL_M 48) beside full and padded ones and an empty expert, every variant,
+    through the pointer, the descriptor and the persistent gate/up kernels (each with both down kernels' ext tiles)."""
+    T, E, K, H, F = 75, 5, 2, 64, 48
+    layer = make_layer(T, E, H, F, dtype, device, seed=12)
+    g = torch.Generator().manual_seed(12)
+    ids = torch.stack([torch.randperm(E - 1, generator=g)[:K] for _ in range(T)])  # expert E-1 empty
+    ids[:20, 0] = 0  # expert 0 hot: several blocks
+    weights = torch.rand(T, K, generator=g) + 0.1
+    ids, weights = ids.to(device), weights.to(device)
+    a = tritonmoe.align_tokens(ids, E, 32, 48)
+    heights = (a.block_rows[1:] - a.block_rows[:-1]).tolist()
+    assert heights.count(48) >= 1 and heights.count(32) >= 2 and a.expert_counts.tolist()[-1] == 0, heights
+    base = (_desc_config if kernels == "desc" else _config)(32, 16, 16, 2, 1)
+    if kernels == "persistent":
+        base = {**base, "gate_up": {**base["gate_up"], "PERSISTENT": True}}
+    for cfg in ({**base, "TAIL_M": 48}, with_expert_order({**base, "TAIL_M": 48})):
+        y = tritonmoe.fused_experts(layer.x, weights, ids, layer.w_gate_up, layer.w_down, impl=impl, config=cfg)
+        ref = tritonmoe.reference_experts(layer.x, weights, ids, layer.w_gate_up, layer.w_down)
+        assert_rel_close(y, ref, dtype, f"{impl} {kernels}")
+
+
 @pytest.mark.parametrize("impl", tritonmoe.IMPLS)
 def test_moe_zipf_routing(impl, device):
     T, E, K, H, F = 64, 64, 4, 40, 24

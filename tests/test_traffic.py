@@ -75,7 +75,7 @@ def test_fused_writes_no_gate_or_up(layer):
         assert not [k for k in fused.counted if k.stage == "down"]
         assert gu[0].traffic.write == gu[0].buffers["partial_ptr"][1] == chunks * s.routed * s.hidden * 4
     else:
-        out = "out_desc" if gu[0].kernel.startswith("_gate_up_persistent") else "out_ptr"
+        out = "out_desc" if gu[0].kernel in ("_gate_up_persistent_kernel", "_gate_up_persistent_gather_kernel") else "out_ptr"
         assert gu[0].traffic.write == gu[0].buffers[out][1] == P * F * e
     # (at one token w13's first GEMM also stores the routing tables: its output buffer alone is counted)
     assert sum(k.buffers["out_ptr"][1] if k.kernel == "_gate_up_select_kernel" else k.traffic.write

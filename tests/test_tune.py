@@ -66,8 +66,17 @@ def test_pick_robust_keeps_uniform_within_five_percent_then_the_smaller_worst_sl
 
 
 def test_tail_variants():
-    assert [c.get("TAIL_M") for c in tune.tail_variants(_cfg(128))] == [None, 64, 32]
-    assert [c.get("TAIL_M") for c in tune.tail_variants(_cfg(64))] == [None, 32, 16]
+    # tails of BLOCK_M/2 and /4, then last blocks extended by as many rows (TAIL_M > BLOCK_M)
+    tiles = {"gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "num_stages": 4},
+             "down": {"BLOCK_N": 256, "BLOCK_K": 64, "num_stages": 4, "SPLIT_K": 1}}
+    vs = tune.tail_variants({**_cfg(128), **tiles})
+    assert [c.get("TAIL_M") for c in vs] == [None, 64, 32, 192, 160]
+    assert [c.get("TAIL_M") for c in tune.tail_variants({**_cfg(64), **tiles})] == [None, 32, 16, 96, 80]
+    # an extended block's taller token tile is refitted to shared memory (192 + 2 * 128 rows of 64 at 4 stages is
+    # 224 KB: three stages), the tails' tiles are left as they were
+    assert vs[1]["gate_up"] == tiles["gate_up"] and vs[3]["gate_up"]["num_stages"] == 3
+    assert all(g["num_stages"] * g["BLOCK_K"] * (c["TAIL_M"] + 2 * g["BLOCK_N"]) * 2 <= 200 * 1024
+               for c in vs[3:] for g in [c["gate_up"]])
     # small blocks: taller blocks whose tails are the old blocks, shared memory refitted for the taller tile
     cfg16 = {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 256, "num_stages": 4},
              "down": {"BLOCK_N": 64, "BLOCK_K": 256, "num_stages": 4, "SPLIT_K": 1}}
@@ -87,7 +96,7 @@ def test_skew_variants_add_narrower_gate_up_tiles_once():
            "down": {"BLOCK_N": 64, "BLOCK_K": 128, "num_stages": 4, "SPLIT_K": 1}}
     vs = tune.skew_variants(tune.tail_variants(cfg))
     assert [(c.get("TAIL_M"), c["gate_up"]["BLOCK_N"]) for c in vs] == [
-        (None, 128), (None, 64), (32, 128), (32, 64), (16, 128), (16, 64)]
+        (None, 128), (None, 64), (32, 128), (32, 64), (16, 128), (16, 64), (96, 128), (96, 64), (80, 128), (80, 64)]
     assert all(c["down"] == cfg["down"] for c in vs)
     assert tune.skew_variants([cfg, cfg]) == tune.skew_variants([cfg])
     narrow = {**cfg, "gate_up": {**cfg["gate_up"], "BLOCK_N": 32}}

@@ -49,7 +49,7 @@ from tritonmoe.tuned import CONFIG_DIR, config_path, device_slug, nearest_bucket
 from device_info import atomic_write_text  # noqa: E402
 from problems import TOKENS, load_models, make_tokens, make_weights, zipf_router  # noqa: E402
 from timing import bench  # noqa: E402
-from tritonmoe.config import fit_shared_memory, with_expert_order, with_tails  # noqa: E402
+from tritonmoe.config import fit_shared_memory, with_expert_order, with_ext, with_tails  # noqa: E402
 from tritonmoe.route_align import select_default  # noqa: E402
 
 # Every token count of the sweep gets a bucket of its own: a count without one takes its nearest bucket's config
@@ -213,7 +213,7 @@ def pick_block_m(per_bm: list[tuple[dict, float]]) -> tuple[dict, float]:
 
 def tail_variants(cfg: dict) -> list[dict]:
     """The config and its tail-block variants: tails of BLOCK_M/2 and BLOCK_M/4 rows under BLOCK_M >= 64 (an
-    expert's rest padded to them, not to a full block); for BLOCK_M <= 32 (few rows per expert on even
+    expert's rest padded to them, not to a full block) and last blocks extended by as many rows; for BLOCK_M <= 32 (few rows per expert on even
     loads), 64- and 128-row blocks with tails of the old BLOCK_M, same tiles: on even loads every block is a
     tail, while a hot expert's rows go through tall blocks that share its weight tiles."""
     if cfg.get("expert"):
@@ -222,6 +222,8 @@ def tail_variants(cfg: dict) -> list[dict]:
     out = [cfg]
     if bm >= 64:
         out += [with_tails(cfg, t) for t in (bm // 2, bm // 4) if t >= 16]
+        # Extended last blocks (perf notes v25): a rest of up to BLOCK_M/2 or /4 rows joins the last full block.
+        out += [with_ext(cfg, e) for e in (bm // 2, bm // 4) if e >= 16]
     else:
         out += [with_tails(cfg, bm, big) for big in (64, 128)]
     return out

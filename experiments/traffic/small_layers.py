@@ -118,4 +118,10 @@ SMALL_LAYERS = (
     SmallLayer(tokens=30, hidden=40, ffn=24, experts=4, top_k=2, seed=19, desc=True, persistent=True,
                expert_order=True),
     SmallLayer(tokens=21, hidden=40, ffn=24, experts=6, top_k=3, seed=20, persistent=True, expert_order=True),
+    # Extended last blocks (BLOCK_M 32, TAIL_M 48): experts of 33-48 slots take one 48-row block, larger rests a padded
+    # block; the persistent gate/up over blocks of both heights, the pointer and descriptor kernels' extended tiles.
+    SmallLayer(tokens=50, hidden=40, ffn=24, experts=3, top_k=2, seed=21, tail=(32, 48), persistent=True,
+               expert_order=True),
+    SmallLayer(tokens=56, hidden=32, ffn=20, experts=3, top_k=2, dtype=torch.float16, seed=22, tail=(32, 48)),
+    SmallLayer(tokens=50, hidden=40, ffn=24, experts=3, top_k=2, seed=23, desc=True, tail=(32, 48)),
 )

@@ -57,6 +57,15 @@ def block_extent(block_rows_ptr, num_post_ptr, pid_m, BLOCK_M: tl.constexpr, TAI
 
 
 @triton.jit
+def block_rows_slots(sorted_ids_ptr, row0, num_routed, ROWS: tl.constexpr):
+    """ROWS aligned rows from `row0`: their positions, routed slots and which hold a slot (an extended block's extra
+    rows, whose expert the block's first rows already read)."""
+    rows = row0 + tl.arange(0, ROWS)
+    slot = tl.load(sorted_ids_ptr + rows)
+    return rows, slot, slot < num_routed
+
+
+@triton.jit
 def block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M: tl.constexpr):
     """Block `pid_m` of BLOCK_M rows from aligned row `row0`: its expert, row positions, routed slots and which
     rows hold a slot."""
@@ -101,6 +110,51 @@ def gate_up_accumulate(
         a_ptrs += BLOCK_K * stride_xh
         g_ptrs += BLOCK_K * stride_wh
     return acc_g, acc_u
+
+
+@triton.jit
+def gate_up_accumulate_ext(
+    x_ptr, w_ptr, token, row_ok, token_e, row_ok_e, expert, cols, col_ok, gate_row0, up_row0, H,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
+    WITH_UP: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, EXT_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """`gate_up_accumulate` for an extended block: tokens `token` (BLOCK_M rows) and `token_e` (EXT_M rows) both
+    meet each gate (and up) weight tile as it is loaded. Returns (acc_gate, acc_up, acc_gate_e, acc_up_e)."""
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + token[:, None] * stride_xt + ks[None, :] * stride_xh
+    e_ptrs = x_ptr + token_e[:, None] * stride_xt + ks[None, :] * stride_xh
+    w_base = w_ptr + expert * stride_we + ks[:, None] * stride_wh
+    g_ptrs = w_base + (gate_row0 + cols)[None, :].to(tl.int64) * stride_wn
+    u_ptrs = w_base + (up_row0 + cols)[None, :].to(tl.int64) * stride_wn
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_ge = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
+    acc_ue = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            a_e = tl.load(e_ptrs, mask=row_ok_e[:, None], other=0.0)
+            g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = ks < H - k0
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            a_e = tl.load(e_ptrs, mask=row_ok_e[:, None] & k_ok[None, :], other=0.0)
+            g = tl.load(g_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
+        acc_ge = tl.dot(a_e, g, acc_ge, input_precision=PRECISION)
+        if WITH_UP:
+            if EVEN_K:
+                u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
+            else:
+                u = tl.load(u_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
+            acc_ue = tl.dot(a_e, u, acc_ue, input_precision=PRECISION)
+            u_ptrs += BLOCK_K * stride_wh
+        a_ptrs += BLOCK_K * stride_xh
+        e_ptrs += BLOCK_K * stride_xh
+        g_ptrs += BLOCK_K * stride_wh
+    return acc_g, acc_u, acc_ge, acc_ue
 
 
 def order_blocks(cfg: dict, align) -> int:

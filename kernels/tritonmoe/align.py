@@ -23,6 +23,13 @@ rows): the GEMMs then run the tall tiles that share weight tiles best without pa
 them. Without tails (`tail_m == block_m`, the default) every block is BLOCK_M rows and starts at
 `b * BLOCK_M`.
 
+Extended last blocks (`block_m < tail_m < 2 * block_m`): an expert whose rest past its full blocks is at most
+`tail_m - block_m` rows folds it into its last full block, one block of TAIL_M rows (a larger rest, or one with no
+full block before it, is padded to a block of its own). At ~256 slots per expert with 128-row blocks an expert of
+269 slots is a 128-row and a 192-row block (320 rows, its weight tiles read twice), not three 128-row blocks (384
+rows, read three times) nor two blocks and a tail (the tail's tile reads a whole weight tile for a few rows). The
+GEMMs compute an extended block as two token tiles against each weight tile (perf notes v25).
+
 Sizes are static: at most `max_blocks(N, E, BM, TAIL)` blocks (floor(N / BM) + min(E, N) without tails)
 and `max_rows(...)` aligned rows, so the host never waits for the counts. Slot ids outside [0, E) are
 ignored (the public API checks them first).
@@ -153,11 +160,21 @@ def block_layout(totals, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr):
     """From the slot count of each expert (a [BLOCK_E] vector): its full blocks, its first aligned row, where its
     blocks start and end, and the totals (used rows, used blocks)."""
     full = totals // BLOCK_M
-    tails = (totals - full * BLOCK_M + TAIL_M - 1) // TAIL_M
-    whole = tails * TAIL_M == BLOCK_M  # the rest needs as many rows as one full block: take one
-    full = tl.where(whole, full + 1, full)
-    tails = tl.where(whole, 0, tails)
-    padded = full * BLOCK_M + tails * TAIL_M
+    if TAIL_M > BLOCK_M:
+        # Extended last blocks: a rest of at most TAIL_M - BLOCK_M rows joins the last full block (one block of
+        # TAIL_M rows); a larger rest, or one without a full block before it, is a padded block of its own. `full`
+        # counts the extended block, so an expert has an extended block exactly when its count passes full * BLOCK_M.
+        rest = totals - full * BLOCK_M
+        ext = (full >= 1) & (rest > 0) & (rest <= TAIL_M - BLOCK_M)
+        full = tl.where((rest > 0) & (ext == 0), full + 1, full)
+        tails = full * 0
+        padded = full * BLOCK_M + tl.where(ext, TAIL_M - BLOCK_M, 0)
+    else:
+        tails = (totals - full * BLOCK_M + TAIL_M - 1) // TAIL_M
+        whole = tails * TAIL_M == BLOCK_M  # the rest needs as many rows as one full block: take one
+        full = tl.where(whole, full + 1, full)
+        tails = tl.where(whole, 0, tails)
+        padded = full * BLOCK_M + tails * TAIL_M
     starts = tl.cumsum(padded, axis=0) - padded
     blocks = full + tails
     block_ends = tl.cumsum(blocks, axis=0)
@@ -171,7 +188,10 @@ def write_block_range(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, totals, fu
     """Blocks b_first .. b_end-1 (of `block_layout`'s layout): the expert and first row of every block (-1 and the
     used-row count past the used blocks) and the sentinel N in every padding row of the used ones."""
     experts = tl.arange(0, BLOCK_E)
-    rows_in_block = tl.arange(0, BLOCK_M)
+    if TAIL_M > BLOCK_M:
+        rows_in_block = tl.arange(0, 2 * BLOCK_M)  # covers an extended block (TAIL_M < 2 * BLOCK_M rows)
+    else:
+        rows_in_block = tl.arange(0, BLOCK_M)
     for b0 in range(b_first, b_end, BLOCK_B):
         b = b0 + tl.arange(0, BLOCK_B)
         # The owner of a used block is the first expert whose blocks end after it.
@@ -184,7 +204,10 @@ def write_block_range(expert_ids_ptr, block_rows_ptr, sorted_ids_ptr, totals, fu
         j = b - tl.sum(tl.where(is_owner, block_starts[None, :], 0), axis=1)  # the block's rank in its expert
         n_full = tl.minimum(j, own_full)
         row0 = tl.where(used, own_start + n_full * BLOCK_M + (j - n_full) * TAIL_M, total)
-        height = tl.where(j < own_full, BLOCK_M, TAIL_M)
+        if TAIL_M > BLOCK_M:  # the last block of an expert whose count passes its full blocks is extended
+            height = tl.where((j == own_full - 1) & (own_count > own_full * BLOCK_M), TAIL_M, BLOCK_M)
+        else:
+            height = tl.where(j < own_full, BLOCK_M, TAIL_M)
         in_range = b < b_end
         tl.store(expert_ids_ptr + b, tl.where(used, owner, -1), mask=in_range & (b < max_blocks))
         tl.store(block_rows_ptr + b, row0, mask=in_range & (b <= max_blocks))
@@ -281,11 +304,28 @@ class Alignment:
     def has_tails(self) -> bool:
         return self.tail_m < self.block_m
 
+    @property
+    def has_ext(self) -> bool:
+        """Extended last blocks (`tail_m > block_m`): an expert's last block may be `tail_m` rows high."""
+        return self.tail_m > self.block_m
+
+    @property
+    def uniform(self) -> bool:
+        """Every block is `block_m` rows and starts at `b * block_m` (no tails, no extended blocks)."""
+        return self.tail_m == self.block_m
+
 
 def check_tail(block_m: int, tail_m: int | None) -> int:
-    """The tail height to use (`block_m` for none); raises unless it is a power of two in [16, block_m]."""
+    """The last-block height to use (`block_m` for none); raises unless it is a power of two in [16, block_m] (tail
+    blocks) or `block_m` plus a power of two in [16, block_m) (an extended last block)."""
     if tail_m is None:
         return block_m
+    ext = tail_m - block_m
+    if ext > 0:
+        if not (16 <= ext < block_m and ext & (ext - 1) == 0):
+            raise ValueError(f"TAIL_M: an extended last block takes BLOCK_M={block_m} plus a power of two of at "
+                             f"least 16 and below BLOCK_M, got {tail_m}")
+        return tail_m
     if not (16 <= tail_m <= block_m and tail_m & (tail_m - 1) == 0 and block_m % tail_m == 0):
         raise ValueError(f"TAIL_M: expected a power of two in [16, BLOCK_M={block_m}], got {tail_m}")
     return tail_m
@@ -293,17 +333,38 @@ def check_tail(block_m: int, tail_m: int | None) -> int:
 
 def expert_blocks(count: int, block_m: int, tail_m: int | None = None) -> tuple[int, int]:
     """(full blocks, tail blocks) of an expert with `count` slots: what `block_layout` computes on the device, for
-    the host (the traffic model)."""
+    the host (the traffic model). With an extended last block (`tail_m > block_m`) the blocks are all counted as full,
+    the last one TAIL_M rows high where `count > full * block_m` (`block_heights` lists them)."""
     tail = check_tail(block_m, tail_m)
     full, rest = divmod(count, block_m)
+    if tail > block_m:
+        return (full, 0) if rest == 0 or (full >= 1 and rest <= tail - block_m) else (full + 1, 0)
     tails = -(-rest // tail)
     return (full + 1, 0) if tails * tail == block_m else (full, tails)
 
 
+def block_heights(count: int, block_m: int, tail_m: int | None = None) -> list[int]:
+    """The heights of an expert's blocks for `count` slots, in order (`block_layout` on the host)."""
+    tail = check_tail(block_m, tail_m)
+    full, tails = expert_blocks(count, block_m, tail)
+    if tail > block_m:
+        return [block_m] * (full - 1) + [tail] if count > full * block_m else [block_m] * full
+    return [block_m] * full + [tail] * tails
+
+
+def last_box_rows(align: "Alignment") -> int:
+    """Rows of the descriptor box for an alignment's other block height: a tail block's TAIL_M rows, or an extended
+    block's TAIL_M - BLOCK_M extra rows (its first BLOCK_M come through the full blocks' box)."""
+    return align.tail_m - align.block_m if align.has_ext else align.tail_m
+
+
 def max_blocks(num_routed: int, num_experts: int, block_m: int, tail_m: int | None = None) -> int:
     """Upper bound on the used blocks: floor(N / BM) + min(E, N) without tails. With tails an expert has at
-    most floor(c / BM) full blocks and BM/TAIL - 1 tails, and never more blocks than ceil(c / TAIL)."""
+    most floor(c / BM) full blocks and BM/TAIL - 1 tails, and never more blocks than ceil(c / TAIL). Extended last
+    blocks only merge a block into another: the bound without tails holds."""
     tail = check_tail(block_m, tail_m)
+    if tail > block_m:
+        tail = block_m
     hit = min(num_experts, num_routed)
     return min(num_routed // block_m + hit * max(1, block_m // tail - 1), num_routed // tail + hit)
 
@@ -311,7 +372,7 @@ def max_blocks(num_routed: int, num_experts: int, block_m: int, tail_m: int | No
 def max_rows(num_routed: int, num_experts: int, block_m: int, tail_m: int | None = None) -> int:
     """Upper bound on the aligned rows (the size of `sorted_ids` and of the GEMMs' row buffers): every block is
     at most BLOCK_M rows and, with tails, every expert pads by fewer than BLOCK_M rows."""
-    tail = check_tail(block_m, tail_m)
+    tail = min(check_tail(block_m, tail_m), block_m)  # an extended block holds fewer rows than the two it replaces
     rows = max_blocks(num_routed, num_experts, block_m, tail) * block_m
     if tail < block_m:
         hit = min(num_experts, num_routed)
@@ -327,7 +388,8 @@ def align_meta(N: int, num_experts: int, block_m: int, tail_m: int | None = None
     # No larger than N needs: a 1024-row one-hot tile for 8 slots only costs registers.
     chunk = max(16, min(MAX_CHUNK, _TILE_ELEMS // block_e, next_power_of_2(max(1, N))))
     nb = max_blocks(N, num_experts, block_m, tail) + 1  # the blocks and the end of the last one
-    block_b = max(16, min(256, _BLOCK_TILE_ELEMS // max(block_e, block_m), next_power_of_2(nb)))
+    rows = 2 * block_m if tail > block_m else block_m  # `write_block_range`'s padding tile covers a block
+    block_b = max(16, min(256, _BLOCK_TILE_ELEMS // max(block_e, rows), next_power_of_2(nb)))
     return dict(BLOCK_M=block_m, TAIL_M=tail, BLOCK_E=block_e, CHUNK=chunk, BLOCK_B=block_b)
 
 

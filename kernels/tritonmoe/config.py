@@ -13,6 +13,9 @@ on per shape and token bucket where it wins (H100: the Mixtral shapes from ~512 
 sends `tritonmoe_fused` down the one-kernel decode path (`tritonmoe.fused_expert`). A top-level `"TAIL_M"`
 (a power of two, 16 <= TAIL_M < BLOCK_M) gives each expert's rest tail blocks of TAIL_M rows instead of one more
 BLOCK_M block (`tritonmoe.align`); both GEMMs then run their tile at both heights. The tuner sets it where it wins.
+`"TAIL_M"` above BLOCK_M (BLOCK_M plus a power of two of at least 16 and below BLOCK_M; `with_ext`) instead extends an
+expert's last full block by a rest of up to TAIL_M - BLOCK_M rows: both GEMMs compute that block as two token tiles
+against each weight tile, and a persistent gate/up walks blocks of both heights (`_gate_up_persistent_ext_kernel`).
 `"PERSISTENT": True` in `gate_up` runs that GEMM as a persistent grid (`tritonmoe.gate_up`; one program per SM,
 descriptor store of each tile; alignments with tail blocks fall back to one program per tile): beside `"DESC"` on the
 gathered copy of the tokens, without it gathering the tokens inside the loop (weights still by descriptor boxes).
@@ -99,10 +102,13 @@ def _gpu_config(num_routed: int, E: int, H: int, F: int, backend: str) -> dict:
 SMEM_BUDGET = 200 * 1024
 
 
-def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET) -> dict:
+def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET, stages_first: bool = False) -> dict:
     """Halves BLOCK_K, then drops pipeline stages, until each GEMM's staged tiles (and the persistent gate/up's output
-    tile) fit `budget` bytes (the defaults are sized for 2-byte inputs; fp32 needs twice the room)."""
+    tile) fit `budget` bytes (the defaults are sized for 2-byte inputs; fp32 needs twice the room). `stages_first`:
+    drops stages down to two before halving BLOCK_K (for a tile that grew taller, whose K step the tuner chose)."""
     bm = cfg["BLOCK_M"]
+    ext = cfg.get("TAIL_M", bm) > bm  # extended last blocks: their tile stages TAIL_M token rows, stores by pointers
+    rows = cfg["TAIL_M"] if ext else bm
     out = {**cfg}
     for stage, b_tiles in (("gate_up", 2), ("down", 1), ("expert", 2)):
         if stage not in cfg:
@@ -112,8 +118,10 @@ def fit_shared_memory(cfg: dict, elem_bytes: int, budget: int = SMEM_BUDGET) -> 
 
         def need(c):
             # The persistent gate/up also stages its output tile for the descriptor store.
-            store = bm * bn * elem_bytes if c.get("PERSISTENT") else 0
-            return c.get("num_stages", 2) * c["BLOCK_K"] * (bm + b_tiles * bn) * elem_bytes + store
+            store = bm * bn * elem_bytes if c.get("PERSISTENT") and not ext else 0
+            return c.get("num_stages", 2) * c["BLOCK_K"] * (rows + b_tiles * bn) * elem_bytes + store
+        while stages_first and need(c) > budget and c.get("num_stages", 2) > 2:
+            c["num_stages"] = c.get("num_stages", 2) - 1
         while need(c) > budget and c["BLOCK_K"] > 32:
             c["BLOCK_K"] //= 2
         while need(c) > budget and c.get("num_stages", 2) > 1:
@@ -130,6 +138,12 @@ def with_tails(cfg: dict, tail_m: int, block_m: int | None = None, elem_bytes: i
     if block_m is None or block_m == cfg["BLOCK_M"]:
         return {**cfg, "TAIL_M": tail_m}
     return fit_shared_memory({**cfg, "BLOCK_M": block_m, "TAIL_M": tail_m}, elem_bytes)
+
+
+def with_ext(cfg: dict, ext_m: int, elem_bytes: int = 2) -> dict:
+    """`cfg` with extended last blocks of BLOCK_M + `ext_m` rows (`TAIL_M`, see `tritonmoe.align`), its tiles refit to
+    shared memory for the taller token tile (`fit_shared_memory`, fewer stages before a shorter K step)."""
+    return fit_shared_memory({**cfg, "TAIL_M": cfg["BLOCK_M"] + ext_m}, elem_bytes, stages_first=True)
 
 
 def with_expert_order(cfg: dict, gemms: tuple[str, ...] = ("gate_up", "down"), group_m: int | None = None) -> dict:

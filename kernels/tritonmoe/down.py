@@ -17,10 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import block_extent, block_slots, dot_precision, order_blocks, tile_of
+from ._gemm_common import block_extent, block_rows_slots, block_slots, dot_precision, order_blocks, tile_of
 from ._host import cdiv, next_power_of_2
 from ._launch import empty, launch
-from .align import Alignment
+from .align import Alignment, last_box_rows
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
 
 
@@ -60,6 +60,58 @@ def _down_tile(
 
 
 @triton.jit
+def _down_ext_tile(
+    a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n, pid_s,
+    H, F, num_routed, k_per_split,
+    stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
+    EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, EXT_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """`_down_tile` of an extended block (BLOCK_M + EXT_M rows from `row0`): two row tiles against each weight tile."""
+    expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
+    rows_e, slot_e, row_ok_e = block_rows_slots(sorted_ids_ptr, row0 + BLOCK_M, num_routed, EXT_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < H
+    k_start = pid_s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, F)
+    ks = k_start + tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_af
+    e_ptrs = a_ptr + rows_e[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_af
+    w_ptrs = w_ptr + expert * stride_we + cols[None, :].to(tl.int64) * stride_wh + ks[:, None] * stride_wf
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_e = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            a_e = tl.load(e_ptrs)
+            w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = (ks + (k0 - k_start)) < k_end
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            a_e = tl.load(e_ptrs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        acc_e = tl.dot(a_e, w, acc_e, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_af
+        e_ptrs += BLOCK_K * stride_af
+        w_ptrs += BLOCK_K * stride_wf
+    _store_weighted(acc, partial_ptr, topk_weights_ptr, slot, row_ok, cols, col_ok, pid_s, stride_ps, stride_pm,
+                    stride_pn)
+    _store_weighted(acc_e, partial_ptr, topk_weights_ptr, slot_e, row_ok_e, cols, col_ok, pid_s, stride_ps, stride_pm,
+                    stride_pn)
+
+
+@triton.jit
+def _store_weighted(acc, partial_ptr, topk_weights_ptr, slot, row_ok, cols, col_ok, pid_s, stride_ps, stride_pm,
+                    stride_pn):
+    """A down tile's rows scaled by their routing weights, stored to their slots' rows of split `pid_s`."""
+    route_w = tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)
+    acc = acc * route_w[:, None]
+    p_ptrs = partial_ptr + pid_s * stride_ps + slot[:, None].to(tl.int64) * stride_pm + cols[None, :] * stride_pn
+    tl.store(p_ptrs, acc.to(partial_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
 def _down_kernel(
     a_ptr, w_ptr, partial_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
@@ -84,6 +136,12 @@ def _down_kernel(
                        pid_n, pid_s, H, F, num_routed, k_per_split,
                        stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
                        EVEN_K, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+    if TAIL_M > BLOCK_M:
+        if height == TAIL_M:  # an extended block: BLOCK_M + (TAIL_M - BLOCK_M) rows against one weight stream
+            _down_ext_tile(a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0,
+                           pid_n, pid_s, H, F, num_routed, k_per_split,
+                           stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
+                           EVEN_K, PRECISION, BLOCK_M, TAIL_M - BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -107,6 +165,34 @@ def _down_desc_tile(
     acc = acc * route_w[:, None]
     p_ptrs = partial_ptr + pid_s * stride_ps + slot[:, None].to(tl.int64) * stride_pm + cols[None, :] * stride_pn
     tl.store(p_ptrs, acc.to(partial_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < H)[None, :])
+
+
+@triton.jit
+def _down_desc_ext_tile(
+    a_desc, a_ext_desc, w_desc, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
+    pid_s, H, F, num_routed, k_per_split, stride_ps, stride_pm, stride_pn,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, EXT_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """`_down_desc_tile` of an extended block: a BLOCK_M-row and an EXT_M-row box of act against each weight box."""
+    expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
+    rows_e, slot_e, row_ok_e = block_rows_slots(sorted_ids_ptr, row0 + BLOCK_M, num_routed, EXT_M)
+    n0 = pid_n * BLOCK_N
+    k_start = pid_s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, F)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_e = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        a = a_desc.load([row0, k0])
+        a_e = a_ext_desc.load([row0 + BLOCK_M, k0])
+        w = tl.reshape(w_desc.load([expert.to(tl.int32), n0, k0]), (BLOCK_N, BLOCK_K))
+        acc = tl.dot(a, w.T, acc, input_precision=PRECISION)
+        acc_e = tl.dot(a_e, w.T, acc_e, input_precision=PRECISION)
+    cols = n0 + tl.arange(0, BLOCK_N)
+    col_ok = cols < H
+    _store_weighted(acc, partial_ptr, topk_weights_ptr, slot, row_ok, cols, col_ok, pid_s, stride_ps, stride_pm,
+                    stride_pn)
+    _store_weighted(acc_e, partial_ptr, topk_weights_ptr, slot_e, row_ok_e, cols, col_ok, pid_s, stride_ps, stride_pm,
+                    stride_pn)
 
 
 @triton.jit
@@ -134,6 +220,11 @@ def _down_desc_kernel(
             _down_desc_tile(a_tail_desc, w_desc, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m,
                             row0, pid_n, pid_s, H, F, num_routed, k_per_split, stride_ps, stride_pm, stride_pn,
                             PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+    if TAIL_M > BLOCK_M:
+        if height == TAIL_M:  # an extended block; `a_tail_desc` boxes its TAIL_M - BLOCK_M extra rows
+            _down_desc_ext_tile(a_desc, a_tail_desc, w_desc, partial_ptr, topk_weights_ptr, sorted_ids_ptr,
+                                expert_ids_ptr, pid_m, row0, pid_n, pid_s, H, F, num_routed, k_per_split,
+                                stride_ps, stride_pm, stride_pn, PRECISION, BLOCK_M, TAIL_M - BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 def uses_descriptors(cfg: dict, act: torch.Tensor, w_down: torch.Tensor) -> bool:
@@ -176,7 +267,7 @@ def down(act: torch.Tensor, w_down: torch.Tensor, align: Alignment, topk_weights
     if uses_descriptors(cfg, act, w_down):
         a_desc = descriptor(act, [bm, bk])
         launch(_down_desc_kernel, grid,
-            a_desc, descriptor(act, [align.tail_m, bk]) if align.has_tails else a_desc,
+            a_desc, descriptor(act, [last_box_rows(align), bk]) if not align.uniform else a_desc,
             descriptor(w_down, [1, bn, bk]), partial,
             topk_weights.reshape(-1), align.sorted_ids, align.expert_ids, align.block_rows, align.num_post_padded,
             H, F, align.num_routed, k_per_split, num_pid_m, partial.stride(0), partial.stride(1), partial.stride(2),

@@ -63,8 +63,9 @@ def _fused_expert_kernel(
 def fused_expert(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, align: Alignment,
                  topk_weights: torch.Tensor, cfg: dict) -> torch.Tensor:
     """Returns `partial [cdiv(F, BLOCK_F), T*K, H]` (fp32), to be summed by `down.combine`."""
-    if align.has_tails:
-        raise ValueError("fused_expert: the one-kernel decode path takes an alignment without tail blocks (TAIL_M)")
+    if not align.uniform:
+        raise ValueError("fused_expert: the one-kernel decode path takes an alignment without tail or extended blocks "
+                         "(TAIL_M)")
     E, H, F = w_down.shape
     bf, bk, bh = cfg["BLOCK_F"], cfg["BLOCK_K"], cfg["BLOCK_H"]
     chunks = cdiv(F, bf)

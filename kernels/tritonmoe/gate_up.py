@@ -39,11 +39,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._gemm_common import block_extent, block_slots, dot_precision, gate_up_accumulate, order_blocks, tile_of
+from ._gemm_common import (block_extent, block_rows_slots, block_slots, dot_precision, gate_up_accumulate,
+                           gate_up_accumulate_ext, order_blocks, tile_of)
 from ._host import cdiv, next_power_of_2
 from ._launch import empty, launch
 from ._validate import interpreter_active
-from .align import Alignment
+from .align import Alignment, last_box_rows
 from .descriptors import descriptor, descriptor_ok, wants_descriptors
 from .route_align import Selection, one_token_choices, write_one_token
 
@@ -66,6 +67,28 @@ def _gate_up_tile(
         stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
         FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     _store_pointer_tile(acc_g, acc_u, out_ptr, rows, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
+
+
+@triton.jit
+def _gate_up_ext_tile(
+    x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
+    N, H, num_routed, row_offset, up_offset,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
+    TOP_K: tl.constexpr, FUSE_SWIGLU: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, EXT_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """`_gate_up_tile` of an extended block (BLOCK_M + EXT_M rows from `row0`): both token tiles meet each loaded
+    weight tile (`gate_up_accumulate_ext`)."""
+    expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
+    rows_e, slot_e, row_ok_e = block_rows_slots(sorted_ids_ptr, row0 + BLOCK_M, num_routed, EXT_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    acc_g, acc_u, acc_ge, acc_ue = gate_up_accumulate_ext(
+        x_ptr, w_ptr, (slot // TOP_K).to(tl.int64), row_ok, (slot_e // TOP_K).to(tl.int64), row_ok_e, expert, cols,
+        col_ok, row_offset, up_offset, H, stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
+        FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, EXT_M, BLOCK_N, BLOCK_K)
+    _store_pointer_tile(acc_g, acc_u, out_ptr, rows, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
+    _store_pointer_tile(acc_ge, acc_ue, out_ptr, rows_e, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
 
 
 @triton.jit
@@ -105,6 +128,12 @@ def _gate_up_kernel(
                           N, H, num_routed, row_offset, up_offset,
                           stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
                           TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+    if TAIL_M > BLOCK_M:
+        if height == TAIL_M:  # an extended block: two token tiles against each weight tile
+            _gate_up_ext_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
+                              N, H, num_routed, row_offset, up_offset,
+                              stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
+                              TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, TAIL_M - BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -216,6 +245,32 @@ def _gate_up_desc_tile(
 
 
 @triton.jit
+def _gate_up_desc_ext_tile(
+    a_desc, a_ext_desc, w_desc, out_ptr, expert, row0, n0, N, H, row_offset, stride_om, stride_on,
+    FUSE_SWIGLU: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, EXT_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """`_gate_up_desc_tile` of an extended block: a BLOCK_M-row and an EXT_M-row token box against each weight box."""
+    W_ROWS: tl.constexpr = (1 + FUSE_SWIGLU) * BLOCK_N
+    if FUSE_SWIGLU:
+        box_e = 2 * expert
+        box_n = n0
+    else:
+        box_e = expert
+        box_n = row_offset + n0
+    acc = tl.zeros((BLOCK_M, W_ROWS), dtype=tl.float32)
+    acc_e = tl.zeros((EXT_M, W_ROWS), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        a = a_desc.load([row0, k0])
+        a_e = a_ext_desc.load([row0 + BLOCK_M, k0])
+        b = tl.reshape(w_desc.load([box_e, box_n, k0]), (W_ROWS, BLOCK_K))
+        acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+        acc_e = tl.dot(a_e, b.T, acc_e, input_precision=PRECISION)
+    _store_rows(acc, out_ptr, row0, n0, N, stride_om, stride_on, FUSE_SWIGLU, BLOCK_M, BLOCK_N)
+    _store_rows(acc_e, out_ptr, row0 + BLOCK_M, n0, N, stride_om, stride_on, FUSE_SWIGLU, EXT_M, BLOCK_N)
+
+
+@triton.jit
 def _gate_up_desc_kernel(
     a_desc, a_tail_desc, w_desc, out_ptr, expert_ids_ptr, block_rows_ptr, num_post_ptr,
     N, H, num_pid_m, row_offset, stride_om, stride_on,
@@ -236,6 +291,11 @@ def _gate_up_desc_kernel(
             if height == TAIL_M:
                 _gate_up_desc_tile(a_tail_desc, w_desc, out_ptr, expert, row0, pid_n * BLOCK_N, N, H, row_offset,
                                    stride_om, stride_on, FUSE_SWIGLU, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+        if TAIL_M > BLOCK_M:
+            if height == TAIL_M:  # an extended block: `a_tail_desc` boxes its TAIL_M - BLOCK_M extra rows
+                _gate_up_desc_ext_tile(a_desc, a_tail_desc, w_desc, out_ptr, expert, row0, pid_n * BLOCK_N, N, H,
+                                       row_offset, stride_om, stride_on, FUSE_SWIGLU, PRECISION,
+                                       BLOCK_M, TAIL_M - BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -329,6 +389,89 @@ def _gate_up_persistent_gather_kernel(
         _persistent_store(acc, out_desc, out_ptr, row0, n0, N, stride_om, stride_on, TMA_STORE, BLOCK_M, BLOCK_N)
 
 
+@triton.jit
+def _gather_product(x_ptr, w_desc, sorted_ids_ptr, row0, box_e, box_n, H, num_routed, stride_xt, stride_xh,
+                    TOP_K: tl.constexpr, PRECISION: tl.constexpr, ROWS: tl.constexpr, EXT: tl.constexpr,
+                    W_ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x's rows for the slots of aligned rows [row0, row0 + ROWS) (gathered by pointers) times one weight box per K
+    step; with EXT > 0 also rows [row0 + ROWS, row0 + ROWS + EXT) against the same box (an extended block).
+    Returns the two fp32 accumulators ([EXT, W_ROWS] unused and zero-sized in effect when EXT == 0)."""
+    ks = tl.arange(0, BLOCK_K)
+    slot = tl.load(sorted_ids_ptr + row0 + tl.arange(0, ROWS))
+    ok = slot < num_routed
+    a_ptrs = x_ptr + (slot // TOP_K).to(tl.int64)[:, None] * stride_xt + ks[None, :] * stride_xh
+    acc = tl.zeros((ROWS, W_ROWS), dtype=tl.float32)
+    if EXT > 0:
+        slot_e = tl.load(sorted_ids_ptr + row0 + ROWS + tl.arange(0, EXT))
+        ok_e = slot_e < num_routed
+        e_ptrs = x_ptr + (slot_e // TOP_K).to(tl.int64)[:, None] * stride_xt + ks[None, :] * stride_xh
+        acc_e = tl.zeros((EXT, W_ROWS), dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            k_ok = (ks < H - k0)[None, :]
+            a = tl.load(a_ptrs + k0 * stride_xh, mask=ok[:, None] & k_ok, other=0.0)
+            a_e = tl.load(e_ptrs + k0 * stride_xh, mask=ok_e[:, None] & k_ok, other=0.0)
+            b = tl.reshape(w_desc.load([box_e, box_n, k0]), (W_ROWS, BLOCK_K))
+            acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+            acc_e = tl.dot(a_e, b.T, acc_e, input_precision=PRECISION)
+    else:
+        acc_e = acc
+        for k0 in range(0, H, BLOCK_K):
+            a = tl.load(a_ptrs + k0 * stride_xh, mask=ok[:, None] & (ks < H - k0)[None, :], other=0.0)
+            b = tl.reshape(w_desc.load([box_e, box_n, k0]), (W_ROWS, BLOCK_K))
+            acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+    return acc, acc_e
+
+
+@triton.jit
+def _store_rows(acc, out_ptr, row0, n0, N, stride_om, stride_on,
+                FUSE_SWIGLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A [ROWS, (1 + FUSE_SWIGLU) * BLOCK_N] product's output (`silu(gate) * up` when fused) to aligned rows from
+    `row0`, columns `n0` on (those < N), by pointers."""
+    if FUSE_SWIGLU:
+        acc = _swiglu_of_pairs(acc, ROWS, BLOCK_N)
+    rows = row0 + tl.arange(0, ROWS)
+    cols = n0 + tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on,
+             acc.to(out_ptr.dtype.element_ty), mask=(cols < N)[None, :])
+
+
+@triton.jit
+def _gate_up_persistent_ext_kernel(
+    x_ptr, w_desc, out_ptr, sorted_ids_ptr, expert_ids_ptr, block_rows_ptr,
+    N, H, num_routed, row_offset, max_blocks, stride_xt, stride_xh, stride_om, stride_on,
+    TOP_K: tl.constexpr, NUM_PROGRAMS: tl.constexpr, FUSE_SWIGLU: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, ORDER_BLOCKS: tl.constexpr, BLOCKS_P2: tl.constexpr,
+):
+    """`_gate_up_persistent_gather_kernel` over an alignment with extended last blocks (`TAIL_M > BLOCK_M`, see
+    `tritonmoe.align`): a block of TAIL_M rows is one tile whose BLOCK_M and TAIL_M - BLOCK_M token rows meet each
+    weight box in two products, so its weights are read once. The tiles differ in height, so the loop is not
+    flattened and the output leaves by pointers. The used blocks are counted from `block_rows` (BLOCKS_P2 >=
+    `max_blocks` entries)."""
+    W_ROWS: tl.constexpr = (1 + FUSE_SWIGLU) * BLOCK_N
+    bs = tl.arange(0, BLOCKS_P2)
+    total = tl.load(block_rows_ptr + max_blocks)
+    used = tl.sum((tl.load(block_rows_ptr + bs, mask=bs < max_blocks, other=total) < total).to(tl.int32))
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    for tile in range(tl.program_id(0), used * num_pid_n, NUM_PROGRAMS):
+        pid_m, pid_n = tile_of(tile, expert_ids_ptr, used, num_pid_n, GROUP_M, ORDER_BLOCKS)
+        row0 = tl.load(block_rows_ptr + pid_m)
+        height = tl.load(block_rows_ptr + pid_m + 1) - row0
+        n0 = pid_n * BLOCK_N
+        box_e, box_n = _persistent_weight_box(tl.load(expert_ids_ptr + pid_m), n0, row_offset, FUSE_SWIGLU)
+        if height == BLOCK_M:
+            acc, _unused = _gather_product(x_ptr, w_desc, sorted_ids_ptr, row0, box_e, box_n, H, num_routed,
+                                           stride_xt, stride_xh, TOP_K, PRECISION, BLOCK_M, 0, W_ROWS, BLOCK_K)
+            _store_rows(acc, out_ptr, row0, n0, N, stride_om, stride_on, FUSE_SWIGLU, BLOCK_M, BLOCK_N)
+        else:
+            acc, acc_e = _gather_product(x_ptr, w_desc, sorted_ids_ptr, row0, box_e, box_n, H, num_routed,
+                                         stride_xt, stride_xh, TOP_K, PRECISION, BLOCK_M, TAIL_M - BLOCK_M, W_ROWS,
+                                         BLOCK_K)
+            _store_rows(acc, out_ptr, row0, n0, N, stride_om, stride_on, FUSE_SWIGLU, BLOCK_M, BLOCK_N)
+            _store_rows(acc_e, out_ptr, row0 + BLOCK_M, n0, N, stride_om, stride_on, FUSE_SWIGLU,
+                        TAIL_M - BLOCK_M, BLOCK_N)
+
+
 @functools.lru_cache(maxsize=None)
 def num_sms(device_index: int) -> int:
     """The device's SM (CU) count: the persistent kernels' program count."""
@@ -350,7 +493,7 @@ def persistent_programs(device: torch.device, max_tiles: int) -> int:
 
 def uses_persistent(cfg: dict, align: Alignment) -> bool:
     """The config asks for a persistent kernel (`PERSISTENT`) and the alignment has one tile height."""
-    return bool(cfg.get("PERSISTENT")) and not align.has_tails
+    return bool(cfg.get("PERSISTENT")) and align.uniform
 
 
 def _weight_boxes_ok(x: torch.Tensor, w_gate_up: torch.Tensor) -> bool:
@@ -375,7 +518,7 @@ def _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, o
     F = F2 // 2
     bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
     a_desc = descriptor(x_sorted, [bm, bk])
-    a_tail_desc = descriptor(x_sorted, [align.tail_m, bk]) if align.has_tails else a_desc
+    a_tail_desc = descriptor(x_sorted, [last_box_rows(align), bk]) if not align.uniform else a_desc
     if fuse_swiglu:
         w_desc = descriptor(w_gate_up, [2, bn, bk], shape=[2 * E, F, H])
     else:
@@ -445,11 +588,26 @@ def gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, align: Alignment, cfg: dic
         if align is not select.align or not selects_here(cfg, x, w_gate_up):
             raise ValueError("select: needs the pointer gate/up kernel (no DESC, no PERSISTENT) and its own alignment")
         return _gate_up_select(x, w_gate_up, select, cfg, fuse_swiglu, row_offset, n, out)
+    bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
     if uses_descriptors(cfg, x, w_gate_up):
         if x_sorted is None:
             x_sorted = gather_rows(x, align)
         return _gate_up_desc(x_sorted, w_gate_up, align, cfg, fuse_swiglu, row_offset, n, out)
-    bm, bn, bk = align.block_m, cfg["BLOCK_N"], cfg["BLOCK_K"]
+    if align.has_ext and cfg.get("PERSISTENT") and _weight_boxes_ok(x, w_gate_up):
+        E = w_gate_up.shape[0]
+        w_desc = (descriptor(w_gate_up, [2, bn, bk], shape=[2 * E, F, H]) if fuse_swiglu
+                  else descriptor(w_gate_up, [1, bn, bk]))
+        programs = persistent_programs(x.device, align.max_blocks * cdiv(n, bn))
+        launch(_gate_up_persistent_ext_kernel, (programs,),
+            x, w_desc, out, align.sorted_ids, align.expert_ids, align.block_rows,
+            n, H, align.num_routed, row_offset, align.max_blocks, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+            TOP_K=align.num_routed // x.shape[0], NUM_PROGRAMS=programs, FUSE_SWIGLU=fuse_swiglu,
+            PRECISION=dot_precision(x.dtype), BLOCK_M=bm, TAIL_M=align.tail_m, BLOCK_N=bn, BLOCK_K=bk,
+            GROUP_M=cfg.get("GROUP_M", 1), ORDER_BLOCKS=order_blocks(cfg, align),
+            BLOCKS_P2=next_power_of_2(align.max_blocks),
+            num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
+        )
+        return out
     if uses_persistent_gather(cfg, align, x, w_gate_up):
         E = w_gate_up.shape[0]
         w_desc = (descriptor(w_gate_up, [2, bn, bk], shape=[2 * E, F, H]) if fuse_swiglu

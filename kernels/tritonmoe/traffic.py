@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._host import cdiv, next_power_of_2
-from .align import align_meta, check_tail, expert_blocks, layout_plan, max_blocks, max_rows
+from .align import align_meta, block_heights, check_tail, layout_plan, max_blocks, max_rows
 from .config import default_config, tail_of
 from .descriptors import wants_descriptors
 from .gate_up import GATHER_BLOCK_R, INTERPRETER_PROGRAMS
@@ -65,6 +65,7 @@ KERNEL_STAGES = {
     "_gate_up_desc_kernel": "gate_up",
     "_gate_up_persistent_kernel": "gate_up",  # with PERSISTENT as well: one program per SM walks the tiles
     "_gate_up_persistent_gather_kernel": "gate_up",  # PERSISTENT without DESC: the same, tokens gathered inside
+    "_gate_up_persistent_ext_kernel": "gate_up",  # the same over extended last blocks (TAIL_M > BLOCK_M)
     "_down_desc_kernel": "down",
     # The decode path's one kernel does gate+up, SwiGLU and down; a DRAM counter sees it whole, so
     # its bytes count under gate_up (that call's act and down stages are empty).
@@ -206,9 +207,9 @@ class Blocks:
         object.__setattr__(self, "tail_m", tail)
         rows = blocks = 0
         for c in self.expert_counts:
-            full, tails = expert_blocks(c, bm, tail)
-            rows += full * bm + tails * tail
-            blocks += full + tails
+            heights = block_heights(c, bm, tail)
+            rows += sum(heights)
+            blocks += len(heights)
         object.__setattr__(self, "padded_rows", rows)
         object.__setattr__(self, "used_blocks", blocks)
         object.__setattr__(self, "hit_experts", sum(1 for c in self.expert_counts if c > 0))
@@ -217,6 +218,16 @@ class Blocks:
     @property
     def has_tails(self) -> bool:
         return self.tail_m < self.block_m
+
+    @property
+    def uniform(self) -> bool:
+        """Every block BLOCK_M rows (no tails, no extended last blocks)."""
+        return self.tail_m == self.block_m
+
+    @property
+    def has_ext(self) -> bool:
+        """Extended last blocks (TAIL_M > BLOCK_M)."""
+        return self.tail_m > self.block_m
 
     @classmethod
     def from_counts(cls, shape: LayerShape, expert_counts, block_m: int, tail_m: int | None = None) -> "Blocks":
@@ -371,7 +382,7 @@ def _block_extent(b: Blocks, programs_per_block: int) -> Access:
     """`_gemm_common.block_extent`, read by every program (even those past the used blocks): the used-row count
     without tails, else the block's first row and the next block's (every entry of `block_rows`)."""
     programs = b.max_blocks * programs_per_block
-    if b.has_tails:
+    if not b.uniform:
         return Access("block_rows_ptr", False, read=2 * programs * _I32, unique_read=(b.max_blocks + 1) * _I32)
     return Access("num_post_ptr", False, read=programs * _I32, unique_read=_I32)
 
@@ -505,6 +516,30 @@ def gate_up_persistent_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fu
     ))
 
 
+def gate_up_persistent_ext_launch(s: LayerShape, b: Blocks, cfg: dict, *, n: int, fused: bool, row_offset: int = 0,
+                                  sms: int = INTERPRETER_PROGRAMS) -> Launch:
+    """`gate_up._gate_up_persistent_ext_kernel` (`PERSISTENT` without `DESC`, extended last blocks): the tokens and
+    weights of the gathering persistent kernel (an extended block's tile reads its TAIL_M rows' slots and tokens and
+    one weight box per K step), the output stored by pointers, and `block_rows` instead of the used-row count: each of
+    the min(sms, tiles) programs reads all max_blocks + 1 entries once to count the used blocks, each tile its
+    block's two."""
+    bn = cfg["BLOCK_N"]
+    n_blocks = cdiv(n, bn)
+    rows = 2 * s.ffn if fused else min(n_blocks * bn, 2 * s.ffn - row_offset)
+    e = s.elem_bytes
+    programs = max(1, min(sms, b.max_blocks * n_blocks))
+    tiles = b.used_blocks * n_blocks
+    return Launch("_gate_up_persistent_ext_kernel", "gate_up", (
+        Access("x_ptr", False, read=s.routed * s.hidden * e * n_blocks, unique_read=s.tokens * s.hidden * e),
+        Access("sorted_ids_ptr", False, read=b.padded_rows * n_blocks * _I32, unique_read=b.padded_rows * _I32),
+        Access("w_desc", True, read=b.used_blocks * rows * s.hidden * e, unique_read=b.hit_experts * rows * s.hidden * e),
+        _same("out_ptr", write=b.padded_rows * n * e),
+        Access("block_rows_ptr", False, read=(programs * (b.max_blocks + 1) + 2 * tiles) * _I32,
+               unique_read=(b.max_blocks + 1) * _I32),
+        _expert_ids(b, n_blocks, cfg, persistent=True),
+    ))
+
+
 def swiglu_launch(s: LayerShape, b: Blocks) -> Launch:
     """`swiglu._swiglu_kernel`: gate and up of the used rows in, act out."""
     block_f = max(16, min(256, 8192 // b.block_m, next_power_of_2(s.ffn)))
@@ -608,7 +643,7 @@ def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict, sms: int = INT
         if impl == "tritonmoe_unfused":
             return [first(n=F, fused=False), gate_up_launch(s, b, gu, n=F, fused=False), swiglu_launch(s, b)]
     if wants_descriptors(gu, s.hidden, s.elem_bytes):  # `gate_up.uses_descriptors`; one gather of the tokens, shared by the GEMMs of the variant
-        if gu.get("PERSISTENT") and not b.has_tails:  # `gate_up.uses_persistent`
+        if gu.get("PERSISTENT") and b.uniform:  # `gate_up.uses_persistent`
             def gemm(n, fused, row_offset=0):
                 return gate_up_persistent_launch(s, b, gu, n=n, fused=fused, row_offset=row_offset, sms=sms)
         else:
@@ -620,9 +655,12 @@ def _act_launches(impl: str, s: LayerShape, b: Blocks, cfg: dict, sms: int = INT
             return [gather_launch(s, b), gemm(2 * F, False), swiglu_launch(s, b)]
         if impl == "tritonmoe_unfused":
             return [gather_launch(s, b), gemm(F, False), gemm(F, False, F), swiglu_launch(s, b)]
-    if gu.get("PERSISTENT") and not b.has_tails:  # `gate_up.uses_persistent_gather` (contiguous weights)
+    if gu.get("PERSISTENT") and b.uniform:  # `gate_up.uses_persistent_gather` (contiguous weights)
         def gemm(n, fused, row_offset=0):
             return gate_up_persistent_launch(s, b, gu, n=n, fused=fused, row_offset=row_offset, sms=sms, gather=True)
+    elif gu.get("PERSISTENT") and b.has_ext:  # `gate_up._gate_up_persistent_ext_kernel` (contiguous weights)
+        def gemm(n, fused, row_offset=0):
+            return gate_up_persistent_ext_launch(s, b, gu, n=n, fused=fused, row_offset=row_offset, sms=sms)
     else:
         def gemm(n, fused, row_offset=0):
             return gate_up_launch(s, b, gu, n=n, fused=fused)
