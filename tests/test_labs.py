@@ -518,54 +518,26 @@ def test_cublas_rows_lab_main_kernel():
     assert main_kernel([reduce]) == reduce and main_kernel([]) == ""
 
 
-def test_ext_lab_block_heights():
-    from ext_lab import block_heights
-    assert block_heights(0, 128, 64) == []
-    assert block_heights(256, 128, 64) == [128, 128]
-    assert block_heights(269, 128, 64) == [128, 192]       # 13 rows past 256: the last block extended
-    assert block_heights(320, 128, 64) == [128, 192]
-    assert block_heights(321, 128, 64) == [128, 128, 128]  # 65 rows past: a padded block, as without extension
-    assert block_heights(50, 128, 64) == [128]             # no full block to extend
-    assert block_heights(140, 128, 32) == [160]
-    assert block_heights(269, 128, 0) == [128, 128, 128]
+
+def test_ext_lab_variants():
+    """The table's config, then each allowed extension at the config's warps and at 16: the extended configs carry
+    TAIL_M = BLOCK_M + e with their stages refitted; extensions BLOCK_M does not allow and the decode path are left
+    out."""
+    from ext_lab import ext_variants
+    cfg = {"BLOCK_M": 128, "gate_up": {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 4},
+           "down": {"BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 4, "SPLIT_K": 1}}
+    vs = ext_variants(cfg, [64, 32, 128, 24], [16, 8])
+    assert list(vs) == ["table", "ext64", "ext64_w16", "ext32", "ext32_w16"]
+    assert vs["table"] is cfg and vs["ext64"]["TAIL_M"] == 192 and vs["ext32_w16"]["TAIL_M"] == 160
+    assert vs["ext64_w16"]["gate_up"]["num_warps"] == 16 and vs["ext64_w16"]["down"]["num_warps"] == 16
+    assert vs["ext64"]["gate_up"]["num_stages"] == 3 and vs["ext64"]["gate_up"]["BLOCK_K"] == 64
+    assert list(ext_variants({**cfg, "expert": {"BLOCK_F": 16}}, [64], [16])) == ["table"]
+    assert list(ext_variants({**cfg, "BLOCK_M": 16}, [64, 32, 16], [])) == ["table"]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("persistent", [False, True], ids=["grid", "persist"])
-def test_ext_lab_matches_reference(persistent, dtype, device):
-    """The lab's extended layout holds every slot once, in its expert's blocks, and its kernels (extended blocks,
-    outputs poisoned first) match float64 within the dtype's tolerance and the regular layout's y bit for bit in
-    fp32's order-free sense: the same products per row."""
-    from ext_lab import block_heights, extended, lab_layer, used_blocks
-    from problems import Weights
-    from tritonmoe.align import align_tokens
-    from tritonmoe.routing import route
-    T, E, K, H, F = 45, 4, 2, 64, 32
-    layer = make_layer(T, E, H, F, dtype, device, seed=31)
-    tw, ids = route(layer.x, layer.router_weight, K, True)
-    base = align_tokens(ids, E, 16)
-    counts = base.expert_counts.tolist()
-    ext, used = extended(base, 16)
-    # the layout: each expert's rows in block_heights' blocks, its slots first, sentinels after them
-    br, eid, sid = ext.block_rows.tolist(), ext.expert_ids.tolist(), ext.sorted_ids.tolist()
-    nb = int(used.item())
-    assert nb == sum(len(block_heights(c, 16, 16)) for c in counts) and all(e < 0 for e in eid[nb:])
-    assert any(16 + 16 in block_heights(c, 16, 16) for c in counts), "no extended block in this draw"
-    for e in range(E):
-        mine = [b for b in range(nb) if eid[b] == e]
-        assert [br[b + 1] - br[b] for b in mine] == block_heights(counts[e], 16, 16)
-        rows = [s for b in mine for s in sid[br[b]:br[b + 1]]]
-        assert all(s < T * K for s in rows[:counts[e]]) and all(s == T * K for s in rows[counts[e]:])
-        assert all(int(ids.flatten()[s]) == e for s in rows[:counts[e]])
-    assert sorted(s for s in sid[:br[nb]] if s < T * K) == list(range(T * K))
-    w = Weights(layer.router_weight, layer.w_gate_up, layer.w_down, None)
-    ref = tritonmoe.reference_experts(layer.x, tw, ids, layer.w_gate_up, layer.w_down)
-    cfg = (16, 16, 4, 2)
-    ys = []
-    for al, u, e in ((base, used_blocks(base), 0), (ext, used, 16)):
-        act = torch.full((al.sorted_ids.shape[0], F), float("nan"), dtype=dtype, device=device)
-        y = lab_layer(layer.x, w, al, u, e, tw, cfg, cfg, persistent, act)
-        assert_rel_close(y, ref, dtype, f"ext_lab EXT_M={e}")
-        ys.append(y)
-    if dtype == torch.float32:
-        torch.testing.assert_close(ys[1], ys[0], rtol=1e-6, atol=1e-6)
+def test_ext_lab_block_stats(device):
+    """Blocks, extended blocks and used rows as the lab reports them, from the package's alignment."""
+    from ext_lab import block_stats
+    ids = torch.tensor([0] * 269 + [1] * 256 + [2] * 100, dtype=torch.int32, device=device)
+    stats = block_stats(tritonmoe.align_tokens(ids, 4, 128, 192))
+    assert stats == {"blocks": 2 + 2 + 1, "ext_blocks": 1, "padded_rows": 320 + 256 + 128}
