@@ -198,6 +198,35 @@ def test_tail_blocks_on_gpu(impl, bm, tail, desc):
     assert torch.equal(static_y, tritonmoe.moe(static_x, *layer.weights, 2, impl=impl, config=cfg))
 
 
+@pytest.mark.parametrize("warps", [8, 16])
+@pytest.mark.parametrize("kernels", ["pointers", "desc", "persistent"])
+@pytest.mark.parametrize("ext", [64, 32])
+@pytest.mark.parametrize("impl", tritonmoe.IMPLS)
+def test_extended_blocks_on_gpu(impl, ext, kernels, warps):
+    """Extended last blocks (TAIL_M = 128 + ext) at GPU tiles in bf16, ~256 rows per expert (T=1024, E=8, K=2: about
+    half the experts take a 128 + ext-row block), through the pointer, descriptor and persistent gate/up kernels at 8
+    and 16 warps, against float64 and replayed as a CUDA graph."""
+    from tritonmoe.config import with_ext
+    T = 1024
+    layer = gpu_layer(T, 8, MID["H"], MID["F"], torch.bfloat16, seed=T + ext)
+    base = _desc_config(128, 1, desc=kernels == "desc")
+    if kernels == "persistent":
+        base = {**base, "gate_up": {**base["gate_up"], "PERSISTENT": True}}
+    base = {**base, "gate_up": {**base["gate_up"], "num_warps": warps}, "down": {**base["down"], "num_warps": warps}}
+    cfg = with_ext(base, ext)
+    _, ids = tritonmoe.route(layer.x, layer.router_weight, 2)
+    a = tritonmoe.align_tokens(ids, 8, 128, 128 + ext)
+    heights = (a.block_rows[1:] - a.block_rows[:-1]).tolist()
+    assert 128 + ext in heights, heights
+    y = tritonmoe.moe(layer.x, *layer.weights, 2, impl=impl, config=cfg)
+    assert_rel_close(y, layer_reference(layer.x, *layer.weights, 2), torch.bfloat16, f"{impl} ext {ext} {kernels}")
+    static_x = layer.x.clone()
+    graph, static_y = capture(lambda: tritonmoe.moe(static_x, *layer.weights, 2, impl=impl, config=cfg))
+    static_x.copy_(gpu_layer(T, 8, MID["H"], 1, torch.bfloat16, seed=T + 1).x)
+    graph.replay()
+    assert torch.equal(static_y, tritonmoe.moe(static_x, *layer.weights, 2, impl=impl, config=cfg))
+
+
 @pytest.mark.parametrize("E,K", [(8, 2), (32, 8), (64, 4), (64, 8), (128, 8), (256, 8)])
 @pytest.mark.parametrize("T", [1, 2, 7, 16, 32])
 def test_decode_route_and_align_exact_on_gpu(T, E, K):
