@@ -395,7 +395,7 @@ def _gather_product(x_ptr, w_desc, sorted_ids_ptr, row0, box_e, box_n, H, num_ro
                     W_ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
     """x's rows for the slots of aligned rows [row0, row0 + ROWS) (gathered by pointers) times one weight box per K
     step; with EXT > 0 also rows [row0 + ROWS, row0 + ROWS + EXT) against the same box (an extended block).
-    Returns the two fp32 accumulators ([EXT, W_ROWS] unused and zero-sized in effect when EXT == 0)."""
+    Returns the two fp32 accumulators; with EXT == 0 the second is a placeholder (the first's zeros, never stored)."""
     ks = tl.arange(0, BLOCK_K)
     slot = tl.load(sorted_ids_ptr + row0 + tl.arange(0, ROWS))
     ok = slot < num_routed
