@@ -99,13 +99,13 @@ def _gate_up_pf_kernel(
             _gate_up_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
                           N, H, num_routed, row_offset, up_offset,
                           stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
-                          TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+                          TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, 0, BLOCK_N, BLOCK_K)
         if TAIL_M < BLOCK_M:
             if height == TAIL_M:
                 _gate_up_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
                               N, H, num_routed, row_offset, up_offset,
                               stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
-                              TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+                              TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, TAIL_M, 0, BLOCK_N, BLOCK_K)
 
 
 def _row_bytes(w_down: torch.Tensor, frac: float) -> int:

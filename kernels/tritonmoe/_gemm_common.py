@@ -84,31 +84,10 @@ def gate_up_accumulate(
 ):
     """`x[token] @ W[e, gate_row0 + cols]^T` in fp32 and, with WITH_UP, `x[token] @ W[e, up_row0 + cols]^T`
     from the same load of each x tile (the fusion's one load of the tokens). Returns (acc_gate, acc_up)."""
-    ks = tl.arange(0, BLOCK_K)
-    a_ptrs = x_ptr + token[:, None] * stride_xt + ks[None, :] * stride_xh
-    w_base = w_ptr + expert * stride_we + ks[:, None] * stride_wh
-    g_ptrs = w_base + (gate_row0 + cols)[None, :].to(tl.int64) * stride_wn
-    u_ptrs = w_base + (up_row0 + cols)[None, :].to(tl.int64) * stride_wn
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
-        else:
-            k_ok = ks < H - k0
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            g = tl.load(g_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-        acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
-        if WITH_UP:
-            if EVEN_K:
-                u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
-            else:
-                u = tl.load(u_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-            acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
-            u_ptrs += BLOCK_K * stride_wh
-        a_ptrs += BLOCK_K * stride_xh
-        g_ptrs += BLOCK_K * stride_wh
+    acc_g, acc_u, _acc_ge, _acc_ue = gate_up_accumulate_ext(
+        x_ptr, w_ptr, token, row_ok, token, row_ok, expert, cols, col_ok, gate_row0, up_row0, H,
+        stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
+        WITH_UP, EVEN_K, PRECISION, BLOCK_M, 0, BLOCK_N, BLOCK_K)
     return acc_g, acc_u
 
 
@@ -119,40 +98,50 @@ def gate_up_accumulate_ext(
     WITH_UP: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, EXT_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """`gate_up_accumulate` for an extended block: tokens `token` (BLOCK_M rows) and `token_e` (EXT_M rows) both
-    meet each gate (and up) weight tile as it is loaded. Returns (acc_gate, acc_up, acc_gate_e, acc_up_e)."""
+    """`gate_up_accumulate`, and with EXT_M > 0 for an extended block: tokens `token` (BLOCK_M rows) and `token_e`
+    (EXT_M rows) both meet each gate (and up) weight tile as it is loaded. Returns (acc_gate, acc_up, acc_gate_e,
+    acc_up_e); with EXT_M == 0 the last two are placeholders (the first two's zeros), and `token_e` is not read."""
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = x_ptr + token[:, None] * stride_xt + ks[None, :] * stride_xh
-    e_ptrs = x_ptr + token_e[:, None] * stride_xt + ks[None, :] * stride_xh
     w_base = w_ptr + expert * stride_we + ks[:, None] * stride_wh
     g_ptrs = w_base + (gate_row0 + cols)[None, :].to(tl.int64) * stride_wn
     u_ptrs = w_base + (up_row0 + cols)[None, :].to(tl.int64) * stride_wn
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_ge = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
-    acc_ue = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
+    if EXT_M > 0:
+        e_ptrs = x_ptr + token_e[:, None] * stride_xt + ks[None, :] * stride_xh
+        acc_ge = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
+        acc_ue = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc_ge = acc_g
+        acc_ue = acc_u
     for k0 in range(0, H, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            a_e = tl.load(e_ptrs, mask=row_ok_e[:, None], other=0.0)
             g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
+            if EXT_M > 0:
+                a_e = tl.load(e_ptrs, mask=row_ok_e[:, None], other=0.0)
         else:
             k_ok = ks < H - k0
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            a_e = tl.load(e_ptrs, mask=row_ok_e[:, None] & k_ok[None, :], other=0.0)
             g = tl.load(g_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            if EXT_M > 0:
+                a_e = tl.load(e_ptrs, mask=row_ok_e[:, None] & k_ok[None, :], other=0.0)
         acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
-        acc_ge = tl.dot(a_e, g, acc_ge, input_precision=PRECISION)
+        if EXT_M > 0:
+            acc_ge = tl.dot(a_e, g, acc_ge, input_precision=PRECISION)
         if WITH_UP:
             if EVEN_K:
                 u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
             else:
                 u = tl.load(u_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
             acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
-            acc_ue = tl.dot(a_e, u, acc_ue, input_precision=PRECISION)
+            if EXT_M > 0:
+                acc_ue = tl.dot(a_e, u, acc_ue, input_precision=PRECISION)
             u_ptrs += BLOCK_K * stride_wh
         a_ptrs += BLOCK_K * stride_xh
-        e_ptrs += BLOCK_K * stride_xh
+        if EXT_M > 0:
+            e_ptrs += BLOCK_K * stride_xh
         g_ptrs += BLOCK_K * stride_wh
     return acc_g, acc_u, acc_ge, acc_ue
 

@@ -30,75 +30,46 @@ def _down_tile(
     H, F, num_routed, k_per_split,
     stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
     EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """One [BLOCK_M, BLOCK_N] tile of block `pid_m` (aligned rows from `row0`) over F split `pid_s`."""
-    expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < H
-    k_start = pid_s * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, F)
-    ks = k_start + tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_af
-    w_ptrs = w_ptr + expert * stride_we + cols[None, :].to(tl.int64) * stride_wh + ks[:, None] * stride_wf
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
-        else:
-            k_ok = (ks + (k0 - k_start)) < k_end
-            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=PRECISION)
-        a_ptrs += BLOCK_K * stride_af
-        w_ptrs += BLOCK_K * stride_wf
-    route_w = tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)
-    acc = acc * route_w[:, None]
-    p_ptrs = partial_ptr + pid_s * stride_ps + slot[:, None].to(tl.int64) * stride_pm + cols[None, :] * stride_pn
-    tl.store(p_ptrs, acc.to(partial_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-
-
-@triton.jit
-def _down_ext_tile(
-    a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n, pid_s,
-    H, F, num_routed, k_per_split,
-    stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
-    EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, EXT_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """`_down_tile` of an extended block (BLOCK_M + EXT_M rows from `row0`): two row tiles against each weight tile."""
+    """One [BLOCK_M, BLOCK_N] tile of block `pid_m` (aligned rows from `row0`) over F split `pid_s`; with EXT_M > 0 an
+    extended block's tile: its next EXT_M rows as a second row tile against each loaded weight tile."""
     expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
-    rows_e, slot_e, row_ok_e = block_rows_slots(sorted_ids_ptr, row0 + BLOCK_M, num_routed, EXT_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < H
     k_start = pid_s * k_per_split
     k_end = tl.minimum(k_start + k_per_split, F)
     ks = k_start + tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_af
-    e_ptrs = a_ptr + rows_e[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_af
     w_ptrs = w_ptr + expert * stride_we + cols[None, :].to(tl.int64) * stride_wh + ks[:, None] * stride_wf
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_e = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
+    if EXT_M > 0:
+        rows_e, slot_e, row_ok_e = block_rows_slots(sorted_ids_ptr, row0 + BLOCK_M, num_routed, EXT_M)
+        e_ptrs = a_ptr + rows_e[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_af
+        acc_e = tl.zeros((EXT_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
-            a_e = tl.load(e_ptrs)
             w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
+            if EXT_M > 0:
+                a_e = tl.load(e_ptrs)
         else:
             k_ok = (ks + (k0 - k_start)) < k_end
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-            a_e = tl.load(e_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            if EXT_M > 0:
+                a_e = tl.load(e_ptrs, mask=k_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
-        acc_e = tl.dot(a_e, w, acc_e, input_precision=PRECISION)
+        if EXT_M > 0:
+            acc_e = tl.dot(a_e, w, acc_e, input_precision=PRECISION)
+            e_ptrs += BLOCK_K * stride_af
         a_ptrs += BLOCK_K * stride_af
-        e_ptrs += BLOCK_K * stride_af
         w_ptrs += BLOCK_K * stride_wf
     _store_weighted(acc, partial_ptr, topk_weights_ptr, slot, row_ok, cols, col_ok, pid_s, stride_ps, stride_pm,
                     stride_pn)
-    _store_weighted(acc_e, partial_ptr, topk_weights_ptr, slot_e, row_ok_e, cols, col_ok, pid_s, stride_ps, stride_pm,
-                    stride_pn)
+    if EXT_M > 0:
+        _store_weighted(acc_e, partial_ptr, topk_weights_ptr, slot_e, row_ok_e, cols, col_ok, pid_s, stride_ps,
+                        stride_pm, stride_pn)
 
 
 @triton.jit
@@ -129,19 +100,19 @@ def _down_kernel(
         _down_tile(a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
                    pid_s, H, F, num_routed, k_per_split,
                    stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
-                   EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+                   EVEN_K, PRECISION, BLOCK_M, 0, BLOCK_N, BLOCK_K)
     if TAIL_M < BLOCK_M:
         if height == TAIL_M:  # a tail block: the same tile code at TAIL_M rows
             _down_tile(a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0,
                        pid_n, pid_s, H, F, num_routed, k_per_split,
                        stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
-                       EVEN_K, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+                       EVEN_K, PRECISION, TAIL_M, 0, BLOCK_N, BLOCK_K)
     if TAIL_M > BLOCK_M:
         if height == TAIL_M:  # an extended block: BLOCK_M + (TAIL_M - BLOCK_M) rows against one weight stream
-            _down_ext_tile(a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0,
-                           pid_n, pid_s, H, F, num_routed, k_per_split,
-                           stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
-                           EVEN_K, PRECISION, BLOCK_M, TAIL_M - BLOCK_M, BLOCK_N, BLOCK_K)
+            _down_tile(a_ptr, w_ptr, partial_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0,
+                       pid_n, pid_s, H, F, num_routed, k_per_split,
+                       stride_am, stride_af, stride_we, stride_wh, stride_wf, stride_ps, stride_pm, stride_pn,
+                       EVEN_K, PRECISION, BLOCK_M, TAIL_M - BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit

@@ -55,40 +55,27 @@ def _gate_up_tile(
     N, H, num_routed, row_offset, up_offset,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
     TOP_K: tl.constexpr, FUSE_SWIGLU: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """One [BLOCK_M, BLOCK_N] output tile of block `pid_m` (aligned rows from `row0`)."""
-    expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
-    token = (slot // TOP_K).to(tl.int64)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    acc_g, acc_u = gate_up_accumulate(
-        x_ptr, w_ptr, token, row_ok, expert, cols, col_ok, row_offset, up_offset, H,
-        stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
-        FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
-    _store_pointer_tile(acc_g, acc_u, out_ptr, rows, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
-
-
-@triton.jit
-def _gate_up_ext_tile(
-    x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
-    N, H, num_routed, row_offset, up_offset,
-    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
-    TOP_K: tl.constexpr, FUSE_SWIGLU: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, EXT_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """`_gate_up_tile` of an extended block (BLOCK_M + EXT_M rows from `row0`): both token tiles meet each loaded
-    weight tile (`gate_up_accumulate_ext`)."""
+    """One [BLOCK_M, BLOCK_N] output tile of block `pid_m` (aligned rows from `row0`); with EXT_M > 0 an extended
+    block's tile, its next EXT_M rows meeting each loaded weight tile too (`gate_up_accumulate_ext`)."""
     expert, rows, slot, row_ok = block_slots(sorted_ids_ptr, expert_ids_ptr, pid_m, row0, num_routed, BLOCK_M)
-    rows_e, slot_e, row_ok_e = block_rows_slots(sorted_ids_ptr, row0 + BLOCK_M, num_routed, EXT_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    acc_g, acc_u, acc_ge, acc_ue = gate_up_accumulate_ext(
-        x_ptr, w_ptr, (slot // TOP_K).to(tl.int64), row_ok, (slot_e // TOP_K).to(tl.int64), row_ok_e, expert, cols,
-        col_ok, row_offset, up_offset, H, stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
-        FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, EXT_M, BLOCK_N, BLOCK_K)
+    if EXT_M > 0:
+        rows_e, slot_e, row_ok_e = block_rows_slots(sorted_ids_ptr, row0 + BLOCK_M, num_routed, EXT_M)
+        acc_g, acc_u, acc_ge, acc_ue = gate_up_accumulate_ext(
+            x_ptr, w_ptr, (slot // TOP_K).to(tl.int64), row_ok, (slot_e // TOP_K).to(tl.int64), row_ok_e, expert,
+            cols, col_ok, row_offset, up_offset, H, stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
+            FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, EXT_M, BLOCK_N, BLOCK_K)
+        _store_pointer_tile(acc_ge, acc_ue, out_ptr, rows_e, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
+    else:
+        token = (slot // TOP_K).to(tl.int64)
+        acc_g, acc_u = gate_up_accumulate(
+            x_ptr, w_ptr, token, row_ok, expert, cols, col_ok, row_offset, up_offset, H,
+            stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
+            FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     _store_pointer_tile(acc_g, acc_u, out_ptr, rows, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
-    _store_pointer_tile(acc_ge, acc_ue, out_ptr, rows_e, cols, col_ok, stride_om, stride_on, FUSE_SWIGLU)
 
 
 @triton.jit
@@ -121,19 +108,19 @@ def _gate_up_kernel(
         _gate_up_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
                       N, H, num_routed, row_offset, up_offset,
                       stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
-                      TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+                      TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, 0, BLOCK_N, BLOCK_K)
     if TAIL_M < BLOCK_M:
         if height == TAIL_M:  # a tail block: the same tile code at TAIL_M rows
             _gate_up_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
                           N, H, num_routed, row_offset, up_offset,
                           stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
-                          TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, TAIL_M, BLOCK_N, BLOCK_K)
+                          TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, TAIL_M, 0, BLOCK_N, BLOCK_K)
     if TAIL_M > BLOCK_M:
         if height == TAIL_M:  # an extended block: two token tiles against each weight tile
-            _gate_up_ext_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
-                              N, H, num_routed, row_offset, up_offset,
-                              stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
-                              TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, TAIL_M - BLOCK_M, BLOCK_N, BLOCK_K)
+            _gate_up_tile(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m, row0, pid_n,
+                          N, H, num_routed, row_offset, up_offset,
+                          stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_om, stride_on,
+                          TOP_K, FUSE_SWIGLU, EVEN_K, PRECISION, BLOCK_M, TAIL_M - BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
